@@ -1,0 +1,43 @@
+# The README's two commands: `make demo` and `make test`. Both set up everything they need
+# on a fresh Debian machine (venv + pip; apt-get for qemu & co. when run as root).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U pip
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# qemu, kmod, cpio ... for the vm tier (needs root for apt-get; prints what is missing otherwise)
+system-deps:
+	bash tests/vm/install-host-deps.sh
+
+# tflite-runtime needs numpy<2, so it gets a small venv of its own for its runtime tests
+tflite-runtime-venv:
+	bash tests/tflite_runtime_venv.sh
+
+demo: venv
+	$(VENV)/bin/pifarm demo
+
+demo-check: venv
+	$(VENV)/bin/pifarm demo --check
+
+test: venv system-deps tflite-runtime-venv
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not vm and not slow" $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .venv-tflite-runtime .pytest_cache bench/results.json

@@ -1,0 +1,5 @@
+import sys
+
+from pifarm.appliance.cli import main
+
+sys.exit(main())

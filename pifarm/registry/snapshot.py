@@ -1,0 +1,151 @@
+"""The registry-wide signed snapshot that nodes watch.
+
+    {"type": "snapshot", "revision": 42, "expires": "2026-12-04T10:00:00Z",
+     "models": {"mobilenet": {"channels": {"stable": {"version": 3, "manifest_digest": "blake3:…"},
+                                           "canary": {...}},
+                              "versions": [{"version": 3, "manifest_digest": "blake3:…"}, …]}}}
+
+`verify_snapshot` is what every node runs, whatever transport delivered the document: signature,
+then rollback (a revision below the highest seen), then freeze (an expired snapshot).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pifarm.errors import IntegrityError
+from pifarm.registry.integrity import digest_hex
+from pifarm.registry.manifest import check_name
+from pifarm.registry.signing import TrustedKeys
+
+CHANNELS = ("stable", "canary")
+DEFAULT_LIFETIME = timedelta(days=7)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(s: str) -> datetime:
+    try:
+        return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError) as e:
+        raise IntegrityError(f"bad timestamp {s!r} (expected YYYY-MM-DDTHH:MM:SSZ)") from e
+
+
+@dataclass(frozen=True)
+class VersionPointer:
+    version: int
+    manifest_digest: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "manifest_digest": self.manifest_digest}
+
+    @classmethod
+    def from_json(cls, d: Any) -> "VersionPointer":
+        try:
+            p = cls(int(d["version"]), str(d["manifest_digest"]))
+            digest_hex(p.manifest_digest)
+            return p
+        except (KeyError, TypeError, ValueError, Exception) as e:
+            raise IntegrityError(f"malformed version pointer {d!r}") from e
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    channels: dict[str, VersionPointer]
+    versions: tuple[VersionPointer, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "channels": {c: p.to_json() for c, p in sorted(self.channels.items())},
+            "versions": [v.to_json() for v in self.versions],
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    revision: int
+    expires: str
+    models: dict[str, ModelEntry]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "snapshot",
+            "revision": self.revision,
+            "expires": self.expires,
+            "models": {n: m.to_json() for n, m in sorted(self.models.items())},
+        }
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Snapshot":
+        if not isinstance(d, dict) or d.get("type") != "snapshot":
+            raise IntegrityError("document is not a snapshot")
+        try:
+            models = {}
+            for name, m in (d.get("models") or {}).items():
+                check_name(name)
+                models[name] = ModelEntry(
+                    channels={c: VersionPointer.from_json(p) for c, p in (m.get("channels") or {}).items() if c in CHANNELS},
+                    versions=tuple(VersionPointer.from_json(v) for v in m.get("versions") or []),
+                )
+            rev = d["revision"]
+            if not isinstance(rev, int) or rev < 0:
+                raise ValueError("revision must be a non-negative integer")
+            parse_iso(d["expires"])
+            return cls(rev, d["expires"], models)
+        except IntegrityError:
+            raise
+        except Exception as e:
+            raise IntegrityError(f"malformed snapshot: {e}") from e
+
+    def channel(self, model: str, channel: str) -> VersionPointer | None:
+        m = self.models.get(model)
+        return m.channels.get(channel) if m else None
+
+    def desired(self, channel: str, only: list[str] | None = None) -> dict[str, VersionPointer]:
+        """What a node on `channel` should run: canary falls back to stable where unset."""
+        out = {}
+        for name, m in self.models.items():
+            if only and name not in only:
+                continue
+            p = m.channels.get(channel) or (m.channels.get("stable") if channel == "canary" else None)
+            if p:
+                out[name] = p
+        return out
+
+
+def verify_snapshot(
+    document: Any,
+    trusted: TrustedKeys,
+    highest_seen: int = -1,
+    now: datetime | None = None,
+) -> Snapshot:
+    """Check signature, rollback and freeze; return the snapshot or raise IntegrityError."""
+    body = trusted.verify(document, what="snapshot")
+    snap = Snapshot.from_json(body)
+    if snap.revision < highest_seen:
+        raise IntegrityError(
+            f"snapshot revision {snap.revision} is older than revision {highest_seen} already seen (rollback refused)"
+        )
+    if parse_iso(snap.expires) <= (now or utcnow()):
+        raise IntegrityError(f"snapshot revision {snap.revision} expired at {snap.expires} (freeze refused)")
+    return snap
+
+
+def verify_manifest(document: Any, trusted: TrustedKeys, expected_digest: str | None = None):
+    """Check a signed manifest and, when given, that it is the one the snapshot points at."""
+    from pifarm.registry.manifest import Manifest, manifest_digest
+
+    body = trusted.verify(document, what="manifest")
+    if expected_digest is not None and manifest_digest(body) != expected_digest:
+        raise IntegrityError(
+            f"manifest digest {manifest_digest(body)} differs from {expected_digest} named by the snapshot"
+        )
+    return Manifest.from_json(body)
