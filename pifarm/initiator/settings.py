@@ -1,0 +1,91 @@
+"""Settings of the node's transports and watcher ([s3], [watcher] and [[sources]] in node.toml)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pifarm.registry.signing import TrustedKeys
+
+CHANNELS = ("stable", "canary")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    url: str = ""  # s3://bucket/prefix of the registry's S3 mirror; "" = no S3
+    endpoint_url: str = ""  # e.g. http://127.0.0.1:8333 for SeaweedFS; "" = AWS
+    region: str = "us-east-1"
+    part_size: int = 8 * 2**20  # ranged GET size; also the most a resumed pull re-downloads
+    concurrency: int = 4  # ranged GETs in flight per blob
+    connect_timeout: float = 2.0
+    read_timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.url and not self.url.startswith("s3://"):
+            raise ValueError(f"url must look like s3://bucket/prefix, got {self.url!r}")
+        if self.part_size < 64 * 1024:
+            raise ValueError(f"part_size must be at least 64KiB, got {self.part_size}")
+        if not 1 <= self.concurrency <= 64:
+            raise ValueError(f"concurrency must be 1..64, got {self.concurrency}")
+
+    @property
+    def bucket(self) -> str:
+        return self.url[5:].split("/", 1)[0]
+
+    @property
+    def prefix(self) -> str:
+        rest = self.url[5:].split("/", 1)
+        p = rest[1].strip("/") if len(rest) > 1 else ""
+        return p + "/" if p else ""
+
+
+@dataclass(frozen=True)
+class WatcherSettings:
+    poll_wait: int = 60  # seconds the aggregator may hold a long-poll
+    connect_timeout: float = 1.5  # short, so "both unreachable" is known well within 5 s
+    rate: float = 1.0  # token bucket: metadata requests per second ...
+    burst: int = 5  # ... and the burst allowed
+    backoff_base: float = 0.5  # exponential backoff with full jitter between failures
+    backoff_max: float = 30.0
+    s3_poll_interval: float = 10.0  # how often the S3 snapshot is re-read while the aggregator is down
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.poll_wait <= 300:
+            raise ValueError(f"poll_wait must be 0..300 seconds, got {self.poll_wait}")
+        if self.rate <= 0 or self.burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        if self.backoff_base <= 0 or self.backoff_max < self.backoff_base:
+            raise ValueError("need 0 < backoff_base <= backoff_max")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One `[[sources]]` entry: which transport, its deadline per blob, and where it points."""
+
+    kind: str
+    deadline: float = 60.0  # seconds one blob may take from this source before the next is tried
+    url: str = ""  # http: aggregator base URL (default: the node's); s3: s3://bucket/prefix
+    address: str = ""  # nvme kinds: target address "host:port"
+    options: dict[str, Any] = field(default_factory=dict)  # kind-specific extras
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, str) or not self.kind:
+            raise ValueError("each [[sources]] entry needs kind = \"http\" | \"s3\" | \"nvme-kernel\" | \"nvme-tcp-userspace\"")
+        if not (isinstance(self.deadline, (int, float)) and self.deadline > 0):
+            raise ValueError(f"[[sources]] {self.kind}: deadline must be a positive number of seconds")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"[[sources]] {self.kind}: options must be a table")
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What every source factory may need besides its own spec."""
+
+    trusted: TrustedKeys
+    aggregator_url: str = ""
+    state_dir: Path = Path("/var/lib/pifarm/node")
+    cache_root: Path = Path("/var/lib/pifarm/cache")
+    host_identity_path: Path | None = None  # NVMe host NQN / key file, for the nvme kinds
+    s3: S3Settings = field(default_factory=S3Settings)
+    metrics: Any = None  # pifarm.cache.metrics.NodeMetrics
