@@ -165,3 +165,15 @@ def load_role(
         out[name] = build_section(cls, name, table, origin=origin, environ=environ,
                                   overrides=(overrides or {}).get(name))
     return out
+
+
+# -- aggregator role ([store], [api], [registry]; other aggregator components add their sections) --
+def _aggregator_sections() -> dict[str, type]:
+    from pifarm.registry.settings import ApiSettings, RegistrySettings, StoreSettings
+
+    return {"store": StoreSettings, "api": ApiSettings, "registry": RegistrySettings}
+
+
+#: section name -> settings dataclass of /etc/pifarm/aggregator.toml
+AGGREGATOR_SECTIONS: dict[str, type] = _aggregator_sections()
+DEFAULT_AGGREGATOR_CONFIG = "/etc/pifarm/aggregator.toml"

@@ -1,0 +1,145 @@
+"""The aggregator daemon (`pifarm aggregator run`): open the registry, build the API, serve it.
+
+Other aggregator components plug in without editing this file: every module
+`pifarm/appliance/aggext_*.py` exposing `extend(ctx: AggregatorContext) -> None` is loaded at
+start. An extension may subscribe to registry changes, add health providers, routers, metrics,
+and start/stop hooks (called before the server starts and after it stops).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import pkgutil
+import signal
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+
+from pifarm.appliance.config import AGGREGATOR_SECTIONS, DEFAULT_AGGREGATOR_CONFIG, load_role
+from pifarm.registry.api import create_app
+from pifarm.registry.service import Registry, ensure_api_token
+from pifarm.registry.settings import ApiSettings, parse_listen
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AggregatorContext:
+    """What an `aggext_*` extension receives."""
+
+    registry: Registry
+    sections: dict[str, Any]
+    data_dir: Path
+    metrics_registry: CollectorRegistry
+    health_providers: list[Callable[[], dict]] = field(default_factory=list)
+    routers: list[Any] = field(default_factory=list)
+    on_start: list[Callable[[], None]] = field(default_factory=list)
+    on_stop: list[Callable[[], None]] = field(default_factory=list)
+
+
+def load_extensions() -> list[Callable[[AggregatorContext], None]]:
+    import pifarm.appliance as pkg
+
+    out = []
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if info.name.startswith("aggext_"):
+            mod = importlib.import_module(f"pifarm.appliance.{info.name}")
+            if callable(getattr(mod, "extend", None)):
+                out.append(mod.extend)
+    return out
+
+
+def config_path(config: str | os.PathLike | None) -> str | os.PathLike | None:
+    """--config, else PIFARM_CONFIG, else /etc/pifarm/aggregator.toml when it exists."""
+    if config:
+        return config
+    if os.environ.get("PIFARM_CONFIG"):
+        return os.environ["PIFARM_CONFIG"]
+    return DEFAULT_AGGREGATOR_CONFIG if Path(DEFAULT_AGGREGATOR_CONFIG).exists() else None
+
+
+def load_settings(config=None, data_dir=None, listen=None) -> dict[str, Any]:
+    return load_role(AGGREGATOR_SECTIONS, config_path(config),
+                     overrides={"registry": {"data_dir": str(data_dir) if data_dir else None},
+                                "api": {"listen": listen}})
+
+
+def uvicorn_ssl_kwargs(api: ApiSettings) -> dict[str, Any]:
+    """TLS for uvicorn from [api]: cert+key serve HTTPS; a client CA requires client certificates."""
+    if not api.tls_cert:
+        return {}
+    kw: dict[str, Any] = {"ssl_certfile": api.tls_cert, "ssl_keyfile": api.tls_key}
+    if api.tls_client_ca:
+        kw.update(ssl_ca_certs=api.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    return kw
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            # uvicorn re-raises SIGTERM after a graceful stop (exit -15); a clean stop exits 0 here
+            prev = {s: signal.signal(s, self.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in prev.items():
+                    signal.signal(s, h)
+
+    return Server
+
+
+def run(config=None, data_dir=None, listen=None) -> int:
+    import uvicorn
+
+    sections = load_settings(config, data_dir, listen)
+    api: ApiSettings = sections["api"]
+    d = Path(sections["registry"].data_dir)
+    registry = Registry.open(d, sections)
+    try:
+        token = ensure_api_token(d, api)
+        ctx = AggregatorContext(registry, sections, d, CollectorRegistry())
+        for extend in load_extensions():
+            extend(ctx)
+        app = create_app(registry, api, token=token, health_providers=ctx.health_providers,
+                         metrics_registry=ctx.metrics_registry)
+        for router in ctx.routers:
+            app.include_router(router)
+        host, port = parse_listen(api.listen)
+        for hook in ctx.on_start:
+            hook()
+        scheme = "https" if api.tls_cert else "http"
+        log.warning("pifarm aggregator: %s://%s:%d data dir %s, store %s, revision %d%s", scheme, host, port, d,
+                    registry.store.location, registry.revision,
+                    f", READ-ONLY: {registry.read_only_reason}" if registry.read_only_reason else "")
+        server = _server_class()(uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
+            access_log=False, **uvicorn_ssl_kwargs(api)))
+        server.run()
+        for hook in reversed(ctx.on_stop):
+            try:
+                hook()
+            except Exception:
+                log.exception("aggregator stop hook %r failed", hook)
+        return 0 if server.started else 1
+    finally:
+        registry.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pifarm.appliance.aggregator` == `pifarm aggregator run`."""
+    from pifarm.appliance.cli import main as cli_main
+
+    return cli_main(["aggregator", "run", *(argv or [])])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(__import__("sys").argv[1:]))

@@ -1,0 +1,44 @@
+"""In-process revision notification for long-poll waiters.
+
+One `asyncio.Event` per revision generation: a change sets the current event and installs a
+fresh one, so N waiters cost N suspended coroutines on one event and nothing polls. Registry
+changes happen in worker threads, which hand the revision to the loop thread-safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class RevisionNotifier:
+    def __init__(self, revision: int, loop: asyncio.AbstractEventLoop | None = None):
+        self.revision = revision
+        self._loop = loop or asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self.waiters = 0
+
+    def changed(self, revision: int) -> None:
+        """Thread-safe: called by the registry after each commit."""
+        self._loop.call_soon_threadsafe(self._set, revision)
+
+    def _set(self, revision: int) -> None:
+        if revision <= self.revision:
+            return
+        self.revision = revision
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait_past(self, since: int, timeout: float) -> bool:
+        """Wait until the revision exceeds `since`; False when `timeout` seconds pass first."""
+        if self.revision > since:
+            return True
+        self.waiters += 1
+        try:
+            async with asyncio.timeout(timeout):
+                while self.revision <= since:
+                    await self._event.wait()
+            return True
+        except TimeoutError:
+            return self.revision > since
+        finally:
+            self.waiters -= 1

@@ -1,0 +1,603 @@
+"""The registry: publish, promote, rollback, retire, and the signed snapshot nodes watch.
+
+Publish order (each step durable before the next):
+    1. blobs uploaded to the store and verified there (content-addressed, so retries are free)
+    2. the signed manifest written to the store
+    3. one SQLite transaction: version row, channel, revision, signed snapshot  <- commit point
+    4. snapshot.json mirrored to the store; subscribers notified
+A crash before 3 leaves only unreferenced objects that `recover()` deletes at the next open; a
+crash after 3 leaves a committed version whose snapshot mirror `recover()` rewrites.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import blake3
+
+from pifarm.errors import Conflict, ConfigError, NotFound, ReadOnlyError, UsageError
+from pifarm.registry.canonical import canonical_bytes
+from pifarm.registry.db import Database, VersionRow
+from pifarm.registry.files import collect_files
+from pifarm.registry.integrity import BlobRef, StreamVerifier, digest_file
+from pifarm.registry.manifest import FileEntry, Manifest, TensorSpec, check_name
+from pifarm.registry.settings import ApiSettings, RegistrySettings, StoreSettings
+from pifarm.registry.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
+from pifarm.registry.snapshot import CHANNELS, ModelEntry, Snapshot, VersionPointer, iso, parse_iso, utcnow
+from pifarm.registry.store import SNAPSHOT_KEY, MODEL_PREFIX, Store, StoreUnavailable, manifest_key, open_store
+from pifarm.registry.tflite_info import read_signature
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]  # (phase, bytes advanced, phase total)
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """A version nodes may fetch: what the target side turns into a volume/namespace."""
+
+    name: str
+    version: int
+    manifest_digest: str
+
+
+def check_channel(channel: str | None) -> str | None:
+    if channel is not None and channel not in CHANNELS:
+        raise UsageError(f"unknown channel {channel!r}; expected one of {', '.join(CHANNELS)}")
+    return channel
+
+
+def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
+    out = {}
+    for k, v in (labels or {}).items():
+        if not isinstance(k, str) or not k or not isinstance(v, str):
+            raise UsageError(f"label {k!r}={v!r}: labels are non-empty string keys with string values")
+        out[k] = v
+    return out
+
+
+def ensure_api_token(data_dir: str | os.PathLike, api: ApiSettings) -> str:
+    """The write token: configured, read from token_file, or created in D/api-token (0600)."""
+    if api.token:
+        return api.token
+    path = Path(api.token_file) if api.token_file else Path(data_dir) / "api-token"
+    try:
+        return path.read_text().strip() or _fail_token(path)
+    except FileNotFoundError:
+        if api.token_file:
+            raise ConfigError(f"[api] token_file {path} does not exist") from None
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def _fail_token(path: Path) -> str:
+    raise ConfigError(f"API token file {path} is empty; delete it to have a new token generated")
+
+
+def _settings(settings: Any) -> tuple[RegistrySettings, StoreSettings]:
+    """Accept RegistrySettings, or the {section: settings} dict `load_role` returns."""
+    if settings is None:
+        return RegistrySettings(), StoreSettings()
+    if isinstance(settings, RegistrySettings):
+        return settings, StoreSettings()
+    if isinstance(settings, Mapping):
+        return settings.get("registry") or RegistrySettings(), settings.get("store") or StoreSettings()
+    raise TypeError(f"registry settings: unexpected {type(settings).__name__}")
+
+
+class Registry:
+    def __init__(self, data_dir: Path, settings: RegistrySettings, store: Store, db: Database,
+                 key: SigningKey, lock_fd: int | None):
+        self.data_dir = data_dir
+        self.settings = settings
+        self.store = store
+        self.db = db
+        self.key = key
+        self._lock_fd = lock_fd
+        self._write = threading.RLock()
+        self._subscribers: list[Callable[[int], None]] = []
+        self._staged: dict[str, float] = {}
+        self._mirror_pending = False
+        self._opened_readonly = lock_fd is None
+        self.read_only_reason: str | None = "opened read-only" if lock_fd is None else None
+        self._snap_cache: tuple[int, bytes] | None = None
+        self.store_check_interval = 5.0
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike, settings: Any = None, *, store: Store | None = None,
+             readonly: bool = False) -> "Registry":
+        """Open (creating when empty) the registry in `data_dir`.
+
+        `settings` is RegistrySettings or the `{section: settings}` dict of `load_role`; a writer
+        holds an exclusive lock on the data dir, `readonly=True` opens beside a running writer.
+        """
+        reg_settings, store_settings = _settings(settings)
+        d = Path(data_dir)
+        try:
+            for sub in (d, d / "keys", d / "tmp"):
+                sub.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"data dir {d}: {e.strerror or e}") from e
+        lock_fd = None if readonly else _lock(d)
+        try:
+            key_path = d / "keys" / PRIVATE_NAME
+            if not key_path.exists() and not readonly:
+                SigningKey.generate().write(d / "keys")
+            key = SigningKey.load(key_path)
+            db = Database(d / "registry.db")
+            st = store if store is not None else open_store(store_settings, d)
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        reg = cls(d, reg_settings, st, db, key, lock_fd)
+        reg.store_check_interval = store_settings.check_interval
+        if not readonly:
+            reg._init_snapshot()
+            try:
+                reg.store.check()
+                reg.recover()
+            except StoreUnavailable as e:
+                reg._go_read_only(e)
+        return reg
+
+    def close(self) -> None:
+        self.db.close()
+        self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pubkey_path(self) -> Path:
+        return self.data_dir / "keys" / PUBLIC_NAME
+
+    # -- notifications ------------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call `callback(revision)` after every committed change; returns an unsubscribe function."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _notify(self, revision: int) -> None:
+        for cb in list(self._subscribers):
+            try:
+                cb(revision)
+            except Exception:  # one broken subscriber must not stop the others or the caller
+                log.exception("registry subscriber %r failed on revision %d", cb, revision)
+
+    # -- read-only mode -----------------------------------------------------------------------
+    def _go_read_only(self, e: Exception) -> None:
+        self.read_only_reason = f"store {self.store.location} unreachable: {e}"
+        log.warning("registry read-only: %s", self.read_only_reason)
+
+    def check_store(self) -> bool:
+        """Probe the store; enter or leave read-only mode; re-mirror what failed meanwhile."""
+        if self._opened_readonly:
+            return False
+        try:
+            self.store.check()
+            with self._write:
+                if self._mirror_pending or self.read_only_reason:
+                    self.recover()
+        except StoreUnavailable as e:
+            self._go_read_only(e)
+            return False
+        if self.read_only_reason:
+            log.warning("registry writable again: store %s reachable", self.store.location)
+        self.read_only_reason = None
+        return True
+
+    def _require_writable(self) -> None:
+        if self._opened_readonly:
+            raise ReadOnlyError("registry opened read-only; writes go through the running aggregator")
+        if not self.check_store():
+            raise ReadOnlyError(f"registry is read-only: {self.read_only_reason}; "
+                                "writes resume when the store is reachable again")
+
+    # -- snapshot -------------------------------------------------------------------------------
+    def _build_snapshot(self, revision: int) -> bytes:
+        channels = self.db.all_channels()
+        models: dict[str, dict] = {}
+        for row in self.db.versions():
+            models.setdefault(row.name, {})[row.version] = row.manifest_digest
+        entries = {}
+        for name, versions in models.items():
+            ch = {c: VersionPointer(v, versions[v]) for c, v in channels.get(name, {}).items() if v in versions}
+            entries[name] = ModelEntry(ch, tuple(VersionPointer(v, d) for v, d in sorted(versions.items())))
+        expires = iso(utcnow() + timedelta(seconds=self.settings.snapshot_lifetime))
+        snap = Snapshot(revision, expires, entries)
+        return canonical_bytes(self.key.sign(snap.to_json()))
+
+    def _commit_change(self, conn, change: Callable[[Any], None] | None = None) -> int:
+        """Inside a transaction: apply `change`, bump the revision, sign and store the snapshot."""
+        if change is not None:
+            change(conn)
+        revision = int((conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone() or (0,))[0]) + 1
+        Database.set_meta(conn, "revision", revision)
+        # built through the same connection lock, so it sees this transaction's rows
+        Database.set_meta(conn, "snapshot", self._build_snapshot(revision))
+        return revision
+
+    def _init_snapshot(self) -> None:
+        if self.db.get_meta("snapshot") is None:
+            with self.db.transaction() as conn:
+                Database.set_meta(conn, "revision", 0)
+                Database.set_meta(conn, "snapshot", self._build_snapshot(0))
+            self._mirror_pending = True
+
+    def _mirror_snapshot(self) -> None:
+        try:
+            self.store.put_document(SNAPSHOT_KEY, self.snapshot_bytes()[1])
+            self._mirror_pending = False
+        except StoreUnavailable as e:
+            self._mirror_pending = True
+            self._go_read_only(e)
+
+    def _after_commit(self, revision: int) -> None:
+        self._snap_cache = None
+        self._mirror_snapshot()
+        self._notify(revision)
+
+    def snapshot_bytes(self) -> tuple[int, bytes]:
+        """(revision, exact signed bytes) of the current snapshot; cheap, cached per revision."""
+        cached = self._snap_cache
+        rev = self.db.revision()
+        if cached is None or cached[0] != rev:
+            data = bytes(self.db.get_meta("snapshot"))
+            rev = json.loads(data)["signed"]["revision"]
+            cached = self._snap_cache = (rev, data)
+        return cached
+
+    def snapshot_document(self) -> dict[str, Any]:
+        return json.loads(self.snapshot_bytes()[1])
+
+    @property
+    def revision(self) -> int:
+        return self.snapshot_bytes()[0]
+
+    def refresh_if_due(self) -> bool:
+        """Re-sign the snapshot (new revision) once half its lifetime has passed, so nodes never freeze."""
+        body = self.snapshot_document()["signed"]
+        left = (parse_iso(body["expires"]) - utcnow()).total_seconds()
+        if left > self.settings.snapshot_lifetime / 2 or self.read_only_reason or self._opened_readonly:
+            return False
+        with self._write:
+            with self.db.transaction() as conn:
+                rev = self._commit_change(conn)
+            self._after_commit(rev)
+        return True
+
+    # -- reads ----------------------------------------------------------------------------------
+    def models(self) -> dict[str, dict[str, Any]]:
+        """{name: {"channels": {ch: version}, "versions": [{version, manifest_digest, size, created}]}}."""
+        channels = self.db.all_channels()
+        out: dict[str, dict[str, Any]] = {}
+        for row in self.db.versions():
+            m = out.setdefault(row.name, {"channels": channels.get(row.name, {}), "versions": []})
+            m["versions"].append({"version": row.version, "manifest_digest": row.manifest_digest,
+                                  "size": row.total_size, "created": row.created})
+        return out
+
+    def model(self, name: str) -> dict[str, Any]:
+        check_name(name)
+        m = self.models().get(name)
+        if m is None:
+            raise NotFound(f"model {name!r} does not exist (see `pifarm models`)")
+        return m
+
+    def _row(self, name: str, version: int) -> VersionRow:
+        check_name(name)
+        row = self.db.version(name, int(version))
+        if row is None:
+            raise NotFound(f"model {name!r} has no version {version}")
+        if row.retired:
+            raise NotFound(f"model {name!r} version {version} is retired")
+        return row
+
+    def manifest_document(self, name: str, version: int) -> dict[str, Any]:
+        return json.loads(self._row(name, version).document)
+
+    def manifest_bytes(self, name: str, version: int) -> bytes:
+        return self._row(name, version).document
+
+    def manifest(self, name: str, version: int) -> Manifest:
+        return Manifest.from_json(self.manifest_document(name, version)["signed"])
+
+    def served_versions(self) -> list[ServedVersion]:
+        return [ServedVersion(r.name, r.version, r.manifest_digest) for r in self.db.versions()]
+
+    def blob_size(self, digest: str) -> int:
+        return self.store.blob_size(digest)
+
+    def blob_path_or_stream(self, digest: str, start: int = 0, end: int | None = None) -> Path | Iterator[bytes]:
+        """A local path to the blob (filesystem store) or an iterator over bytes [start, end)."""
+        path = self.store.local_blob_path(digest)
+        if path is not None:
+            if not path.exists():
+                raise NotFound(f"blob {digest} is not in the store")
+            return path
+        return self.store.read_blob(digest, start, end)
+
+    # -- publish --------------------------------------------------------------------------------
+    def publish(self, path: str | os.PathLike, name: str, channel: str | None = None,
+                labels: Mapping[str, str] | None = None, *, format: str | None = None,
+                progress: Progress | None = None) -> tuple[Manifest, dict[str, Any]]:
+        """Publish a file or directory as the next version of `name` (idempotent on identical content)."""
+        check_name(name)
+        check_channel(channel)
+        labels = check_labels(labels)
+        files = collect_files(path)
+        self._require_writable()
+        fmt, inputs, outputs = self._format_of(format, [(f.relpath, f.source) for f in files])
+        total = sum(f.size for f in files)
+        entries, sources = [], {}
+        for f in files:
+            digest, size = digest_file(f.source)
+            entries.append(FileEntry(f.relpath, size, digest))
+            sources[digest] = f.source
+            if progress:
+                progress("hash", size, total)
+        try:
+            for e in entries:
+                if e.digest in sources:
+                    self._staged[e.digest] = time.monotonic()
+                    if not self.store.has_blob(e.ref):
+                        self.store.put_blob(e.ref, sources.pop(e.digest))
+                    else:
+                        sources.pop(e.digest)
+                if progress:
+                    progress("upload", e.size, total)
+            return self._commit_version(name, entries, fmt, inputs, outputs, channel, labels)
+        except StoreUnavailable as e:
+            self._go_read_only(e)
+            raise ReadOnlyError(f"publish of {name} refused: {self.read_only_reason}; nothing was committed") from e
+        finally:
+            for e in entries:
+                self._staged.pop(e.digest, None)
+
+    def stage_blob(self, ref: BlobRef, path: Path) -> None:
+        """Take a verified upload (API) into the store; protected from GC for `upload_grace` s."""
+        self._require_writable()
+        self._staged[ref.digest] = time.monotonic()
+        try:
+            if not self.store.has_blob(ref):
+                self.store.put_blob(ref, path, consume=True)
+        except StoreUnavailable as e:
+            self._go_read_only(e)
+            raise ReadOnlyError(f"upload of {ref.digest} refused: {self.read_only_reason}") from e
+
+    def publish_staged(self, name: str, files: list[FileEntry], channel: str | None = None,
+                       labels: Mapping[str, str] | None = None, *, format: str | None = None
+                       ) -> tuple[Manifest, dict[str, Any]]:
+        """Publish a version whose blobs were uploaded already (the HTTP API's second step)."""
+        check_name(name)
+        check_channel(channel)
+        labels = check_labels(labels)
+        if not files:
+            raise UsageError(f"publish of {name} lists no files")
+        self._require_writable()
+        try:
+            for f in files:
+                if not self.store.has_blob(f.ref):
+                    raise NotFound(f"blob {f.digest} ({f.path}, {f.size} bytes) was not uploaded; upload it first")
+            with tempfile.TemporaryDirectory(dir=self.data_dir / "tmp") as tmp:
+                local = [(f.path, self._local_copy(f.ref, Path(tmp))) for f in files if f.path.endswith(".tflite")]
+                if format == "raw" or (format is None and not local):
+                    fmt, inputs, outputs = "raw", (), ()
+                else:
+                    fmt, inputs, outputs = self._format_of(format, local or [(files[0].path, self._local_copy(files[0].ref, Path(tmp)))])
+            return self._commit_version(name, list(files), fmt, inputs, outputs, channel, labels)
+        except StoreUnavailable as e:
+            self._go_read_only(e)
+            raise ReadOnlyError(f"publish of {name} refused: {self.read_only_reason}; nothing was committed") from e
+
+    def _local_copy(self, ref: BlobRef, tmp: Path) -> Path:
+        path = self.store.local_blob_path(ref.digest)
+        if path is not None:
+            return path
+        out = tmp / ref.hex
+        v = StreamVerifier(ref, source=self.store.location)
+        with open(out, "wb") as f:
+            for chunk in self.store.read_blob(ref.digest):
+                v.update(chunk)
+                f.write(chunk)
+        v.finish()
+        return out
+
+    def _format_of(self, format: str | None, files: list[tuple[str, Path]]
+                   ) -> tuple[str, tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        if format not in (None, "tflite", "raw"):
+            raise UsageError(f"unknown model format {format!r}; expected tflite or raw")
+        tfl = [(rel, p) for rel, p in files if rel.endswith(".tflite")]
+        if format == "raw" or (format is None and not tfl):
+            return "raw", (), ()
+        rel, p = (tfl or files)[0]
+        inputs, outputs = read_signature(p, label=rel)
+        return "tflite", inputs, outputs
+
+    def _commit_version(self, name: str, files: list[FileEntry], fmt: str, inputs, outputs,
+                        channel: str | None, labels: dict[str, str]) -> tuple[Manifest, dict[str, Any]]:
+        files = sorted(files, key=lambda f: f.path)
+        content_key = blake3.blake3(canonical_bytes(
+            {"format": fmt, "files": [f.to_json() for f in files], "labels": labels})).hexdigest()
+        with self._write:
+            existing = self.db.find_content(name, content_key)
+            if existing is not None:
+                if channel and self.db.channels(name).get(channel) != existing.version:
+                    self.promote(name, existing.version, channel)
+                doc = json.loads(existing.document)
+                return Manifest.from_json(doc["signed"]), doc
+            version = self.db.next_version(self.db._conn, name)
+            manifest = Manifest(name=name, version=version, format=fmt, files=tuple(files), created=iso(utcnow()),
+                                inputs=tuple(inputs), outputs=tuple(outputs), labels=labels)
+            doc = self.key.sign(manifest.to_json())
+            data = canonical_bytes(doc)
+            key = manifest_key(name, version)
+            try:
+                self.store.put_document(key, data)
+            except StoreUnavailable:
+                self._try_delete(key)
+                raise
+            row = VersionRow(name, version, manifest.digest, data, False, manifest.created, manifest.total_size,
+                             content_key)
+
+            def change(conn) -> None:
+                Database.insert_version(conn, row, [(f.path, f.digest, f.size) for f in files])
+                if channel:
+                    Database.set_channel(conn, name, channel, version)
+
+            with self.db.transaction() as conn:
+                rev = self._commit_change(conn, change)
+            log.info("published %s version %d (%s) at revision %d", name, version, manifest.digest, rev)
+        self._after_commit(rev)
+        return manifest, doc
+
+    def _try_delete(self, key: str) -> None:
+        try:
+            self.store.delete_document(key)
+        except StoreUnavailable:
+            pass  # recover() removes it once the store is back
+
+    # -- channels and retirement ----------------------------------------------------------------------
+    def promote(self, name: str, version: int, channel: str) -> int:
+        """Point `channel` of `name` at `version`; returns the new revision (unchanged if already there)."""
+        check_channel(channel)
+        with self._write:
+            self._row(name, version)
+            self._require_writable()
+            if self.db.channels(name).get(channel) == int(version):
+                return self.revision
+            with self.db.transaction() as conn:
+                rev = self._commit_change(conn, lambda c: Database.set_channel(c, name, channel, int(version)))
+        self._after_commit(rev)
+        return rev
+
+    def rollback(self, name: str, channel: str) -> int:
+        """Point `channel` back at the version it had before the current one; returns that version."""
+        check_channel(channel)
+        check_name(name)
+        with self._write:
+            current = self.db.channels(name).get(channel)
+            if current is None:
+                raise NotFound(f"model {name!r} has no {channel} channel set" if self.db.versions(name)
+                               else f"model {name!r} does not exist")
+            self._require_writable()
+            target = None
+
+            def change(conn) -> None:
+                nonlocal target
+                for seq, v in Database.history(conn, name, channel):
+                    if v == current:
+                        continue
+                    row = self.db.version(name, v)
+                    if row is None or row.retired:
+                        continue
+                    target = (seq, v)
+                    break
+                if target is None:
+                    raise Conflict(f"{name} {channel} has no earlier live version to roll back to")
+                conn.execute("DELETE FROM channel_history WHERE name=? AND channel=? AND seq>?", (name, channel, target[0]))
+                conn.execute("UPDATE channels SET version=? WHERE name=? AND channel=?", (target[1], name, channel))
+
+            with self.db.transaction() as conn:
+                rev = self._commit_change(conn, change)
+        self._after_commit(rev)
+        return target[1]
+
+    def retire(self, name: str, version: int) -> int:
+        """Stop offering a version; collect blobs no live version refers to. Returns the revision."""
+        with self._write:
+            self._row(name, version)
+            on = [c for c, v in self.db.channels(name).items() if v == int(version)]
+            if on:
+                raise Conflict(f"{name} version {version} is on channel {', '.join(sorted(on))}; "
+                               "promote another version there first")
+            self._require_writable()
+            with self.db.transaction() as conn:
+                rev = self._commit_change(conn, lambda c: c.execute(
+                    "UPDATE versions SET retired=1 WHERE name=? AND version=?", (name, int(version))))
+        self._after_commit(rev)
+        try:
+            self.store.delete_document(manifest_key(name, version))
+            self.collect_garbage()
+        except StoreUnavailable as e:
+            self._go_read_only(e)
+        return rev
+
+    def collect_garbage(self) -> list[str]:
+        """Delete stored blobs no live version (and no recent upload) refers to."""
+        with self._write:
+            now = time.monotonic()
+            for d, t in list(self._staged.items()):
+                if now - t > self.settings.upload_grace:
+                    self._staged.pop(d, None)
+            keep = self.db.live_digests() | set(self._staged)
+            gone = [d for d in self.store.list_blobs() if d not in keep]
+            for d in gone:
+                self.store.delete_blob(d)
+        if gone:
+            log.info("collected %d unreferenced blob(s)", len(gone))
+        return gone
+
+    def recover(self) -> None:
+        """Start-up cleanup: temp leftovers, manifests of uncommitted or retired versions,
+        unreferenced blobs, and a snapshot mirror that lags the database."""
+        with self._write:
+            cleanup = getattr(self.store, "cleanup_temp", None)
+            if cleanup:
+                cleanup()
+            for p in (self.data_dir / "tmp").glob("*"):
+                if p.is_file() and not self._staged:
+                    p.unlink(missing_ok=True)
+            live = {(r.name, r.version) for r in self.db.versions()}
+            for key in self.store.list_documents(MODEL_PREFIX):
+                parts = key[len(MODEL_PREFIX):].split("/")
+                ok = len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit()
+                if not ok or (parts[0], int(parts[1][:-5])) not in live:
+                    self.store.delete_document(key)
+            for r in self.db.versions():
+                if self.store.get_document(manifest_key(r.name, r.version)) != r.document:
+                    self.store.put_document(manifest_key(r.name, r.version), r.document)
+            self.collect_garbage()
+            if self.store.get_document(SNAPSHOT_KEY) != self.snapshot_bytes()[1]:
+                self.store.put_document(SNAPSHOT_KEY, self.snapshot_bytes()[1])
+            self._mirror_pending = False
+
+
+def _lock(d: Path) -> int:
+    fd = os.open(d / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise Conflict(f"data dir {d} is in use by another pifarm process (pid {holder or '?'}); "
+                       "stop it or go through its API with --registry") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
