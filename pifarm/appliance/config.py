@@ -177,3 +177,41 @@ def _aggregator_sections() -> dict[str, type]:
 #: section name -> settings dataclass of /etc/pifarm/aggregator.toml
 AGGREGATOR_SECTIONS: dict[str, type] = _aggregator_sections()
 DEFAULT_AGGREGATOR_CONFIG = "/etc/pifarm/aggregator.toml"
+
+
+# -- inference server ([inference] with [inference.defaults] / [inference.models.<name>]) --
+def _serve_sections() -> dict[str, type]:
+    from pifarm.inference.settings import InferenceSettings
+
+    return {"inference": InferenceSettings}
+
+
+#: section name -> settings dataclass of `pifarm serve` (the node role embeds the same [inference])
+SERVE_SECTIONS: dict[str, type] = _serve_sections()
+
+
+# -- node role ([node], [cache], [s3], [watcher], [inference]; [[sources]] is read by appliance.node) --
+def _node_sections() -> dict[str, type]:
+    from dataclasses import dataclass
+
+    from pifarm.cache.settings import CacheSettings
+    from pifarm.inference.settings import InferenceSettings
+    from pifarm.initiator.settings import NodeSettings, S3Settings, WatcherSettings
+
+    # the same settings, with sizes that also accept "8GiB" / "8MiB" in TOML and env
+    @dataclass(frozen=True)
+    class CacheConfig(CacheSettings):
+        max_bytes: ByteSize | None = None
+        scrub_rate: ByteSize | None = ByteSize(32 * 2**20)
+
+    @dataclass(frozen=True)
+    class S3Config(S3Settings):
+        part_size: ByteSize = ByteSize(8 * 2**20)
+
+    return {"node": NodeSettings, "cache": CacheConfig, "s3": S3Config, "watcher": WatcherSettings,
+            "inference": InferenceSettings}
+
+
+#: section name -> settings dataclass of /etc/pifarm/node.toml (plus the [[sources]] array)
+NODE_SECTIONS: dict[str, type] = _node_sections()
+DEFAULT_NODE_CONFIG = "/etc/pifarm/node.toml"

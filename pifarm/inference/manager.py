@@ -1,0 +1,257 @@
+"""Which model versions are served, and hot swap between them.
+
+The manager watches the cache's `refs/<name>/active` files with watchdog (plus a bounded
+periodic rescan in case an event is missed). When a model's active ref names a manifest digest
+other than the one being served, the version is loaded on the single background loader thread:
+verified, built, batch-probed, warmed up with one inference, and only then swapped in by one
+reference assignment. Requests already queued on the old version finish on its interpreters;
+a version that fails to load leaves the old one serving and its error shows in /health.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from pifarm.cache.layout import CacheLayout, RefValue
+from pifarm.cache.nodestate import read_state
+from pifarm.errors import ConfigError, InferenceError, NotFound, PifarmError
+from pifarm.inference.batching import BatchPolicy
+from pifarm.inference.loader import load_verified
+from pifarm.inference.metrics import ServerMetrics
+from pifarm.inference.model import ModelVersion
+from pifarm.inference.pool import WorkerPool
+from pifarm.inference.runtime import Runtime, resolve
+from pifarm.inference.settings import InferenceSettings
+from pifarm.registry.signing import TrustedKeys
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(InferenceError):
+    """The model is known but no version is loaded yet (HTTP 503)."""
+
+
+@dataclass
+class Active:
+    version: ModelVersion
+    pool: WorkerPool
+
+
+@dataclass
+class Slot:
+    name: str
+    active: Active | None = None
+    loading: str | None = None          # manifest digest on the loader thread right now
+    error: str | None = None            # why the newest active ref is not the one served
+    failed: dict[str, float] = field(default_factory=dict)  # digest -> monotonic time it failed
+
+
+class _RefEvents(FileSystemEventHandler):
+    def __init__(self, manager: "ModelManager"):
+        self._m = manager
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = [getattr(event, "src_path", ""), getattr(event, "dest_path", "")]
+        if any("refs" in str(p) for p in paths if p):
+            self._m.reconcile()
+
+
+class ModelManager:
+    def __init__(self, settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
+                 metrics: ServerMetrics):
+        self.settings = settings
+        self.layout = CacheLayout(Path(cache_root))
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.metrics = metrics
+        self.runtime: Runtime | None = None
+        self._trusted: TrustedKeys | None = None
+        self._lock = threading.Lock()
+        self._slots: dict[str, Slot] = {n: Slot(n) for n in settings.configured}
+        self._loader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._observer: Any = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.layout.root.is_dir():
+            raise ConfigError(f"cache directory {self.layout.root} does not exist; pass --cache with the node's cache")
+        self.runtime = resolve(self.settings.runtime)
+        if self.settings.trusted_keys:
+            self._trusted = TrustedKeys.from_files(self.settings.trusted_keys)
+        self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._observer = Observer()
+        self._observer.schedule(_RefEvents(self), str(self.layout.root), recursive=True)
+        self._observer.daemon = True
+        self._observer.start()
+        self._poller = threading.Thread(target=self._poll, name="model-rescan", daemon=True)
+        self._poller.start()
+        self.reconcile()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+        if self._loader is not None:
+            self._loader.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            pools = [s.active.pool for s in self._slots.values() if s.active]
+        for p in pools:
+            p.close(timeout=5)
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.settings.state_poll_seconds):
+            try:
+                self.reconcile()
+            except Exception:  # keep rescanning whatever one pass hit
+                log.exception("model rescan failed")
+
+    # -- what to serve ---------------------------------------------------------------------
+    def names(self) -> list[str]:
+        if self.settings.configured:
+            return self.settings.configured
+        try:
+            found = self.layout.models()
+        except OSError:
+            found = []
+        with self._lock:
+            return sorted(set(found) | set(self._slots))
+
+    def reconcile(self) -> None:
+        """Schedule a load for every model whose active ref differs from what is served."""
+        if self._loader is None or self._stop.is_set():
+            return
+        for name in self.names():
+            try:
+                ref = self.layout.read_ref(name, "active")
+            except (PifarmError, OSError) as e:
+                with self._lock:
+                    self._slots.setdefault(name, Slot(name)).error = str(e)
+                continue
+            with self._lock:
+                slot = self._slots.setdefault(name, Slot(name))
+                if ref is None:
+                    if slot.active is None:
+                        slot.error = f"no active version of {name} in cache {self.layout.root} yet"
+                    continue
+                served = slot.active.version.manifest_digest if slot.active else None
+                if ref.manifest_digest in (served, slot.loading):
+                    continue
+                failed_at = slot.failed.get(ref.manifest_digest)
+                if failed_at is not None and time.monotonic() - failed_at < self.settings.retry_failed_seconds:
+                    continue
+                slot.loading = ref.manifest_digest
+            try:
+                self._loader.submit(self._load, name, ref)
+            except RuntimeError:  # shutting down
+                return
+
+    def _load(self, name: str, ref: RefValue) -> None:
+        t0 = time.perf_counter()
+        try:
+            verified = load_verified(self.layout, name, ref, self._trusted)
+            mv = ModelVersion(verified, self.runtime, self.settings.for_model(name))
+            first = mv.prepare()
+            ms = mv.settings
+            policy = BatchPolicy(mv.batch.enabled, ms.max_batch, ms.max_delay_ms / 1e3, ms.batch_min_queue,
+                                 ms.batch_max_mean_wait_ms / 1e3)
+            pool = WorkerPool(f"{name}-v{mv.version}", mv.new_session, first, ms, policy,
+                              on_batch=self.metrics.batch_size.labels(name).observe,
+                              on_queue=self.metrics.queue_depth.labels(name).set)
+        except Exception as e:  # anything the runtime throws must not take the server down
+            msg = str(e) if isinstance(e, PifarmError) else f"{type(e).__name__}: {e}"
+            reason = f"version {ref.version} ({ref.manifest_digest[:19]}…) refused: {msg}"
+            log.warning("model %s: %s", name, reason)
+            self.metrics.load_failures.labels(name).inc()
+            with self._lock:
+                slot = self._slots.setdefault(name, Slot(name))
+                slot.loading = None
+                slot.error = reason
+                slot.failed[ref.manifest_digest] = time.monotonic()
+            return
+        with self._lock:
+            slot = self._slots.setdefault(name, Slot(name))
+            old = slot.active
+            slot.active = Active(mv, pool)  # the swap: new requests see the new version from here on
+            slot.loading = None
+            slot.error = None
+            slot.failed.pop(ref.manifest_digest, None)
+        self.metrics.load_seconds.labels(name).observe(time.perf_counter() - t0)
+        self.metrics.active_version.labels(name).set(mv.version)
+        if mv.delegate_warning:
+            self.metrics.delegate_fallback.labels(name).inc()
+        log.info("model %s: serving version %d (%s)", name, mv.version, mv.batch.reason)
+        if old is not None:
+            old.pool.close()  # queued requests of the old version finish first
+
+    # -- request side ----------------------------------------------------------------------
+    def get(self, name: str, version: str | None = None) -> Active:
+        with self._lock:
+            slot = self._slots.get(name)
+        if slot is None:
+            if name not in self.names():
+                raise NotFound(f"model {name!r} is not served here")
+            with self._lock:
+                slot = self._slots.setdefault(name, Slot(name))
+        active = slot.active
+        if active is None:
+            raise NotReady(f"model {name} is not loaded yet: {slot.error or 'loading'}")
+        if version is not None and version != str(active.version.version):
+            raise NotFound(f"model {name} version {version!r} is not served here (serving {active.version.version})")
+        return active
+
+    def known(self, name: str) -> bool:
+        with self._lock:
+            if name in self._slots:
+                return True
+        return name in self.names()
+
+    def health(self) -> dict[str, Any]:
+        """The body of GET /health; `ready` is True only when every wanted model is loaded."""
+        names = self.names()
+        models: dict[str, Any] = {}
+        with self._lock:
+            slots = {n: self._slots.get(n) or Slot(n) for n in names}
+        for n, slot in slots.items():
+            a = slot.active
+            entry: dict[str, Any] = {"ready": a is not None, "version": a.version.version if a else None,
+                                     "manifest_digest": a.version.manifest_digest if a else None,
+                                     "loading": slot.loading, "error": slot.error}
+            if a is not None:
+                entry.update({
+                    "batching": {"batchable": a.version.batch.batchable, "enabled": a.version.batch.enabled,
+                                 "reason": a.version.batch.reason},
+                    "delegate_warning": a.version.delegate_warning,
+                    "workers": a.pool.workers, "queue": a.pool.queue_depth,
+                    "load_seconds": round(a.version.load_seconds, 4),
+                })
+            models[n] = entry
+        state = read_state(self.state_dir) if self.state_dir is not None else None
+        degraded = bool(state and state.degraded)
+        self.metrics.degraded.set(1 if degraded else 0)
+        ready = bool(models) and all(m["ready"] for m in models.values())
+        if ready:
+            status = "degraded" if degraded else "ok"
+        else:
+            status = "no models" if not models else "loading" if any(m["loading"] for m in models.values()) else "unavailable"
+        return {
+            "status": status,
+            "ready": ready,
+            "degraded": degraded,
+            "degraded_reason": state.degraded_reason if state else None,
+            "revision": state.revision if state and state.revision >= 0 else None,
+            "runtime": f"{self.runtime.name} {self.runtime.version}" if self.runtime else None,
+            "models": models,
+        }

@@ -1,0 +1,47 @@
+"""Prometheus metrics of one inference server, on a registry of its own (no global state).
+
+    pifarm_inference_requests_total{model,version}          completed infer requests
+    pifarm_inference_errors_total{model,code}                failed requests by HTTP status
+    pifarm_inference_request_seconds{model}                  end-to-end infer latency
+    pifarm_inference_queue_depth{model}                      jobs waiting for a worker
+    pifarm_inference_batch_size{model}                       rows per invoke
+    pifarm_inference_workers{model}                          worker threads of the active version
+    pifarm_inference_model_load_seconds{model}               verify + build + warm-up time
+    pifarm_inference_model_load_failures_total{model}        versions refused (integrity, runtime)
+    pifarm_inference_active_version{model}                   version being served (0 = none)
+    pifarm_inference_delegate_fallback_total{model}          delegate failed, ran on CPU instead
+    pifarm_inference_degraded                                1 while the node is degraded
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        p = "pifarm_inference_"
+        self.requests = Counter(p + "requests", "Completed inference requests", ["model", "version"], registry=r)
+        self.errors = Counter(p + "errors", "Failed requests by HTTP status", ["model", "code"], registry=r)
+        self.latency = Histogram(p + "request_seconds", "Inference request latency", ["model"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge(p + "queue_depth", "Requests waiting for a worker", ["model"], registry=r)
+        self.batch_size = Histogram(p + "batch_size", "Rows per interpreter invoke", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.workers = Gauge(p + "workers", "Worker threads of the active version", ["model"], registry=r)
+        self.load_seconds = Histogram(p + "model_load_seconds", "Verify, build and warm-up time of a version",
+                                      ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self.load_failures = Counter(p + "model_load_failures", "Model versions that failed to load",
+                                     ["model"], registry=r)
+        self.active_version = Gauge(p + "active_version", "Model version being served (0 = none)", ["model"], registry=r)
+        self.delegate_fallback = Counter(p + "delegate_fallback", "Delegate failed to load; ran on CPU",
+                                         ["model"], registry=r)
+        self.degraded = Gauge(p + "degraded", "1 while the node reports degraded read-only mode", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
