@@ -117,8 +117,10 @@ class Codec:
 
     def encode(self, pdu: Pdu) -> bytes:
         """Serialise a PDU for this queue (digests as negotiated); raises before changing state."""
-        self._check_usable()
         t = pdu.type
+        if self.state is State.ERROR and t == (T.H2C_TERM if self.role is Role.HOST else T.C2H_TERM):
+            self.state = State.READY  # after a remote error the one PDU still allowed is our termination request
+        self._check_usable()
         table = TRANSITIONS[self.role].get(self.state, {})
         if ("send", t) not in table:
             self._step("send", t)  # raises the precise error

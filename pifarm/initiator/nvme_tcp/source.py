@@ -1,0 +1,172 @@
+"""The cache source `nvme-tcp-userspace`: blobs read off model volumes over userspace NVMe/TCP.
+
+Each namespace of the subsystem is a pifarm volume; its superblock and table of contents say
+where each blob lies. A namespace is trusted to be the volume it claims only if its UUID is the
+one derived from the volume's manifest digest; the blob bytes themselves are verified by the
+cache (this source never verifies, per the Source contract).
+
+[[sources]] entry (node.toml):
+
+    kind = "nvme-tcp-userspace"
+    address = "aggregator.local:4420"
+    options = { subnqn = "nqn....", hostnqn = "nqn....", hdgst = false, ddgst = false }
+
+`subnqn` may be omitted: the discovery controller then names the subsystems to look in.
+`hostnqn` defaults to the context's host identity file, then /etc/nvme/hostnqn.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from pifarm.errors import ConfigError, IntegrityError, NotFound, ProtocolError, SourceError
+from pifarm.registry import nvme_wire as w
+from pifarm.registry.integrity import BlobRef
+from pifarm.registry.manifest import namespace_uuid
+from pifarm.registry.volume import VolumeReader
+from pifarm.initiator.nvme_tcp._client import NvmeTcpClient
+from pifarm.initiator.nvme_tcp._controller import ConnectParams, NamespaceInfo, parse_address
+
+log = logging.getLogger(__name__)
+NAME = "nvme-tcp-userspace"
+CHUNK = 4 << 20  # one chunk = four 1 MiB Reads in flight
+
+
+@dataclass(frozen=True)
+class _Extent:
+    client: NvmeTcpClient
+    ns: NamespaceInfo
+    offset: int
+    size: int
+
+
+class NvmeTcpUserspaceSource:
+    name = NAME
+
+    def __init__(self, clients: list[NvmeTcpClient], chunk: int = CHUNK):
+        self.clients = clients
+        self.chunk = chunk
+        self._index: dict[str, _Extent] | None = None
+
+    def volume(self, manifest_digest: str) -> VolumeReader:
+        """The volume of one model version, found by its namespace UUID."""
+        want = namespace_uuid(manifest_digest)
+        for client in self.clients:
+            with _as_source_error():
+                for ns in client.namespaces():
+                    if ns.uuid == want:
+                        return self._open(client, ns)
+        raise NotFound(f"no namespace with UUID {want} (manifest {manifest_digest}) on "
+                       + ", ".join(c.params.where for c in self.clients))
+
+    def _open(self, client: NvmeTcpClient, ns: NamespaceInfo) -> VolumeReader:
+        reader = VolumeReader(lambda off, n: client.read(ns, off, n), where=f"{client.params.where} nsid {ns.nsid}")
+        expect = namespace_uuid(reader.manifest_digest)
+        if ns.uuid != expect:
+            raise IntegrityError(f"{reader.where}: namespace UUID {ns.uuid} is not the {expect} its volume's manifest implies")
+        return reader
+
+    def _build_index(self) -> dict[str, _Extent]:
+        index: dict[str, _Extent] = {}
+        for client in self.clients:
+            with _as_source_error():
+                namespaces = client.namespaces()
+            for ns in namespaces:
+                try:
+                    with _as_source_error():
+                        reader = self._open(client, ns)
+                except IntegrityError as e:
+                    log.info("skipping namespace %d on %s: %s", ns.nsid, client.params.where, e)
+                    continue
+                for _path, digest, off, size in reader.entries:
+                    index.setdefault(digest, _Extent(client, ns, off, size))
+        return index
+
+    def _locate(self, ref: BlobRef) -> _Extent:
+        for refresh in (False, True):
+            if self._index is None or refresh:
+                self._index = self._build_index()
+            ext = self._index.get(ref.digest)
+            if ext is not None:
+                break
+        else:
+            raise SourceError(f"blob {ref.digest} is on no volume exported by "
+                              + ", ".join(c.params.where for c in self.clients), NAME)
+        if ext.size != ref.size:
+            raise SourceError(f"blob {ref.digest}: volume says {ext.size} bytes, manifest says {ref.size}", NAME)
+        return ext
+
+    def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
+        ext = self._locate(ref)
+        pos = start
+        while pos < ref.size:
+            n = min(self.chunk, ref.size - pos)
+            with _as_source_error():
+                data = ext.client.read(ext.ns, ext.offset + pos, n)
+            yield data
+            pos += n
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
+class _as_source_error:
+    """Protocol failures become SourceError so the fallback chain moves on; the cause is kept."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, e: BaseException | None, tb: Any) -> bool:
+        if isinstance(e, ProtocolError) and not isinstance(e, SourceError):
+            raise SourceError(f"NVMe/TCP: {e}", NAME) from e
+        return False
+
+
+def read_host_nqn(path: Path | None) -> str:
+    """The host NQN from an identity file (first line starting 'nqn.'), else /etc/nvme/hostnqn."""
+    for p in ([path] if path else []) + [Path("/etc/nvme/hostnqn")]:
+        try:
+            for line in p.read_text().splitlines():
+                if line.strip().startswith("nqn."):
+                    return line.strip()
+        except OSError:
+            continue
+    raise ConfigError("nvme-tcp-userspace needs a host NQN: set options.hostnqn, a host identity file, or /etc/nvme/hostnqn")
+
+
+def make_source(spec: Any, ctx: Any) -> NvmeTcpUserspaceSource:
+    """Factory the node's fallback chain loads by the dotted path
+    "pifarm.initiator.nvme_tcp.source:make_source" (spec: SourceSpec, ctx: SourceContext)."""
+    opts = dict(getattr(spec, "options", {}) or {})
+    address = getattr(spec, "address", "") or opts.pop("address", "")
+    if not address:
+        raise ConfigError("[[sources]] nvme-tcp-userspace needs address = \"HOST:PORT\"")
+    host, port = parse_address(address)
+    hostnqn = opts.get("hostnqn") or read_host_nqn(getattr(ctx, "host_identity_path", None))
+    timeout = float(opts.get("timeout", min(10.0, float(getattr(spec, "deadline", 10.0)))))
+    common = dict(host=host, port=port, hostnqn=hostnqn, hdgst=bool(opts.get("hdgst", False)),
+                  ddgst=bool(opts.get("ddgst", False)), timeout=timeout)
+    try:
+        subnqns = [opts["subnqn"]] if opts.get("subnqn") else discover_subsystems(ConnectParams(**common, kato_ms=0))
+        clients = [NvmeTcpClient(ConnectParams(**common, subnqn=s, io_queues=int(opts.get("io_queues", 1)),
+                                               queue_depth=int(opts.get("queue_depth", 32))))
+                   for s in subnqns]
+    except ValueError as e:
+        raise ConfigError(f"[[sources]] nvme-tcp-userspace options: {e}") from e
+    if not clients:
+        raise SourceError(f"the discovery controller at {host}:{port} lists no subsystem for host {hostnqn}", NAME)
+    return NvmeTcpUserspaceSource(clients)
+
+
+def discover_subsystems(params: ConnectParams) -> list[str]:
+    """NVM subsystem NQNs the discovery controller at params.host:port offers this host."""
+    with NvmeTcpClient(params, retries=1) as c, _as_source_error():
+        log_ = c.discovery_log()
+    return [e.subnqn for e in log_.entries if e.subtype == w.SUBTYPE_NVME]
+
+
+__all__ = ["NAME", "NvmeTcpUserspaceSource", "discover_subsystems", "make_source", "read_host_nqn"]

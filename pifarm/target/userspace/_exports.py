@@ -1,0 +1,125 @@
+"""What the userspace target exports: subsystems holding read-only namespaces backed by volume
+files, and the hosts allowed to connect. Plain values; the server never mutates them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pifarm.errors import NotFound, UsageError
+from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+from pifarm.registry.volume import BLOCK, VolumeReader
+
+LBA_SHIFT = 12  # volumes are 4 KiB aligned; so are the LBAs
+
+
+@dataclass(frozen=True)
+class NamespaceExport:
+    nsid: int
+    path: Path
+    uuid: uuid.UUID
+    nguid: bytes
+    size: int  # bytes, a multiple of the LBA size
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.nsid < 0xFFFFFFFF:
+            raise UsageError(f"namespace id {self.nsid} out of range 1..4294967294")
+        if self.size <= 0 or self.size % (1 << LBA_SHIFT):
+            raise UsageError(f"namespace {self.nsid} ({self.path}): size {self.size} is not a positive multiple of 4096")
+        if len(self.nguid) != 16:
+            raise UsageError(f"namespace {self.nsid}: NGUID must be 16 bytes")
+
+    @property
+    def nlb(self) -> int:
+        return self.size >> LBA_SHIFT
+
+    @classmethod
+    def from_volume(cls, nsid: int, path: str | os.PathLike) -> "NamespaceExport":
+        """Export a pifarm volume: UUID and NGUID come from its manifest digest."""
+        with VolumeReader.from_file(path) as r:
+            digest = r.manifest_digest
+            size = r.superblock.volume_size
+        return cls(nsid, Path(path), namespace_uuid(digest), namespace_nguid(digest), size)
+
+    @classmethod
+    def from_file(cls, nsid: int, path: str | os.PathLike, ns_uuid: uuid.UUID, nguid: bytes) -> "NamespaceExport":
+        """Export any file (rounded down to whole blocks), e.g. for tests and interop."""
+        p = Path(path)
+        try:
+            size = p.stat().st_size // BLOCK * BLOCK
+        except FileNotFoundError as e:
+            raise NotFound(f"namespace file {p} does not exist") from e
+        return cls(nsid, p, ns_uuid, nguid, size)
+
+
+@dataclass(frozen=True)
+class SubsystemExport:
+    nqn: str
+    namespaces: tuple[NamespaceExport, ...]
+    allowed_hosts: frozenset[str] = frozenset()
+    allow_any_host: bool = False
+    require_auth: bool = False  # announce DH-HMAC-CHAP (we cannot do it; lets initiators prove they refuse cleanly)
+    serial: str = ""
+
+    def __post_init__(self) -> None:
+        ids = [n.nsid for n in self.namespaces]
+        if len(set(ids)) != len(ids):
+            raise UsageError(f"subsystem {self.nqn}: a namespace id is used twice")
+        if not self.nqn.startswith("nqn.") or len(self.nqn.encode()) > 223:
+            raise UsageError(f"subsystem NQN {self.nqn!r} must start with 'nqn.' and be at most 223 bytes")
+
+    def namespace(self, nsid: int) -> NamespaceExport | None:
+        for n in self.namespaces:
+            if n.nsid == nsid:
+                return n
+        return None
+
+    def host_allowed(self, hostnqn: str) -> bool:
+        return self.allow_any_host or hostnqn in self.allowed_hosts
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    subsystems: tuple[SubsystemExport, ...]
+    host: str = "127.0.0.1"
+    port: int = 4420
+    mdts: int = 8  # 2**8 * 4 KiB = 1 MiB per command
+    queue_size: int = 128
+    max_io_queues: int = 8
+    idle_timeout: float = 300.0  # a queue without keep-alive that says nothing this long is dropped
+    firmware: str = "pifarm"
+    model: str = "pifarm userspace target"
+    serial: str = field(default_factory=lambda: socket.gethostname()[:20])
+
+    def subsystem(self, nqn: str) -> SubsystemExport | None:
+        for s in self.subsystems:
+            if s.nqn == nqn:
+                return s
+        return None
+
+
+def default_nqn() -> str:
+    """The subsystem NQN the aggregator uses when none is configured (derived from the host name)."""
+    host = "".join(c if c.isalnum() or c in "-." else "-" for c in socket.gethostname().lower()) or "localhost"
+    return f"nqn.2024-01.io.pifarm:{host}"
+
+
+def scan_volumes(directory: str | os.PathLike) -> list[Path]:
+    """Volume files under a directory (recursively), in a stable order."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise NotFound(f"volume directory {d} does not exist")
+    out = []
+    for p in sorted(d.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            try:
+                with open(p, "rb") as f:
+                    head = f.read(8)
+            except OSError:
+                continue
+            if head == b"PIFARMVL":
+                out.append(p)
+    return out

@@ -1,0 +1,156 @@
+"""The userspace target's socket side: asyncio TCP server, one codec + QueueSession per
+connection. No NVMe logic here (that is `_controller`), no parsing (that is the codec)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+
+from pifarm.errors import UsageError
+from pifarm.registry import nvme_wire as w
+from pifarm.target.userspace._controller import Controllers, QueueSession
+from pifarm.target.userspace._exports import TargetConfig
+
+log = logging.getLogger(__name__)
+IC_TIMEOUT = 10.0  # a connection that sends no ICReq this long is dropped
+READ_SIZE = 1 << 18
+
+
+class UserspaceTarget:
+    """`await start()` binds and returns (host, port); `await stop()` closes every queue."""
+
+    def __init__(self, config: TargetConfig):
+        self.config = config
+        self.controllers = Controllers(config)
+        self._server: asyncio.base_events.Server | None = None
+        self._conns: set[asyncio.Task] = set()
+
+    async def start(self) -> tuple[str, int]:
+        try:
+            self._server = await asyncio.start_server(self._on_conn, self.config.host, self.config.port)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {self.config.host}:{self.config.port}: {e.strerror}") from e
+        host, port = self._server.sockets[0].getsockname()[:2]
+        log.info("userspace NVMe/TCP target listening on %s:%d (%d subsystems)", host, port, len(self.config.subsystems))
+        return host, port
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "start() first"
+        await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        for t in list(self._conns):
+            with contextlib.suppress(BaseException):
+                await t
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        peer = writer.get_extra_info("peername")
+        codec = w.Codec(w.Role.CONTROLLER, max_data=4096 << self.config.mdts)
+        session = QueueSession(self.controllers, writer.get_extra_info("sockname")[:2])
+        try:
+            while True:
+                timeout = IC_TIMEOUT if codec.state is w.State.IDLE else (session.kato or self.config.idle_timeout)
+                try:
+                    data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+                except asyncio.TimeoutError:
+                    log.warning("queue %s from %s: no traffic for %.0f s (keep-alive expired), closing",
+                                session.qid, peer, timeout)
+                    return
+                if not data:
+                    return
+                codec.feed(data)
+                while (pdu := codec.next_pdu()) is not w.NEED_DATA:
+                    if not self._on_pdu(codec, session, pdu, writer):
+                        return
+                await writer.drain()
+        except w.RemoteProtocolError as e:
+            log.warning("queue %s from %s: %s; sending a termination request", session.qid, peer, e)
+            with contextlib.suppress(Exception):
+                writer.write(codec.encode(w.TermReq(e.fes, e.fei, from_host=False)))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            session.close()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._conns.discard(task)
+
+    @staticmethod
+    def _on_pdu(codec: w.Codec, session: QueueSession, pdu: w.Pdu, writer: asyncio.StreamWriter) -> bool:
+        if isinstance(pdu, w.ICReq):
+            if pdu.pfv != 0:
+                raise w.RemoteProtocolError(f"ICReq with PDU format version {pdu.pfv}", w.Fes.UNSUPPORTED_PARAMETER, 8)
+            writer.write(codec.encode(w.ICResp(hdgst=pdu.hdgst, ddgst=pdu.ddgst, maxdata=codec.max_data)))
+        elif isinstance(pdu, w.CapsuleCmd):
+            for out in session.handle(pdu):
+                writer.write(codec.encode(out))
+        elif isinstance(pdu, w.TermReq):
+            log.warning("host terminated queue %s: fes 0x%x", session.qid, pdu.fes)
+            return False
+        else:  # H2CData: we never send R2T, so no data may arrive
+            raise w.RemoteProtocolError(f"unsolicited {type(pdu).__name__} (this target sends no R2T)",
+                                        w.Fes.PDU_SEQUENCE_ERROR)
+        return True
+
+
+def serve(config: TargetConfig, *, ready: threading.Event | None = None) -> None:
+    """Run the target until interrupted (the CLI's `pifarm target serve-userspace`)."""
+
+    async def main() -> None:
+        target = UserspaceTarget(config)
+        await target.start()
+        if ready is not None:
+            ready.set()
+        try:
+            await target.serve_forever()
+        finally:
+            await target.stop()
+
+    asyncio.run(main())
+
+
+class ThreadedTarget:
+    """The target on its own event loop thread, for blocking callers (tests, demo, bench).
+
+        with ThreadedTarget(config) as t:
+            port = t.port
+    """
+
+    def __init__(self, config: TargetConfig):
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.target = UserspaceTarget(config)
+        self._thread = threading.Thread(target=self.loop.run_forever, name="nvme-userspace-target", daemon=True)
+        self.host, self.port = "", 0
+
+    def start(self) -> "ThreadedTarget":
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self.target.start(), self.loop)
+        self.host, self.port = fut.result(timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self.target.stop(), self.loop).result(timeout=10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout=10)
+        self.loop.close()
+
+    def __enter__(self) -> "ThreadedTarget":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
