@@ -161,6 +161,9 @@ class Registry:
         return reg
 
     def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.db.close()
         self.store.close()
         if self._lock_fd is not None:

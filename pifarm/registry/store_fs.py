@@ -33,10 +33,15 @@ def _mapped(what: str):
     """Turn OS failures into StoreUnavailable naming the path (disk gone, full, read-only)."""
     try:
         yield
-    except FileNotFoundError:
-        raise
     except OSError as e:
         raise StoreUnavailable(f"filesystem store: {what}: {e.strerror or e}", source="fs") from e
+
+
+def _discard(tmp: Path) -> None:
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass  # the directory itself is gone; cleanup_temp catches what is left when it is back
 
 
 class FsStore:
@@ -99,7 +104,7 @@ class FsStore:
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
         finally:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
     def blob_size(self, digest: str) -> int:
         try:
@@ -155,7 +160,7 @@ class FsStore:
                 os.replace(tmp, final)
                 fsync_dir(final.parent)
         finally:
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
     def get_document(self, key: str) -> bytes | None:
         try:
