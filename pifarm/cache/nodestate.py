@@ -6,7 +6,7 @@ is degraded. Written atomically by the watcher; read by the inference server and
      "models": {"name": {"version": 3, "manifest_digest": "blake3:…", "source": "s3",
                          "previous": 2}},
      "paths": {"nvme": "live" | "unreachable" | "nothing-offered" | "disabled", "s3": …, "http": …},
-     "live_path": "http"}
+     "live_path": "http", "last_error": null}
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class NodeState:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
     live_path: str | None = None
+    last_error: str | None = None  # the last snapshot refused (bad signature, rollback, expired)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -293,15 +293,13 @@ class Cache:
         st = p.stat()
         with self._lock:
             self._own.fingerprints[p.name] = (st.st_ino, st.st_size, st.st_ctime_ns)
+            self._own.deleting.discard(p.name)
 
     def is_own_state(self, hexd: str, st: os.stat_result | None) -> bool:
         """True when a blob looks exactly as this process last left it (tamper watch)."""
         with self._lock:
             if st is None:
-                if hexd in self._own.deleting:
-                    self._own.deleting.discard(hexd)
-                    return True
-                return False
+                return hexd in self._own.deleting
             return self._own.fingerprints.get(hexd) == (st.st_ino, st.st_size, st.st_ctime_ns)
 
     def blobs(self) -> list[BlobUse]:

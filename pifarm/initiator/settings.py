@@ -89,3 +89,23 @@ class SourceContext:
     host_identity_path: Path | None = None  # NVMe host NQN / key file, for the nvme kinds
     s3: S3Settings = field(default_factory=S3Settings)
     metrics: Any = None  # pifarm.cache.metrics.NodeMetrics
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """[node] in node.toml: who the node follows and what it serves."""
+
+    aggregator: str = ""  # http(s)://host:port of the aggregator; "" = S3 only
+    channel: str = "stable"
+    models: list[str] = field(default_factory=list)  # narrow to these models; empty = every model of the channel
+    trusted_keys: list[str] = field(default_factory=list)  # PEM files of registry signing keys
+    state_dir: str = "/var/lib/pifarm/node"
+    listen: str = "0.0.0.0:8080"  # the inference server (KServe V2)
+    metrics_listen: str = ""  # host:port for the node's own Prometheus metrics; "" = off
+    host_identity: str = ""  # NVMe host identity file for the nvme source kinds
+
+    def __post_init__(self) -> None:
+        if self.channel not in CHANNELS:
+            raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
+        if self.aggregator and not self.aggregator.startswith(("http://", "https://")):
+            raise ValueError(f"aggregator must be an http(s):// URL, got {self.aggregator!r}")

@@ -1,0 +1,217 @@
+"""`pifarm node run`: the node daemon.
+
+Wires the pieces together and owns their threads: the cache (start-up recovery, budget), the
+source chain from `[[sources]]`, the watcher (long-poll, S3 fallback, degraded mode), the tamper
+watch and the periodic scrub; then it runs the inference server in the foreground
+(`serve_inference`, the one seam to pifarm.inference) until SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pifarm.appliance.config import NODE_SECTIONS, build_section, read_toml
+from pifarm.cache.metrics import NodeMetrics
+from pifarm.cache.settings import CacheSettings
+from pifarm.cache.store import Cache
+from pifarm.cache.tamper import TamperWatch
+from pifarm.errors import ConfigError, PifarmError
+from pifarm.initiator.chain import build_sources, close_all, default_specs
+from pifarm.initiator.metadata import AggregatorClient
+from pifarm.initiator.s3_source import S3Store, make_client
+from pifarm.initiator.settings import NodeSettings, S3Settings, SourceContext, SourceSpec, WatcherSettings
+from pifarm.initiator.watcher import Watcher
+from pifarm.registry.integrity import BlobRef
+from pifarm.registry.signing import TrustedKeys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
+    watcher: WatcherSettings = field(default_factory=WatcherSettings)
+    inference: Any = None
+    sources: tuple[SourceSpec, ...] = ()
+    origin: str = "defaults"
+
+
+def load_node_config(
+    path: str | os.PathLike | None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> NodeConfig:
+    """node.toml < PIFARM_SECTION_KEY < CLI overrides; `[[sources]]` is an array of tables."""
+    environ = os.environ if environ is None else environ
+    doc, origin = read_toml(path)
+    raw_sources = doc.pop("sources", [])
+    unknown = set(doc) - set(NODE_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown section [{sorted(unknown)[0]}]; known: "
+                          f"{', '.join(sorted(NODE_SECTIONS))}, [[sources]]")
+    built: dict[str, Any] = {}
+    for name, cls in NODE_SECTIONS.items():
+        table = doc.get(name, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table")
+        built[name] = build_section(cls, name, table, origin=origin, environ=environ,
+                                    overrides=(overrides or {}).get(name))
+    if not isinstance(raw_sources, list) or not all(isinstance(t, dict) for t in raw_sources):
+        raise ConfigError(f"{origin}: sources must be an array of tables: [[sources]] kind = \"http\" ...")
+    specs = []
+    known = {f.name for f in dataclasses.fields(SourceSpec)}
+    for i, t in enumerate(raw_sources, 1):
+        bad = set(t) - known
+        if bad:
+            raise ConfigError(f"{origin}: [[sources]] #{i}: unknown key {sorted(bad)[0]}; known: {', '.join(sorted(known))}")
+        try:
+            specs.append(SourceSpec(**t))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{origin}: [[sources]] #{i}: {e}") from e
+    return NodeConfig(built["node"], built["cache"], built["s3"], built["watcher"], built["inference"],
+                      tuple(specs), origin)
+
+
+def trusted_keys(paths: list[str]) -> TrustedKeys:
+    if not paths:
+        raise ConfigError("no trusted registry keys: set [node] trusted_keys = [\"/etc/pifarm/signing.pub\"] "
+                          "or pass --trust FILE (the aggregator's keys/signing.pub)")
+    return TrustedKeys.from_files(paths)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class NodeDaemon:
+    """Everything of `node run` except the inference server; start() then stop()."""
+
+    def __init__(self, cfg: NodeConfig, metrics: NodeMetrics | None = None):
+        self.cfg = cfg
+        self.metrics = metrics or NodeMetrics()
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.cache: Cache | None = None
+        self.watcher: Watcher | None = None
+        self.tamper: TamperWatch | None = None
+        self.sources: list = []
+
+    def start(self) -> None:
+        c = self.cfg
+        trusted = trusted_keys(c.node.trusted_keys)
+        state_dir = Path(c.node.state_dir)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"state directory {state_dir} cannot be created: {e.strerror}") from e
+        self.cache = Cache(c.cache.root, c.cache.max_bytes, metrics=self.metrics)
+        ctx = SourceContext(
+            trusted=trusted, aggregator_url=c.node.aggregator, state_dir=state_dir, cache_root=Path(c.cache.root),
+            host_identity_path=Path(c.node.host_identity) if c.node.host_identity else None, s3=c.s3,
+            metrics=self.metrics,
+        )
+        specs = list(c.sources) or default_specs(c.node.aggregator, c.s3.url)
+        self.sources = build_sources(specs, ctx, strict=False)
+        aggregator = AggregatorClient(c.node.aggregator, c.watcher.connect_timeout) if c.node.aggregator else None
+        s3 = None
+        if c.s3.url:
+            quick = dataclasses.replace(c.s3, connect_timeout=c.watcher.connect_timeout, read_timeout=10.0)
+            s3 = S3Store(quick, make_client(quick))
+        self.watcher = Watcher(
+            cache=self.cache, sources=self.sources, trusted=trusted, state_dir=state_dir, channel=c.node.channel,
+            models=c.node.models, aggregator=aggregator, s3=s3, settings=c.watcher, metrics=self.metrics,
+        )
+        if c.node.metrics_listen:
+            from prometheus_client import start_http_server
+
+            host, port = parse_listen(c.node.metrics_listen)
+            start_http_server(port, addr=host, registry=self.metrics.registry)
+        self._spawn("watcher", self.watcher.run, self.stop_event)
+        if c.cache.tamper_watch:
+            self.tamper = TamperWatch(self.cache, on_damage=self._refetch)
+            self.tamper.start()
+        if c.cache.scrub_interval:
+            self._spawn("scrub", self._scrub_loop)
+
+    def _spawn(self, name: str, fn, *args) -> None:
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _refetch(self, digest: str, what: str) -> None:
+        """A pinned blob was damaged: fetch it again through the chain (the tamper watch thread)."""
+        assert self.cache is not None
+        sizes = self.cache.referenced_sizes()
+        if digest not in self.cache.pinned() or digest not in sizes:
+            return
+        try:
+            res = self.cache.install(BlobRef(digest, sizes[digest]), self.sources)
+            log.warning("re-fetched %s (%s) from %s", digest, what, res.source)
+        except PifarmError as e:
+            log.error("could not re-fetch damaged blob %s: %s", digest, e)
+
+    def _scrub_loop(self) -> None:
+        assert self.cache is not None
+        interval = self.cfg.cache.scrub_interval
+        while not self.stop_event.wait(interval * random.uniform(0.9, 1.1)):
+            rep = self.cache.verify_all(self.cfg.cache.scrub_rate, stop=self.stop_event)
+            for msg in rep.damaged:
+                log.error("scrub: %s", msg)
+                digest = msg.split()[1] if msg.startswith("blob ") else ""
+                if digest:
+                    self._refetch(digest, "damaged at rest")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.tamper is not None:
+            self.tamper.stop()
+        for t in self._threads:
+            t.join(timeout=10)
+        if self.watcher is not None:
+            self.watcher.close()
+        close_all(self.sources)
+
+
+def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event) -> None:
+    """The seam to pifarm.inference: run its KServe V2 server in the foreground until a signal."""
+    from pifarm.inference.server import serve
+    from pifarm.inference.settings import InferenceSettings
+
+    settings = cfg.inference if cfg.inference is not None else InferenceSettings()
+    if not settings.trusted_keys and cfg.node.trusted_keys:
+        settings = dataclasses.replace(settings, trusted_keys=list(cfg.node.trusted_keys))
+    serve(settings, Path(cfg.cache.root), Path(cfg.node.state_dir), host=host, port=port)
+
+
+def run_node(cfg: NodeConfig, serve: bool = True) -> int:
+    """Blocking `pifarm node run`; returns the exit code."""
+    daemon = NodeDaemon(cfg)
+    daemon.start()
+    log.warning("node: cache %s, state %s, channel %s, sources %s", cfg.cache.root, cfg.node.state_dir,
+                cfg.node.channel, ", ".join(s.name for s in daemon.sources) or "none")
+    try:
+        if serve:
+            host, port = parse_listen(cfg.node.listen)
+            serve_inference(cfg, host, port, daemon.stop_event)  # uvicorn handles SIGINT/SIGTERM
+        else:
+            done = threading.Event()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: done.set())
+            done.wait()
+    finally:
+        daemon.stop()
+    return 0
