@@ -142,6 +142,7 @@ class HostQueue:
         for fut in [self._ic] + [p.future for p in self._pending.values()]:
             if fut is not None and not fut.done():
                 fut.set_exception(self.error)
+                fut.exception()  # waiters re-raise it; a waiter that already gave up must not log it
 
     def _closed_error(self) -> BaseException:
         e = self.error
