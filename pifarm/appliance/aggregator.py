@@ -41,6 +41,8 @@ class AggregatorContext:
     routers: list[Any] = field(default_factory=list)
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    #: called with each newly enrolled node's HostRecord (the target side allows its host NQN)
+    register_host: Callable[[Any], Any] | None = None
 
 
 def load_extensions() -> list[Callable[[AggregatorContext], None]]:
@@ -97,6 +99,12 @@ def _server_class():
     return Server
 
 
+def _enroll_router(d: Path, ctx: AggregatorContext):
+    from pifarm.registry.enroll import enroll_router
+
+    return enroll_router(d, register_host=ctx.register_host)
+
+
 def run(config=None, data_dir=None, listen=None) -> int:
     import uvicorn
 
@@ -113,6 +121,7 @@ def run(config=None, data_dir=None, listen=None) -> int:
                          metrics_registry=ctx.metrics_registry)
         for router in ctx.routers:
             app.include_router(router)
+        app.include_router(_enroll_router(d, ctx))
         host, port = parse_listen(api.listen)
         for hook in ctx.on_start:
             hook()

@@ -224,7 +224,8 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
         data = registry.manifest_bytes(name, version)
         return Response(data, media_type="application/json")
 
-    @app.api_route("/v1/blobs/{digest}", methods=["GET", "HEAD"], summary="Blob bytes; Range gives 206")
+    @app.get("/v1/blobs/{digest}", operation_id="get_blob", summary="Blob bytes; Range gives 206")
+    @app.head("/v1/blobs/{digest}", operation_id="head_blob", summary="Blob size and ETag")
     async def blob(digest: str, request: Request) -> Response:
         digest_hex(digest)
         size = await run_in_threadpool(registry.blob_size, digest)
