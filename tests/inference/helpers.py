@@ -39,7 +39,7 @@ class BytesSource:
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
         data = self._blobs[ref.digest]
         for i in range(start, len(data), 1 << 16):
-            yield data[i : i + 1 << 16]
+            yield data[i : i + (1 << 16)]
 
     def close(self) -> None:
         pass
