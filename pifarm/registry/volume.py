@@ -34,7 +34,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import blake3
 
@@ -151,9 +151,20 @@ def _toc_bytes(document: dict[str, Any], mdigest: str, blobs: list[tuple[str, in
     raise AssertionError("volume TOC layout did not converge")  # unreachable: start only grows
 
 
+def _chunks(src: "Path | str | Iterable[bytes]") -> Iterator[bytes]:
+    if isinstance(src, (str, Path)):
+        with open(src, "rb") as s:
+            while chunk := s.read(CHUNK):
+                yield chunk
+    else:
+        yield from src
+
+
 def write_volume(out_path: str | os.PathLike, manifest_document: dict[str, Any],
-                 blob_path: Callable[[str], Path]) -> VolumeInfo:
+                 blob_path: Callable[[str], "Path | Iterable[bytes]"]) -> VolumeInfo:
     """Write the volume for one manifest, atomically (temp + fsync + rename + fsync dir).
+
+    `blob_path(digest)` gives a local file or an iterable of the blob's bytes (e.g. from S3).
 
     Every blob is verified while it is copied, so a corrupt store never yields a volume.
     """
@@ -173,12 +184,11 @@ def write_volume(out_path: str | os.PathLike, manifest_document: dict[str, Any],
             for (digest, bsize), off in zip(blobs, offsets):
                 f.seek(off)
                 src = blob_path(digest)
-                v = StreamVerifier(BlobRef(digest, bsize), source=str(src))
+                v = StreamVerifier(BlobRef(digest, bsize), source=str(src) if isinstance(src, (str, Path)) else "store")
                 try:
-                    with open(src, "rb") as s:
-                        while chunk := s.read(CHUNK):
-                            v.update(chunk)
-                            f.write(chunk)
+                    for chunk in _chunks(src):
+                        v.update(chunk)
+                        f.write(chunk)
                 except FileNotFoundError as e:
                     raise NotFound(f"blob {digest} of {manifest.name} v{manifest.version} missing at {src}") from e
                 v.finish()

@@ -52,37 +52,48 @@ class NsidTable:
     def current(self) -> dict[str, int]:
         return {k: v["nsid"] for k, v in self._load()["assigned"].items()}
 
-    def sync(self, wanted: Iterable[tuple[str, str]], adopt: Mapping[str, int] | None = None) -> dict[str, int]:
+    def preview(self, wanted: Iterable[tuple[str, str]], adopt: Mapping[str, int] | None = None) -> dict[str, int]:
+        """What `sync` would assign, without writing anything (for `pifarm target plan`)."""
+        return self.sync(wanted, adopt, persist=False)
+
+    def sync(self, wanted: Iterable[tuple[str, str]], adopt: Mapping[str, int] | None = None,
+             persist: bool = True) -> dict[str, int]:
         """Assign nsids to `wanted` [(key, manifest_digest)], drop the rest; return {key: nsid}.
 
         `adopt` maps manifest digests to nsids already live in configfs, so a lost table is
         rebuilt without renumbering what nodes are connected to.
         """
+        if not persist:
+            return self._assign(self._load(), list(wanted), adopt, save=False)[1]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "w") as lk:
             fcntl.flock(lk, fcntl.LOCK_EX)  # the daemon and the CLI may both sync
-            d = self._load()
-            old = d["assigned"]
-            wanted = list(wanted)
-            new: dict[str, dict] = {}
-            for key, digest in wanted:
-                e = old.get(key)
-                if e and e.get("digest") == digest:
-                    new[key] = e
-            used = {e["nsid"] for e in new.values()}
-            for key, digest in wanted:
-                if key in new:
-                    continue
-                nsid = (adopt or {}).get(digest)
-                if nsid is None or nsid in used:
-                    nsid = self._next(d, used)
-                new[key] = {"nsid": nsid, "digest": digest}
-                used.add(nsid)
-                d["next"] = max(d["next"], nsid + 1)
-            if new != old:
-                d["assigned"] = new
+            d, out = self._assign(self._load(), list(wanted), adopt)
+            return out
+
+    def _assign(self, d: dict, wanted: list[tuple[str, str]], adopt: Mapping[str, int] | None,
+                save: bool = True) -> tuple[dict, dict[str, int]]:
+        old = d["assigned"]
+        new: dict[str, dict] = {}
+        for key, digest in wanted:
+            e = old.get(key)
+            if e and e.get("digest") == digest:
+                new[key] = e
+        used = {e["nsid"] for e in new.values()}
+        for key, digest in wanted:
+            if key in new:
+                continue
+            nsid = (adopt or {}).get(digest)
+            if nsid is None or nsid in used:
+                nsid = self._next(d, used)
+            new[key] = {"nsid": nsid, "digest": digest}
+            used.add(nsid)
+            d["next"] = max(d["next"], nsid + 1)
+        if new != old:
+            d["assigned"] = new
+            if save:
                 self._save(d)
-            return {k: v["nsid"] for k, v in new.items()}
+        return d, {k: v["nsid"] for k, v in new.items()}
 
     @staticmethod
     def _next(d: dict, used: set[int]) -> int:

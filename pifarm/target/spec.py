@@ -171,12 +171,26 @@ def supports_o_direct(path: str | os.PathLike) -> bool:
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return False
+    p = Path(path)
+    probe = None
+    if not p.exists():  # not built yet (a dry run): probe a scratch file beside it
+        if not p.parent.is_dir():
+            return True
+        probe = p.parent / f".odirect-probe.{uuidlib.uuid4().hex}"
+        try:
+            probe.touch()
+        except OSError:
+            return True
+        p = probe
     try:
-        fd = os.open(path, os.O_RDONLY | flag)
+        fd = os.open(p, os.O_RDONLY | flag)
     except OSError as e:
         if e.errno == errno.EINVAL:
             return False
         raise
+    finally:
+        if probe is not None:
+            probe.unlink(missing_ok=True)
     os.close(fd)
     return True
 
