@@ -10,7 +10,7 @@ import click
 from pifarm.errors import PifarmError, UsageError
 
 
-def _root(root: str | None):
+def _root(root: str | None, dry_run: bool):
     from pifarm.appliance.setup import Root
 
     if root is None:
@@ -18,7 +18,8 @@ def _root(root: str | None):
     p = Path(root).resolve()
     if p == Path("/"):
         return Root()
-    p.mkdir(parents=True, exist_ok=True)
+    if not dry_run:
+        p.mkdir(parents=True, exist_ok=True)
     return Root(p)
 
 
@@ -45,7 +46,7 @@ def setup_aggregator(root, dry_run, force, data_dir, config_path, listen, dns_na
     """Registry, PKI, enrollment secret, configfs/nvmet at boot, network tuning, units."""
     from pifarm.appliance import setup as s
 
-    r = _root(root)
+    r = _root(root, dry_run)
     o = s.AggregatorOptions(data_dir=data_dir, config=config_path, listen=listen, dns_names=tuple(dns_names),
                             ips=tuple(ips), s3_url=s3_url, s3_endpoint=s3_endpoint, tls=not no_tls,
                             start=not no_start, force=force)
@@ -79,7 +80,7 @@ def setup_node(aggregator, secret, ca_hash, enroll_url, root, dry_run, force, co
     o = s.NodeOptions(aggregator=aggregator, enroll_secret=secret, enroll_url=enroll_url,
                       ca_hash=ca_hash.lower() if ca_hash else None, config=config_path, cache_max=cache_max,
                       channel=channel, hostname=hostname, start=not no_start, force=force)
-    s.run_plan(s.plan_node(o, _root(root)), dry_run=dry_run, echo=click.echo)
+    s.run_plan(s.plan_node(o, _root(root, dry_run)), dry_run=dry_run, echo=click.echo)
 
 
 # -- pki ---------------------------------------------------------------------------------------------

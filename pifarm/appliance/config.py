@@ -170,12 +170,15 @@ def load_role(
 # -- aggregator role ([store], [api], [registry]; other aggregator components add their sections) --
 def _aggregator_sections() -> dict[str, type]:
     from pifarm.registry.settings import ApiSettings, RegistrySettings, StoreSettings
+    from pifarm.target.settings import TargetSettings
 
-    return {"store": StoreSettings, "api": ApiSettings, "registry": RegistrySettings}
+    return {"store": StoreSettings, "api": ApiSettings, "registry": RegistrySettings, "target": TargetSettings}
 
 
 #: section name -> settings dataclass of /etc/pifarm/aggregator.toml
 AGGREGATOR_SECTIONS: dict[str, type] = _aggregator_sections()
+from pifarm.registry.enroll import EnrollSettings as _EnrollSettings  # noqa: E402  (issue 8: [enroll])
+AGGREGATOR_SECTIONS["enroll"] = _EnrollSettings
 DEFAULT_AGGREGATOR_CONFIG = "/etc/pifarm/aggregator.toml"
 
 

@@ -285,16 +285,22 @@ def check_smart(env: Env) -> list[Result]:
 
 # -- the farm ------------------------------------------------------------------------------------
 
-def _tls_verify(env: Env):
+def _node_tls(env: Env) -> tuple[str, str, str] | None:
+    """(cert, key, CA bundle) of the node: [node] tls_* keys, else enrollment's /etc/pifarm/tls."""
     node = env.section("node")
-    cert, key, ca = node.get("tls_cert"), node.get("tls_key"), node.get("tls_ca")
-    if cert and key and ca and all(Path(p).is_file() for p in (cert, key, ca)):
-        import ssl
+    d = env.etc_root / "pifarm" / "tls"
+    files = (node.get("tls_cert") or str(d / "node.crt"), node.get("tls_key") or str(d / "node.key"),
+             node.get("tls_ca") or str(d / "ca-bundle.pem"))
+    return files if all(Path(p).is_file() for p in files) else None
 
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.load_cert_chain(cert, key)
-        return ctx
-    return True
+
+def _tls_verify(env: Env):
+    files = _node_tls(env)
+    if files is None:
+        return True
+    from pifarm.registry.enroll import client_ssl_context
+
+    return client_ssl_context(*files)
 
 
 def _aggregator_url(env: Env) -> str:
@@ -412,7 +418,8 @@ def check_certificates(env: Env) -> list[Result]:
     from pifarm.registry.enroll import read_cert, utcnow
 
     if env.role == "node":
-        files = {"client certificate": env.section("node").get("tls_cert")}
+        tls = _node_tls(env)
+        files = {"client certificate": tls[0] if tls else None}
     else:
         files = {"server certificate": env.section("api").get("tls_cert")}
     out = []

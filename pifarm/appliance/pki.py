@@ -269,9 +269,7 @@ class NodeTls:
         """Client context: verify the aggregator against the bundle and present our certificate."""
         if not self.exists():
             raise ConfigError(f"no client certificate in {self.dir}; enroll with `pifarm setup node --enroll SECRET`")
-        ctx = ssl.create_default_context(cafile=str(self.bundle))
-        ctx.load_cert_chain(str(self.cert), str(self.key))
-        return ctx
+        return x.client_ssl_context(self.cert, self.key, self.bundle)
 
     def not_after(self) -> dt.datetime:
         return x.read_cert(self.cert).not_valid_after_utc

@@ -276,6 +276,10 @@ def plan_aggregator(o: AggregatorOptions, root: Root) -> list[Step]:
         except Conflict:
             return "in use by a running aggregator (left as is)"
         try:
+            from pifarm.registry.service import ensure_api_token
+            from pifarm.registry.settings import ApiSettings
+
+            ensure_api_token(data, ApiSettings())
             if reg.read_only_reason:
                 raise PifarmError(f"the store is unreachable, so the bucket could not be prepared: {reg.read_only_reason}")
         finally:
@@ -310,7 +314,6 @@ class NodeOptions:
     cache_max: str = ""
     channel: str = "stable"
     hostname: str = ""
-    listen: str = "0.0.0.0:8000"
     start: bool = True
     force: bool = False
 
@@ -337,9 +340,15 @@ def node_config_text(o: NodeOptions) -> str:
         f'channel = "{o.channel}"',
         f'state_dir = "{o.state_dir}"',
         f'trusted_keys = ["{Path(o.config).parent}/signing.pub"]',
-        f'tls_cert = "{o.tls_dir}/node.crt"',
-        f'tls_key = "{o.tls_dir}/node.key"',
-        f'tls_ca = "{o.tls_dir}/ca-bundle.pem"',
+    ]
+    tls = [f'tls_cert = "{o.tls_dir}/node.crt"', f'tls_key = "{o.tls_dir}/node.key"',
+           f'tls_ca = "{o.tls_dir}/ca-bundle.pem"']
+    if _node_supports_tls():
+        lines += tls
+    else:
+        lines += ["# mTLS client credentials from enrollment (read by `pifarm pki renew` and `pifarm doctor`;",
+                  "# the node daemon of this build does not take them yet):"] + [f"# {t}" for t in tls]
+    lines += [
         "",
         "[cache]",
         f'root = "{o.cache_dir}"',
@@ -352,28 +361,23 @@ def node_config_text(o: NodeOptions) -> str:
     return "\n".join(lines)
 
 
+def _node_supports_tls() -> bool:
+    import dataclasses
+
+    try:
+        from pifarm.initiator.settings import NodeSettings
+    except ImportError:
+        return False
+    return {"tls_cert", "tls_key", "tls_ca"} <= {f.name for f in dataclasses.fields(NodeSettings)}
+
+
 def host_identity(root: Root) -> tuple[str, str, str]:
     """(hostnqn, hostid, what happened): the persistent NVMe host identity in /etc/nvme, written
     once and never changed (a Pi has no DMI UUID, so nvme-cli would invent a new one each boot)."""
-    import uuid
+    from pifarm.initiator.identity import ensure_identity
 
-    nqn_p, id_p = root.p("/etc/nvme/hostnqn"), root.p("/etc/nvme/hostid")
-    try:
-        from pifarm.initiator import identity as ident  # the attach engineer's module, when present
-        fn = getattr(ident, "ensure_identity", None)
-    except ImportError:
-        fn = None
-    if fn is not None:
-        res = fn(root=root.path) if root.staged else fn()
-        nqn, hid = (res.hostnqn, res.hostid) if hasattr(res, "hostnqn") else res
-        return nqn, hid, "ensured"
-    if nqn_p.is_file() and id_p.is_file():
-        return nqn_p.read_text().strip(), id_p.read_text().strip(), "exists (kept)"
-    hid = id_p.read_text().strip() if id_p.is_file() else str(uuid.uuid4())
-    nqn = nqn_p.read_text().strip() if nqn_p.is_file() else f"nqn.2014-08.org.nvmexpress:uuid:{hid}"
-    _atomic_write(id_p, (hid + "\n").encode(), 0o644)
-    _atomic_write(nqn_p, (nqn + "\n").encode(), 0o644)
-    return nqn, hid, "created"
+    ident = ensure_identity(root.p("/etc/nvme"))
+    return ident.hostnqn, ident.hostid, f"created {', '.join(ident.created)}" if ident.created else "exists (kept)"
 
 
 def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any]] | None = None) -> list[Step]:
@@ -473,7 +477,8 @@ def enroll_command_hint(o: AggregatorOptions, root: Root) -> str:
     secret_p = data / "enroll-secret"
     if not pki.exists() or not secret_p.is_file():
         return ""
-    host = (o.dns_names or (socket.getfqdn(),))[0]
+    fqdn = socket.getfqdn()
+    host = (o.dns_names or (fqdn if "." in fqdn else socket.gethostname(),))[0]
     port = o.listen.rpartition(":")[2]
     ca = fingerprint(read_cert(pki.path("ca.crt")))
     return (f"pifarm setup node --aggregator https://{host}:{port} --enroll {secret_p.read_text().strip()} "

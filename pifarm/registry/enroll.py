@@ -295,7 +295,8 @@ class Enrollment:
         ca_cert, ca_key = read_cert(self.pki / CA_CERT), read_key(self.pki / CA_KEY)
         return issue(ca_cert, ca_key, csr.public_key(), common_name, kind="client", days=self.cert_days)
 
-    def _record(self, hostnqn: str, hostid: str, hostname: str, cert: x509.Certificate) -> HostRecord:
+    def _record(self, hostnqn: str, hostid: str, hostname: str, cert: x509.Certificate, *,
+                register: bool = True) -> HostRecord:
         path = host_path(self.data_dir, hostnqn)
         old = None
         if path.exists():
@@ -308,7 +309,7 @@ class Enrollment:
                          ca_fingerprint=fingerprint(read_cert(self.pki / CA_CERT)),
                          enrolled_at=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
                          dhchap_key=(old or {}).get("dhchap_key"))
-        if self.register_host is not None:
+        if register and self.register_host is not None:
             # The target side allows the NQN and, with auth on, returns its DH-HMAC-CHAP secret.
             key = self.register_host(rec)
             if key:
@@ -348,10 +349,54 @@ class Enrollment:
         serial = format(cert.serial_number, "x")
         for rec in read_hosts(self.data_dir):
             if rec.cert_serial == serial:
-                self._record(rec.hostnqn, rec.hostid, rec.hostname, new)
+                # a renewal changes only the certificate: the host stays allowed with the same secret
+                self._record(rec.hostnqn, rec.hostid, rec.hostname, new, register=False)
                 break
         return {"certificate": pem(new).decode(), "ca_bundle": self.bundle_pem().decode(),
                 "not_after": new.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+@dataclass(frozen=True)
+class EnrollSettings:
+    """`[enroll]` in aggregator.toml."""
+
+    enabled: bool = True
+    #: the enrollment listener (server TLS only); "" = the API's host, its port + 1
+    listen: str = ""
+    #: days a node's client certificate is valid
+    cert_days: int = CLIENT_DAYS
+    #: issue a DH-HMAC-CHAP secret to each enrolled host (the target then requires it)
+    dhchap: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.cert_days <= 3650:
+            raise ConfigError(f"[enroll] cert_days must be 1..3650, got {self.cert_days}")
+
+
+def enroll_listen(settings: EnrollSettings, api_listen: str) -> tuple[str, int]:
+    from pifarm.registry.settings import parse_listen
+
+    if settings.listen:
+        return parse_listen(settings.listen)
+    host, port = parse_listen(api_listen)
+    return host, (port + 1 if port else 0)
+
+
+def client_ssl_context(cert: str | os.PathLike, key: str | os.PathLike, ca: str | os.PathLike):
+    """What a node's HTTP clients pass as httpx `verify=`: trust the farm CA bundle and present
+    the node's client certificate (mTLS). Lives here because node-side code may not import the
+    appliance."""
+    import ssl
+
+    for p in (cert, key, ca):
+        if not Path(p).is_file():
+            raise ConfigError(f"TLS file {p} does not exist; enroll with `pifarm setup node --enroll SECRET`")
+    ctx = ssl.create_default_context(cafile=str(ca))
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+    except ssl.SSLError as e:
+        raise ConfigError(f"client certificate {cert} / key {key} unusable: {e}") from e
+    return ctx
 
 
 class EnrollBody(BaseModel):

@@ -1,0 +1,48 @@
+"""Aggregator extension: node enrollment.
+
+Mounts the enrollment routes on the API (renewal works there over mTLS) and, when the API runs
+TLS with the farm PKI, a second listener with server TLS only, where nodes that have no client
+certificate yet can enroll with the secret. An enrolled host is added to the target's host allow
+list (`<data>/target/hosts.json`), with a DH-HMAC-CHAP secret when `[enroll] dhchap = true`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from pifarm.registry.enroll import CA_KEY, PKI_DIR, EnrollSettings, HostRecord, enroll_listen, enroll_router, enrollment_server
+
+log = logging.getLogger(__name__)
+
+
+def extend(ctx) -> None:
+    settings: EnrollSettings = ctx.sections.get("enroll") or EnrollSettings()
+    if not settings.enabled:
+        return
+
+    def register_host(rec: HostRecord) -> str | None:
+        from pifarm.target.hosts import HostStore
+
+        attrs = HostStore(ctx.data_dir / "target" / "hosts.json").allow(rec.hostnqn, dhchap=settings.dhchap)
+        return attrs.get("dhchap_key")
+
+    ctx.routers.append(enroll_router(ctx.data_dir, cert_days=settings.cert_days, register_host=register_host))
+    api = ctx.sections["api"]
+    if not (api.tls_cert and (ctx.data_dir / PKI_DIR / CA_KEY).is_file()):
+        return
+    host, port = enroll_listen(settings, api.listen)
+    server = enrollment_server(ctx.data_dir, host, port, certfile=api.tls_cert, keyfile=api.tls_key,
+                               register_host=register_host)
+    thread = threading.Thread(target=server.run, name="pifarm-enroll", daemon=True)
+
+    def start() -> None:
+        thread.start()
+        log.warning("pifarm enrollment listener: https://%s:%d (server TLS, secret-authenticated)", host, port)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+    ctx.on_start.append(start)
+    ctx.on_stop.append(stop)
