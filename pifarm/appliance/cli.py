@@ -12,7 +12,7 @@ import click
 from pifarm import __version__
 from pifarm.errors import PifarmError
 
-COMMAND_MODULES = ("cmd_registry", "cmd_node", "cmd_serve", "cmd_target", "cmd_nvme", "cmd_setup", "cmd_demo")
+COMMAND_MODULES = ("cmd_registry", "cmd_node", "cmd_serve", "cmd_target", "cmd_nvme", "cmd_setup", "cmd_demo", "cmd_attach")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

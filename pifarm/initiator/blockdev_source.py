@@ -1,0 +1,466 @@
+"""The `nvme-kernel` source: model volumes read straight from NVMe block devices.
+
+    [[sources]]
+    kind = "nvme-kernel"
+    address = "10.0.0.1:4420"          # the aggregator's NVMe/TCP port
+    deadline = 20
+    options = {dhchap_secret_file = "/etc/pifarm/nvme.key", ctrl_loss_tmo = 600}
+
+Nothing is mounted. Each namespace (found by pyudev, `namespaces.py`) holds one volume
+(`pifarm.registry.volume`): the superblock and table of contents are read and checked, the
+namespace UUID must be the one derived from the volume's manifest digest, and the manifest must
+carry a trusted signature, before any blob of it is served. Blobs are read with O_DIRECT into
+page-aligned buffers (no page-cache copy of a model the cache is about to store anyway), each
+read bounded by `read_timeout` in a worker thread, because a read on a lost path blocks until
+the kernel gives up on it.
+
+The cache verifies every byte (the one routine); this source also runs the same routine over
+full-blob reads only to *name* a corrupt volume (status file, log, metric), then refuses that
+blob so the chain goes straight to the next source.
+
+Attaching (discovery, connect, retries) runs in a background thread (`kernel_attach.py`), so a
+node starts serving from other sources while the target is unreachable. Its state — live,
+unreachable, nothing-offered — is `path_state`, and with the volumes is written to
+`<state_dir>/nvme.json`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import mmap
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from pifarm.errors import ConfigError, IntegrityError, PifarmError, SignatureError, SourceError, SourceTimeout
+from pifarm.initiator.backoff import Backoff
+from pifarm.initiator.identity import ensure_identity
+from pifarm.initiator.kernel_attach import (
+    DISABLED, LIVE, AttachSettings, KernelAttacher, parse_address,
+)
+from pifarm.initiator.namespaces import Namespace, NamespaceIndex
+from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier
+from pifarm.registry.manifest import namespace_uuid
+from pifarm.registry.signing import TrustedKeys
+from pifarm.registry.volume import BLOCK, VolumeReader, align
+
+log = logging.getLogger(__name__)
+
+NAME = "nvme-kernel"
+STATUS_FILE = "nvme.json"
+FABRICS_DEV = "/dev/nvme-fabrics"
+
+
+class DirectFile:
+    """Aligned positional reads of a file or block device, O_DIRECT when the filesystem allows
+    it (tmpfs before 6.6 does not: fall back to buffered reads, still aligned)."""
+
+    def __init__(self, path: str | os.PathLike, direct: bool = True, read_timeout: float = 10.0):
+        self.path = str(path)
+        self.read_timeout = read_timeout
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        self.direct = False
+        try:
+            if direct and hasattr(os, "O_DIRECT"):
+                try:
+                    self.fd = os.open(self.path, flags | os.O_DIRECT)
+                    self.direct = True
+                except OSError as e:
+                    if e.errno not in (22, 95):  # EINVAL / EOPNOTSUPP: no O_DIRECT here
+                        raise
+                    self.fd = os.open(self.path, flags)
+            else:
+                self.fd = os.open(self.path, flags)
+        except FileNotFoundError as e:
+            raise SourceError(f"{self.path} is gone (namespace removed or disconnected)", NAME) from e
+        except OSError as e:
+            raise SourceError(f"cannot open {self.path}: {e.strerror}", NAME) from e
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nvme-read")
+        self._stalled: concurrent.futures.Future | None = None
+        self._buf = mmap.mmap(-1, CHUNK + BLOCK)  # anonymous maps are page aligned: O_DIRECT-safe
+
+    def _pread(self, buf: mmap.mmap, n: int, offset: int) -> int:
+        view = memoryview(buf)
+        got = 0
+        try:
+            while got < n:
+                r = os.preadv(self.fd, [view[got:n]], offset + got)
+                if r == 0:
+                    break
+                got += r
+        finally:
+            view.release()
+        return got
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` (fewer only at the end of the device)."""
+        out = bytearray()
+        pos, end = offset, offset + length
+        while pos < end:
+            a0 = pos // BLOCK * BLOCK
+            n = min(align(end) - a0, CHUNK)
+            got = self._bounded(n, a0)
+            piece = self._buf[pos - a0:min(got, end - a0)]
+            if not piece:
+                break
+            out += piece
+            pos += len(piece)
+        return bytes(out)
+
+    def _bounded(self, n: int, offset: int) -> int:
+        if self._stalled is not None:
+            if not self._stalled.done():
+                raise SourceError(f"{self.path}: an earlier read is still stuck in the kernel (path lost?)", NAME)
+            self._stalled = None
+        fut = self._pool.submit(self._pread, self._buf, n, offset)
+        try:
+            return fut.result(timeout=self.read_timeout)
+        except concurrent.futures.TimeoutError:
+            self._stalled = fut
+            # the stuck read still owns the buffer: give the next reads a fresh one
+            self._buf = mmap.mmap(-1, CHUNK + BLOCK)
+            raise SourceTimeout(f"{self.path}: read at {offset} took longer than {self.read_timeout:g}s "
+                                "(NVMe path lost? the kernel is reconnecting)", NAME) from None
+        except OSError as e:
+            raise SourceError(f"{self.path}: read at {offset} failed: {e.strerror}", NAME) from e
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._stalled is None or self._stalled.done():
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        # else: the stuck read still uses the fd; it is closed with the process
+
+
+@dataclass
+class OpenVolume:
+    path: str
+    file: DirectFile
+    reader: VolumeReader
+    namespace: Namespace | None
+
+    def describe(self) -> dict:
+        m = self.reader.manifest
+        return {"device": self.path, "name": m.name, "version": m.version,
+                "manifest_digest": self.reader.manifest_digest, "direct_io": self.file.direct,
+                "uuid": str(self.namespace.uuid) if self.namespace and self.namespace.uuid else None}
+
+
+def open_volume(path: str | os.PathLike, trusted: TrustedKeys, namespace: Namespace | None = None, *,
+                direct: bool = True, read_timeout: float = 10.0) -> OpenVolume:
+    """Open one volume and check it before use: TOC digest (VolumeReader), namespace UUID bound
+    to the manifest digest (when it comes from a namespace), trusted manifest signature."""
+    f = DirectFile(path, direct=direct, read_timeout=read_timeout)
+    try:
+        reader = VolumeReader(f.read_at, where=str(path))
+        if namespace is not None and namespace.uuid is not None:
+            want = namespace_uuid(reader.manifest_digest)
+            if namespace.uuid != want:
+                raise IntegrityError(f"{path}: namespace UUID {namespace.uuid} does not belong to the volume it "
+                                     f"holds (manifest {reader.manifest_digest} needs {want})")
+        trusted.verify(reader.manifest_document, what=f"manifest in volume {path}")
+    except BaseException:
+        f.close()
+        raise
+    return OpenVolume(str(path), f, reader, namespace)
+
+
+Candidates = Callable[[], Iterable[tuple[str, Namespace | None]]]
+
+
+class BlockDeviceSource:
+    """Serves blobs from every trusted volume it can see; see the module text."""
+
+    name = NAME
+
+    def __init__(self, trusted: TrustedKeys, candidates: Candidates, *, attacher: KernelAttacher | None = None,
+                 index: NamespaceIndex | None = None, status_path: Path | None = None, read_timeout: float = 10.0,
+                 direct: bool = True, self_check: bool = True, rediscover_interval: float = 30.0):
+        self.trusted = trusted
+        self._candidates = candidates
+        self.attacher = attacher
+        self.index = index
+        self.status_path = status_path
+        self.read_timeout = read_timeout
+        self.direct = direct
+        self.self_check = self_check
+        self.rediscover_interval = rediscover_interval
+        self._lock = threading.RLock()
+        self._open: dict[str, OpenVolume] = {}
+        self._blobs: dict[str, OpenVolume] = {}
+        self.problems: dict[str, str] = {}  # device -> why it is not served
+        self.corrupt: dict[str, str] = {}  # blob digest -> which volume failed verification
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.served = 0  # blobs streamed completely (tests, bench)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def path_state(self) -> str:
+        """live | unreachable | nothing-offered | disabled (for node.json `paths["nvme"]`)."""
+        if self.attacher is None:
+            return LIVE if self._open else DISABLED
+        return self.attacher.last.state
+
+    def status(self) -> dict:
+        with self._lock:
+            a = self.attacher
+            return {
+                "path": self.path_state,
+                "target": f"{a.s.address}:{a.s.port}" if a else None,
+                "hostnqn": a.identity.hostnqn if a else None,
+                "controllers": dict(a.last.controllers) if a else {},
+                "error": a.last.error if a else "",
+                "volumes": [v.describe() for v in self._open.values()],
+                "problems": dict(self.problems),
+                "corrupt": dict(self.corrupt),
+            }
+
+    def _write_status(self) -> None:
+        if self.status_path is None:
+            return
+        try:
+            self.status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True))
+            os.replace(tmp, self.status_path)
+        except OSError as e:
+            log.warning("cannot write %s: %s", self.status_path, e)
+
+    # ------------------------------------------------------------------ volumes
+    def refresh(self) -> list[dict]:
+        """Open new candidates, drop vanished ones; returns the volumes now served."""
+        with self._lock:
+            seen = set()
+            for path, ns in self._candidates():
+                seen.add(path)
+                if path in self._open:
+                    continue
+                try:
+                    vol = open_volume(path, self.trusted, ns, direct=self.direct, read_timeout=self.read_timeout)
+                except (IntegrityError, SignatureError) as e:
+                    if self.problems.get(path) != str(e):
+                        log.error("not serving %s: %s", path, e)
+                    self.problems[path] = str(e)
+                    continue
+                except PifarmError as e:
+                    self.problems[path] = str(e)
+                    continue
+                self.problems.pop(path, None)
+                self._open[path] = vol
+                for _p, digest, _o, _s in vol.reader.entries:
+                    self._blobs.setdefault(digest, vol)
+                m = vol.reader.manifest
+                log.info("serving %s v%d from %s", m.name, m.version, path)
+            for path in set(self._open) - seen:
+                self._drop(path)
+            for path in set(self.problems) - seen:
+                self.problems.pop(path, None)
+            self._write_status()
+            return [v.describe() for v in self._open.values()]
+
+    def _drop(self, path: str) -> None:
+        vol = self._open.pop(path)
+        for d in [d for d, v in self._blobs.items() if v is vol]:
+            del self._blobs[d]
+            other = next((o for o in self._open.values() if _has(o, d)), None)
+            if other is not None:
+                self._blobs[d] = other
+        vol.file.close()
+
+    def _find(self, ref: BlobRef) -> OpenVolume:
+        with self._lock:
+            vol = self._blobs.get(ref.digest)
+            if vol is None:
+                self.refresh()
+                vol = self._blobs.get(ref.digest)
+            if vol is None:
+                raise SourceError(f"no attached NVMe volume holds blob {ref.digest} (nvme path {self.path_state}; "
+                                  f"{len(self._open)} volume(s) attached)", NAME)
+            return vol
+
+    # ------------------------------------------------------------------ Source
+    def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
+        if ref.digest in self.corrupt:
+            raise SourceError(f"blob {ref.digest}: {self.corrupt[ref.digest]}", NAME)
+        vol = self._find(ref)
+        off, size = vol.reader.extent(ref.digest)
+        if size != ref.size:
+            raise SourceError(f"blob {ref.digest}: volume {vol.path} says {size} bytes, manifest {ref.size}", NAME)
+        check = StreamVerifier(ref, f"{NAME}:{vol.path}") if self.self_check and start == 0 else None
+        pos = start
+        while pos < size:
+            n = min(CHUNK, size - pos)
+            try:
+                data = vol.file.read_at(off + pos, n)
+            except SourceError:
+                self._forget_if_gone(vol)
+                raise
+            if len(data) != n:
+                raise SourceError(f"{vol.path}: short read at {off + pos} ({len(data)} of {n} bytes)", NAME)
+            if check is not None:
+                check.update(data)
+            pos += n
+            yield data
+        if check is not None:
+            try:
+                check.finish()
+            except IntegrityError as e:
+                self._mark_corrupt(vol, ref, e)
+                return
+        self.served += 1
+
+    def _mark_corrupt(self, vol: OpenVolume, ref: BlobRef, e: IntegrityError) -> None:
+        m = vol.reader.manifest
+        why = f"corrupt volume {vol.path} ({m.name} v{m.version}, manifest {vol.reader.manifest_digest}): {e}"
+        log.error("%s; the next source serves it", why)
+        with self._lock:
+            self.corrupt[ref.digest] = why
+            self._write_status()
+
+    def _forget_if_gone(self, vol: OpenVolume) -> None:
+        if not os.path.exists(vol.path):
+            with self._lock:
+                if self._open.get(vol.path) is vol:
+                    self._drop(vol.path)
+                    self._write_status()
+
+    # ------------------------------------------------------------------ background attach
+    def start(self) -> None:
+        """Start the uevent watcher and the attach loop (when this source attaches itself)."""
+        if self.index is not None:
+            try:
+                self.index.start()
+                self.index.add_listener(lambda _action, _ns: self.refresh())
+            except (OSError, ImportError) as e:
+                log.warning("no uevents (%s); new namespaces are found on each attach round", e)
+        if self.attacher is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._attach_loop, name="nvme-attach", daemon=True)
+            self._thread.start()
+        else:
+            self.refresh()
+
+    def _attach_loop(self) -> None:
+        assert self.attacher is not None
+        backoff = Backoff(0.5, 30.0)
+        while not self._stop.is_set():
+            before = self.attacher.last.state
+            try:
+                res = self.attacher.attach_once()
+            except PifarmError as e:  # nvme-cli missing or stuck: report, retry later
+                log.warning("nvme attach round failed: %s", e)
+                res = None
+            if self.index is not None and self.index._thread is None:
+                self.index.scan()
+            self.refresh()
+            state = res.state if res else "unreachable"
+            if state != before:
+                log.warning("nvme path %s: %s%s", f"{self.attacher.s.address}:{self.attacher.s.port}", state,
+                            f" ({res.error})" if res and res.error else "")
+            if state == LIVE:
+                backoff.reset()
+                delay = self.rediscover_interval
+            else:
+                delay = backoff.next_delay()
+            self._stop.wait(delay)
+
+    def wait_live(self, timeout: float) -> bool:
+        """True once the attach loop reports live (tests and `node run --wait`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.path_state == LIVE:
+                return True
+            self._stop.wait(0.05)
+        return self.path_state == LIVE
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+        if self.index is not None:
+            self.index.stop()
+        with self._lock:
+            for path in list(self._open):
+                self._drop(path)
+
+
+def _has(vol: OpenVolume, digest: str) -> bool:
+    try:
+        vol.reader.extent(digest)
+        return True
+    except PifarmError:
+        return False
+
+
+def _secret(options: dict, key: str) -> str:
+    if options.get(key):
+        return str(options[key]).strip()
+    path = options.get(f"{key}_file")
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"[[sources]] nvme-kernel: cannot read {key}_file {path}: {e.strerror}") from e
+
+
+def make_source(spec, ctx) -> BlockDeviceSource:
+    """Factory for `[[sources]] kind = "nvme-kernel"` (see pifarm.initiator.chain).
+
+    options: subsystems, ctrl_loss_tmo, reconnect_delay, fast_io_fail_tmo, dhchap_secret[_file],
+    dhchap_ctrl_secret[_file], command_timeout, read_timeout, rediscover_interval, nvme (binary),
+    volumes (paths of volume files/devices to serve without attaching), sys_root, dev_root.
+    """
+    o = dict(spec.options or {})
+    known = {"subsystems", "ctrl_loss_tmo", "reconnect_delay", "fast_io_fail_tmo", "dhchap_secret",
+             "dhchap_secret_file", "dhchap_ctrl_secret", "dhchap_ctrl_secret_file", "command_timeout",
+             "read_timeout", "rediscover_interval", "nvme", "volumes", "sys_root", "dev_root", "direct_io"}
+    bad = set(o) - known
+    if bad:
+        raise ConfigError(f"[[sources]] nvme-kernel: unknown option {sorted(bad)[0]}; known: {', '.join(sorted(known))}")
+    status = Path(ctx.state_dir) / STATUS_FILE if getattr(ctx, "state_dir", None) else None
+    common = dict(status_path=status, read_timeout=float(o.get("read_timeout", 10.0)),
+                  direct=bool(o.get("direct_io", True)), rediscover_interval=float(o.get("rediscover_interval", 30.0)))
+    volumes = [str(p) for p in o.get("volumes") or []]
+    if volumes and not spec.address:
+        src = BlockDeviceSource(ctx.trusted, lambda: [(p, None) for p in volumes if os.path.exists(p)], **common)
+        src.refresh()
+        return src
+    if not spec.address:
+        raise ConfigError("[[sources]] nvme-kernel: set address = \"HOST:PORT\" (the aggregator's NVMe/TCP port) "
+                          "or options.volumes")
+    if not os.path.exists(FABRICS_DEV):
+        raise SourceError(f"this kernel has no NVMe over Fabrics ({FABRICS_DEV} missing): `modprobe nvme-tcp`, "
+                          "or use kind = \"nvme-tcp-userspace\"", NAME)
+    host, port = parse_address(spec.address)
+    identity = ensure_identity(getattr(ctx, "host_identity_path", None))
+    try:
+        settings = AttachSettings(
+            address=host, port=port, subsystems=tuple(o.get("subsystems") or ()),
+            ctrl_loss_tmo=int(o.get("ctrl_loss_tmo", 600)), reconnect_delay=int(o.get("reconnect_delay", 2)),
+            fast_io_fail_tmo=int(o.get("fast_io_fail_tmo", 2)),
+            dhchap_secret=_secret(o, "dhchap_secret"), dhchap_ctrl_secret=_secret(o, "dhchap_ctrl_secret"),
+            command_timeout=float(o.get("command_timeout", 20.0)), nvme=str(o.get("nvme", "nvme")),
+        )
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[[sources]] nvme-kernel: {e}") from e
+    sys_root = str(o.get("sys_root", "/sys"))
+    attacher = KernelAttacher(settings, identity, sys_root=sys_root)
+    index = NamespaceIndex(sys_root, str(o.get("dev_root", "/dev")))
+    ours = lambda: {c for c in attacher.controllers().keys()}  # noqa: E731
+
+    def candidates() -> list[tuple[str, Namespace | None]]:
+        subs = ours()
+        return [(str(ns.dev), ns) for ns in index.namespaces() if ns.subsysnqn in subs and ns.dev.exists()]
+
+    src = BlockDeviceSource(ctx.trusted, candidates, attacher=attacher, index=index, **common)
+    src.start()
+    return src
