@@ -1,0 +1,76 @@
+"""Interop against peers no one here wrote, in the qemu VM with the real kernel:
+1. pifarm's initiator <-> the kernel's nvmet-tcp target;
+2. the kernel's nvme-tcp host (nvme-cli) <-> pifarm's userspace target."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tests.nvme.conftest import HOSTNQN, OTHER_HOST, make_volume
+from tests.vm.fixtures import vm_pool  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.vm
+SUBNQN = "nqn.2024-01.io.pifarm:interop"
+
+
+def _run(vm, cmd: str, vol_name: str, timeout: float = 240) -> dict:
+    r = vm.run(
+        f"""
+        set -e
+        cp "$PIFARM_VM_SHARE/{vol_name}" "$PIFARM_VM_SCRATCH/vols/" 2>/dev/null || {{ mkdir -p "$PIFARM_VM_SCRATCH/vols"; cp "$PIFARM_VM_SHARE/{vol_name}" "$PIFARM_VM_SCRATCH/vols/"; }}
+        python -m tests.nvme.vm_checks {cmd} --volume "$PIFARM_VM_SCRATCH/vols/{vol_name}" \
+            --subnqn {SUBNQN} --hostnqn {HOSTNQN} --other-host {OTHER_HOST}
+        rm -rf "$PIFARM_VM_SCRATCH/vols"
+        """,
+        timeout=timeout,
+    )
+    assert r.rc == 0, r.output
+    return json.loads(r.output.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def vm_volume(vm_pool, tmp_path):
+    vm = vm_pool.get("bookworm")
+    vol = make_volume(tmp_path, "interop", 1, (3 * 2**20 + 17, 4096, 123457))
+    shutil.copy(vol.path, vm.share / vol.path.name)
+    yield vm, vol
+    (vm.share / vol.path.name).unlink(missing_ok=True)
+
+
+def test_pifarm_initiator_against_kernel_nvmet(vm_volume):
+    from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+
+    vm, vol = vm_volume
+    out = _run(vm, "initiator-vs-kernel", vol.path.name)
+    digest = vol.manifest.digest
+    assert out["manifest_digest"] == digest
+    assert out["discovered"] == [SUBNQN]
+    for hd in ("digests_False", "digests_True"):
+        r = out[hd]
+        assert r["uuid"] == str(namespace_uuid(digest)), r
+        assert r["nguid"] == namespace_nguid(digest).hex(), r
+        assert r["verified_blobs"] == len(vol.manifest.files)
+        assert r["whole_volume_equal"] is True
+        assert r["model"] == "Linux"
+    assert out["refused_status"] == 0x4184
+    assert "host NQN is not allowed" in out["refused"]
+
+
+def test_kernel_host_against_pifarm_userspace_target(vm_volume):
+    from pifarm.registry.manifest import namespace_uuid
+
+    vm, vol = vm_volume
+    out = _run(vm, "kernel-vs-userspace", vol.path.name)
+    assert out["discover_rc"] == 0, out
+    assert SUBNQN in out["discover"]
+    for key in ("plain", "digests"):
+        r = out[key]
+        assert r["connect_rc"] == 0, (r, out["dmesg"])
+        assert r["uuid"] == str(namespace_uuid(vol.manifest.digest)), r
+        assert r["dd_rc"] == 0 and r["dd_equal"] is True, r
+        assert r["write_rc"] != 0, r  # read-only: the write never lands
+        assert r["ro"] == "1"
+    assert out["refused_rc"] != 0, out
