@@ -149,9 +149,12 @@ class Watcher:
                 return wait
             try:
                 poll = self.aggregator.poll(self.revision, self._poll_wait())
-                self._path_ok(self._agg)
-                if poll.document is None:
-                    return 0.0  # 304: nothing new; poll again at once (the server paced us)
+                changed = self._path_ok(self._agg)
+                if poll.document is None:  # 304: nothing new; poll again at once (the server paced us)
+                    if self.state.degraded or changed:
+                        self._set_degraded(False)
+                        self._write()
+                    return 0.0
                 got = (poll.document, "http")
             except SourceError as e:
                 self._path_failed(self._agg, e)
@@ -183,12 +186,15 @@ class Watcher:
         nexts = [p.next_try for p, on in ((self._agg, self.aggregator), (self._s3, self.s3)) if on is not None]
         return max(0.05, min(nexts) - now) if nexts else 1.0
 
-    def _path_ok(self, p: _Path) -> None:
+    def _path_ok(self, p: _Path) -> bool:
+        """Record a success; True when the state file's view of the paths changed."""
+        changed = self.state.paths.get(p.name) != "live" or self.state.live_path != p.name
         p.ok, p.error = True, ""
         p.backoff.reset()
         p.next_try = 0.0
         self.state.paths[p.name] = "live"
         self.state.live_path = p.name
+        return changed
 
     def _path_failed(self, p: _Path, e: Exception) -> None:
         p.ok, p.error = False, str(e)

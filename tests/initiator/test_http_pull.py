@@ -1,0 +1,105 @@
+"""`pifarm pull` and the HTTP source against the REAL aggregator (filesystem store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pifarm.cache.store import Cache
+from pifarm.errors import SourceError
+from pifarm.initiator.http_source import HttpSource
+from pifarm.registry.integrity import BlobRef, digest_file
+from tests.cache.helpers import MemSource, blob
+from tests.initiator.docserver import DocServer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pifarm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pifarm", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **(env or {})})
+
+
+def publish(agg, path: Path, name: str, channel: str = "stable") -> dict:
+    with agg.client() as c:
+        return c.publish(path, name, channel, format="raw")
+
+
+def test_http_source_streams_and_resumes_with_range(aggregator, tmp_path):
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(3 * 2**20 + 17))
+    publish(aggregator, f, "rangey")
+    digest, size = digest_file(f)
+    src = HttpSource(aggregator.url)
+    assert b"".join(src.chunks(BlobRef(digest, size), 1_000_000)) == f.read_bytes()[1_000_000:]
+    assert src.received == size - 1_000_000
+    with pytest.raises(SourceError, match="404"):
+        list(src.chunks(BlobRef("blake3:" + "0" * 64, 10)))
+
+
+def test_pull_cli_against_real_aggregator(aggregator, tmp_path):
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(1_500_000))
+    publish(aggregator, f, "pullme")
+    cache = tmp_path / "cache"
+    base = ["--registry", aggregator.url, "--cache", str(cache), "--trust", str(aggregator.pubkey)]
+    r = pifarm("pull", "pullme:stable", *base)
+    assert r.returncode == 0, r.stderr
+    assert "pulled pullme v1" in r.stdout and "via http" in r.stdout
+    digest, _ = digest_file(f)
+    assert (cache / "blobs" / "blake3" / digest.split(":")[1]).read_bytes() == f.read_bytes()
+    r = pifarm("cache", "ls", "--cache", str(cache), "--json")
+    assert '"active": 1' in r.stdout
+    r = pifarm("cache", "verify", "--cache", str(cache))
+    assert r.returncode == 0 and "all verified" in r.stdout
+    # bad input: unknown version, unknown model, malformed spec, untrusted key
+    r = pifarm("pull", "pullme@9", *base)
+    assert r.returncode == 1 and "has no version 9" in r.stderr
+    r = pifarm("pull", "nosuch", *base)
+    assert r.returncode == 1 and "not in the registry" in r.stderr
+    r = pifarm("pull", "Bad:Name", *base)
+    assert r.returncode == 2 and "cannot parse" in r.stderr
+    other = tmp_path / "other.pub"
+    from pifarm.registry.signing import SigningKey, public_pem
+
+    other.write_bytes(public_pem(SigningKey.generate().public))
+    r = pifarm("pull", "pullme", "--registry", aggregator.url, "--cache", str(tmp_path / "c2"), "--trust", str(other))
+    assert r.returncode == 1 and "signed by unknown key" in r.stderr
+
+
+def test_cache_verify_exits_1_on_damage(aggregator, tmp_path):
+    f = tmp_path / "model.bin"
+    f.write_bytes(os.urandom(200_000))
+    publish(aggregator, f, "dmg")
+    cache = tmp_path / "cache"
+    assert pifarm("pull", "dmg", "--registry", aggregator.url, "--cache", str(cache), "--trust",
+                  str(aggregator.pubkey), "-q").returncode == 0
+    p = next((cache / "blobs" / "blake3").iterdir())
+    os.chmod(p, 0o644)
+    with open(p, "r+b") as fh:
+        fh.write(b"\0\0\0")
+    r = pifarm("cache", "verify", "--cache", str(cache))
+    assert r.returncode == 1 and "1 of 1 blobs damaged" in r.stderr
+    r = pifarm("pull", "dmg", "--registry", aggregator.url, "--cache", str(cache), "--trust", str(aggregator.pubkey))
+    assert r.returncode == 0 and "via http" in r.stdout  # re-fetched
+    assert pifarm("cache", "verify", "--cache", str(cache)).returncode == 0
+
+
+def test_bit_flipped_http_blob_falls_back_to_next_source(tmp_path):
+    data = os.urandom(400_000)
+    ref = blob(data)
+    srv = DocServer()
+    try:
+        srv.blobs[ref.digest] = data
+        srv.flip_bit = True
+        cache = Cache(tmp_path / "c")
+        res = cache.install(ref, [HttpSource(srv.url), MemSource({ref.digest: data}, "s3")])
+        assert res.source == "s3" and res.path.read_bytes() == data
+        assert cache.metrics.rejected.labels("http")._value.get() == 1
+        assert os.listdir(cache.layout.tmp) == []
+    finally:
+        srv.stop()
