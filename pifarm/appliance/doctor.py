@@ -370,7 +370,10 @@ def check_s3(env: Env) -> list[Result]:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = url[5:].split("/", 1)[0]
-    client = boto3.client("s3", endpoint_url=sec.get("endpoint_url") or None, region_name=sec.get("region") or "us-east-1",
+    # a fresh session: boto3's default one caches credentials from the first client it made
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=sec.get("endpoint_url") or None, region_name=sec.get("region") or "us-east-1",
+        aws_access_key_id=sec.get("access_key_id") or None, aws_secret_access_key=sec.get("secret_access_key") or None,
                           config=Config(connect_timeout=env.timeout, read_timeout=env.timeout,
                                         retries={"max_attempts": 1}, s3={"addressing_style": "path"}))
     try:
