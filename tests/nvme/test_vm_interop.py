@@ -64,6 +64,7 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
 
     vm, vol = vm_volume
     out = _run(vm, "kernel-vs-userspace", vol.path.name)
+    print(json.dumps(out, indent=1))
     assert out["discover_rc"] == 0, out
     assert SUBNQN in out["discover"]
     for key in ("plain", "digests"):
@@ -73,4 +74,5 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
         assert r["dd_rc"] == 0 and r["dd_equal"] is True, r
         assert r["write_rc"] != 0, r  # read-only: the write never lands
         assert r["ro"] == "1"
+        assert r["passthru_write_rc"] != 0 and "write protect" in r["passthru_write_out"].lower(), r
     assert out["refused_rc"] != 0, out

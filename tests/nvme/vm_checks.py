@@ -157,6 +157,11 @@ def kernel_vs_userspace(args: argparse.Namespace) -> dict:
                 wr = subprocess.run(["dd", "if=/dev/zero", f"of={dev}", "bs=4k", "count=1", "oflag=direct"],
                                     capture_output=True, text=True, timeout=60)
                 res["write_rc"], res["write_err"] = wr.returncode, wr.stderr.strip()[-200:]
+                # nvme-cli's passthrough Write skips the block layer's read-only flag, so this one
+                # really reaches the target, which must answer "namespace is write protected".
+                pw = _nvme("write", str(dev), "--start-block=0", "--block-count=0", "--data-size=4096",
+                           "--data=/dev/zero")
+                res["passthru_write_rc"], res["passthru_write_out"] = pw.returncode, (pw.stdout + pw.stderr).strip()[-300:]
                 ctl = blk[0].name.rsplit("n", 1)[0]
                 _nvme("disconnect", "-d", ctl)
                 _wait(lambda: not list(Path("/sys/block").glob("nvme*n1")), "the disconnect")
