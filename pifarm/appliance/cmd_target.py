@@ -150,7 +150,7 @@ def register(cli: click.Group) -> None:
     def deny_host_cmd(nqn, do_apply, config, data_dir) -> None:
         """Remove host NQN from the allow list (its connections are dropped by the kernel)."""
         def go(ctx):
-            ctx.target.hosts.deny(nqn)
+            ctx.target.deny_host(nqn)
             click.echo(f"denied {nqn}")
             if do_apply:
                 ctx.target.apply(ctx.built_exports(), log_step=click.echo)
@@ -174,15 +174,12 @@ def register(cli: click.Group) -> None:
     @_options
     def restore_cmd(file, dry_run, config, data_dir) -> None:
         """Make the live tree equal an nvmetcli JSON file (reconciled, not torn down and rebuilt)."""
-        from pifarm.target.nvmetcli_json import load_file, restore_plan
-        from pifarm.target.reconciler import apply
+        from pifarm.target.nvmetcli_json import load_file
 
         def go(ctx):
-            ops = restore_plan(ctx.target.root, load_file(file))
+            ops = ctx.target.restore(load_file(file), dry_run=dry_run, log_step=click.echo)
             if dry_run or not ops:
                 _print_plan(ops)
-                return
-            apply(ctx.target.root, ops, click.echo)
         _with_ctx(go)(config, data_dir)
 
     @target.command("clear")

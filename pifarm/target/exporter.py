@@ -111,6 +111,23 @@ class KernelTarget:
             "volumes": sorted(p.name for p in self.volume_dir.glob("*.vol")) if self.volume_dir.is_dir() else [],
         }
 
+    def deny_host(self, nqn: str) -> None:
+        """Drop `nqn` from the allow list and claim it, so the next apply removes its link and object."""
+        self.hosts.deny(nqn)
+        save_scope(self._scope_path, load_scope(self._scope_path) | Scope(hosts=frozenset({nqn})))
+
+    def restore(self, doc: dict[str, Any], dry_run: bool = False,
+                log_step: Callable[[str], None] | None = None) -> list[Op]:
+        """nvmetcli JSON -> the live tree (reconciled); what it restores becomes pifarm's to manage."""
+        from pifarm.target.nvmetcli_json import to_spec
+
+        want = to_spec(doc)
+        ops = diff(want, observe(self.root), scope=None)
+        if not dry_run:
+            save_scope(self._scope_path, load_scope(self._scope_path) | Scope.of(want))
+            apply(self.root, ops, log_step)
+        return ops
+
     def clear_plan(self) -> list[Op]:
         """Everything in the tree goes, like `nvmetcli clear`."""
         return diff(TargetSpec(), observe(self.root), scope=None)

@@ -195,7 +195,8 @@ class FakeConfigfs:
 
     @staticmethod
     def _ns_defaults() -> dict[str, str]:
-        return {"device_path": "", "device_uuid": ZERO_UUID, "device_nguid": ZERO_UUID, "enable": "0",
+        # nvmet_ns_alloc gives every new namespace a random UUID; the NGUID starts zeroed
+        return {"device_path": "", "device_uuid": str(uuidlib.uuid4()), "device_nguid": ZERO_UUID, "enable": "0",
                 "buffered_io": "0", "ana_grpid": "1", "revalidate_size": ""}
 
     # ---- path resolution ------------------------------------------------------------------

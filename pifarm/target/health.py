@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["DriveHealth", "backing_device", "probe", "from_pysmart", "summary", "DriveHealthCollector"]
+__all__ = ["DriveHealth", "backing_device", "probe", "drives_for", "from_pysmart", "from_smart", "summary",
+           "DriveHealthCollector"]
 
 log = logging.getLogger(__name__)
 _RANK = {"ok": 0, "unknown": 1, "warning": 2, "failed": 3}
@@ -54,28 +55,38 @@ def backing_device(path: str | os.PathLike, sys_root: str = "/sys") -> tuple[str
 
 
 def from_pysmart(device: str, dev: Any) -> DriveHealth:
-    """Map a pySMART Device onto our report (NVMe attributes when the drive has them)."""
-    if not getattr(dev, "smart_capable", False) and getattr(dev, "if_attributes", None) is None:
-        return DriveHealth(device, "unknown", "no SMART data (virtual disk, USB bridge, or not permitted)",
-                           model=getattr(dev, "model", None))
-    attrs = getattr(dev, "if_attributes", None)
-    cw = getattr(attrs, "criticalWarning", None)
-    used = getattr(attrs, "percentageUsed", None)
-    media = getattr(attrs, "integrityErrors", None)
-    assessment = (getattr(dev, "assessment", None) or "").upper()
-    status = {"PASS": "ok", "WARN": "warning", "FAIL": "failed"}.get(assessment, "unknown")
+    """Map a pySMART Device onto our report."""
+    return from_smart(device, smart_capable=bool(getattr(dev, "smart_capable", False)),
+                      assessment=getattr(dev, "assessment", None), model=getattr(dev, "model", None),
+                      interface=getattr(dev, "interface", None), temperature=getattr(dev, "temperature", None),
+                      nvme=getattr(dev, "if_attributes", None))
+
+
+def from_smart(device: str, *, smart_capable: bool, assessment: str | None, model: str | None = None,
+               interface: str | None = None, temperature: int | None = None, nvme: Any = None) -> DriveHealth:
+    """The report for one drive; `nvme` is pySMART's NvmeAttributes (None for SATA/SAS drives)."""
+    if not smart_capable and nvme is None:
+        return DriveHealth(device, "unknown", "no SMART data (virtual disk, USB bridge, or not permitted)", model=model)
+    cw = getattr(nvme, "criticalWarning", None)
+    used = getattr(nvme, "percentageUsed", None)
+    media = getattr(nvme, "integrityErrors", None)
+    if temperature is None:
+        temperature = getattr(nvme, "temperature", None)
+    a = (assessment or "").upper()
+    status = {"PASS": "ok", "WARN": "warning", "FAIL": "failed"}.get(a, "unknown")
     reasons = []
     if cw:
-        status, reasons = ("failed" if status == "failed" else "warning"), reasons + [f"critical warning 0x{cw:02x}"]
+        status = "failed" if status == "failed" else "warning"
+        reasons.append(f"critical warning 0x{cw:02x}")
     if used is not None and used >= 100 and status == "ok":
-        status, reasons = "warning", reasons + [f"{used}% of rated endurance used"]
+        status = "warning"
+        reasons.append(f"{used}% of rated endurance used")
     if media:
         reasons.append(f"{media} media/data integrity errors")
         status = "warning" if status == "ok" else status
     if status == "unknown" and not reasons:
-        reasons.append(f"SMART overall assessment unavailable ({assessment or 'none'})")
-    return DriveHealth(device, status, "; ".join(reasons), getattr(dev, "model", None),
-                       getattr(dev, "interface", None), getattr(dev, "temperature", None), used, media, cw)
+        reasons.append(f"SMART overall assessment unavailable ({a or 'none'})")
+    return DriveHealth(device, status, "; ".join(reasons), model, interface, temperature, used, media, cw)
 
 
 def probe(devices: Iterable[str], smartctl: str | None = None) -> list[DriveHealth]:
@@ -85,7 +96,8 @@ def probe(devices: Iterable[str], smartctl: str | None = None) -> list[DriveHeal
     if not exe:
         return [DriveHealth(d, "unknown", "smartctl is not installed (apt-get install smartmontools)") for d in devices]
     try:
-        from pySMART import Device, Smartctl
+        from pySMART import Device
+        from pySMART.smartctl import Smartctl
     except Exception as e:  # a broken install must not take /health down
         return [DriveHealth(d, "unknown", f"pySMART unavailable: {e}") for d in devices]
     out = []

@@ -21,7 +21,8 @@ from typing import Any
 from pifarm.errors import UsageError
 from pifarm.target.configfs import Root
 from pifarm.target.reconciler import Op, apply, diff
-from pifarm.target.spec import HostSpec, NamespaceSpec, PortSpec, SubsystemSpec, TargetSpec, observe, supports_o_direct
+from pifarm.target.spec import (HostSpec, NamespaceSpec, PortSpec, Scope, SubsystemSpec, TargetSpec, observe,
+                                supports_o_direct)
 
 __all__ = ["dump", "to_spec", "from_spec", "save_file", "load_file", "restore_plan", "restore"]
 
@@ -180,10 +181,11 @@ def load_file(path: str | os.PathLike) -> dict[str, Any]:
         raise UsageError(f"{path} is not JSON: {e}") from e
 
 
-def restore_plan(root: Root, doc: dict[str, Any]) -> list[Op]:
-    return diff(to_spec(doc), observe(root), scope=None)
+def restore_plan(root: Root, doc: dict[str, Any], scope: Scope | None = None) -> list[Op]:
+    return diff(to_spec(doc), observe(root), scope=scope)
 
 
-def restore(root: Root, doc: dict[str, Any], log_step=None) -> int:
-    """Make the live tree equal the saved one (everything else is removed, as with nvmetcli)."""
-    return apply(root, restore_plan(root, doc), log_step)
+def restore(root: Root, doc: dict[str, Any], log_step=None, scope: Scope | None = None) -> int:
+    """Make the live tree equal the saved one. Everything else is removed, as with nvmetcli,
+    unless `scope` limits what may be touched (objects of the document are always in scope)."""
+    return apply(root, restore_plan(root, doc, scope), log_step)
