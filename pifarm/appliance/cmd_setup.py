@@ -69,9 +69,10 @@ def setup_aggregator(root, dry_run, force, data_dir, config_path, listen, dns_na
 @click.option("--channel", type=click.Choice(["stable", "canary"]), default="stable", show_default=True)
 @click.option("--cache-max", default="", help="Cache byte budget, e.g. 8GiB.")
 @click.option("--hostname", default="", help="Name in the client certificate (default: this host).")
+@click.option("--nvme-address", default="", help="Aggregator NVMe/TCP HOST:PORT (default: its host, port 4420).")
 @click.option("--no-start", is_flag=True, help="Enable the units but do not start them now.")
 def setup_node(aggregator, secret, ca_hash, enroll_url, root, dry_run, force, config_path, channel, cache_max,
-               hostname, no_start) -> None:
+               hostname, nvme_address, no_start) -> None:
     """Host identity, client certificate + host registration (enrollment), config, units."""
     from pifarm.appliance import setup as s
 
@@ -79,7 +80,7 @@ def setup_node(aggregator, secret, ca_hash, enroll_url, root, dry_run, force, co
         raise UsageError(f"--ca-hash {ca_hash!r} must look like sha256:<64 hex>")
     o = s.NodeOptions(aggregator=aggregator, enroll_secret=secret, enroll_url=enroll_url,
                       ca_hash=ca_hash.lower() if ca_hash else None, config=config_path, cache_max=cache_max,
-                      channel=channel, hostname=hostname, start=not no_start, force=force)
+                      channel=channel, hostname=hostname, nvme_address=nvme_address, start=not no_start, force=force)
     s.run_plan(s.plan_node(o, _root(root, dry_run)), dry_run=dry_run, echo=click.echo)
 
 

@@ -238,20 +238,24 @@ def aggregator_config_text(o: AggregatorOptions) -> str:
 
 
 def validate_config(text: str, role: str, origin: str) -> None:
-    """Load the rendered config through the real role loader, so setup never writes a file the
-    daemons would refuse (only when that role's sections are known in this build)."""
-    import tomllib
+    """Load the rendered config through the daemon's own loader, so setup never writes a file the
+    daemon would refuse."""
+    import tempfile
 
-    from pifarm.appliance import config as cfg
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / Path(origin).name
+        p.write_text(text)
+        try:
+            if role == "node":
+                from pifarm.appliance.node import load_node_config
 
-    sections = getattr(cfg, "AGGREGATOR_SECTIONS" if role == "aggregator" else "NODE_SECTIONS", None)
-    if not sections:
-        return
-    doc = tomllib.loads(text)
-    doc = {k: v for k, v in doc.items() if k in sections}
-    for name, cls in sections.items():
-        table = doc.get(name, {})
-        cfg.build_section(cls, name, table if isinstance(table, dict) else {}, origin=origin, environ={})
+                load_node_config(p, environ={})
+            else:
+                from pifarm.appliance.config import AGGREGATOR_SECTIONS, load_role
+
+                load_role(AGGREGATOR_SECTIONS, p, environ={})
+        except PifarmError as e:
+            raise ConfigError(f"internal: the {role} config setup would write is refused: {e}") from e
 
 
 def plan_aggregator(o: AggregatorOptions, root: Root) -> list[Step]:
@@ -314,6 +318,7 @@ class NodeOptions:
     cache_max: str = ""
     channel: str = "stable"
     hostname: str = ""
+    nvme_address: str = ""
     start: bool = True
     force: bool = False
 
@@ -328,6 +333,15 @@ def default_enroll_url(aggregator: str) -> str:
     port = (u.port or (443 if u.scheme == "https" else 80)) + 1
     host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
     return f"https://{host}:{port}"
+
+
+def nvme_address(o: NodeOptions) -> str:
+    import urllib.parse
+
+    if o.nvme_address:
+        return o.nvme_address
+    host = urllib.parse.urlsplit(o.aggregator).hostname or "localhost"
+    return f"[{host}]:4420" if ":" in host else f"{host}:4420"
 
 
 def node_config_text(o: NodeOptions) -> str:
@@ -355,8 +369,9 @@ def node_config_text(o: NodeOptions) -> str:
     ]
     if o.cache_max:
         lines.append(f'max_bytes = "{o.cache_max}"')
-    lines += ["", "# tried in order; each source has a deadline per blob",
-              "[[sources]]", 'kind = "nvme-tcp-userspace"', "deadline = 30", "",
+    lines += ["", "# tried in order, each with a deadline per blob: the aggregator's NVMe/TCP volumes",
+              "# (kind = \"nvme-kernel\" where the kernel has nvme-tcp), then HTTP from the aggregator",
+              "[[sources]]", 'kind = "nvme-tcp-userspace"', f'address = "{nvme_address(o)}"', "deadline = 30", "",
               "[[sources]]", 'kind = "http"', "deadline = 60", ""]
     return "\n".join(lines)
 

@@ -105,6 +105,13 @@ def test_setup_node_enrolls_through_the_aggregator_and_is_then_served(farm, tmp_
     allowed = json.loads((farm.data_dir / "target" / "hosts.json").read_text())
     assert nqn in allowed
     assert (root / "etc/pifarm/signing.pub").read_bytes() == farm.pubkey.read_bytes()
+    # the node config it wrote is one the node daemon accepts, with the NVMe/TCP volumes first
+    from pifarm.appliance.node import load_node_config
+
+    cfg = load_node_config(root / "etc/pifarm/node.toml", environ={})
+    assert cfg.node.aggregator == farm.url and cfg.node.trusted_keys == ["/etc/pifarm/signing.pub"]
+    assert [s.kind for s in cfg.sources] == ["nvme-tcp-userspace", "http"]
+    assert cfg.sources[0].address == "127.0.0.1:4420"
 
 
 def test_setup_node_with_a_wrong_secret_fails_cleanly(farm, tmp_path):
