@@ -45,6 +45,11 @@ class KernelTarget:
         self._scope_path = self.state_dir / "scope.json"
         self._root = root
 
+    def configfs_present(self) -> bool:
+        """Is there an nvmet tree to manage (module loaded, configfs mounted, or a fake)?"""
+        r = self.settings.configfs_root
+        return r.startswith("fake:") or (Path(r) / "subsystems").is_dir()
+
     @property
     def root(self) -> Root:
         if self._root is None:

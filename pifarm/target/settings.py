@@ -12,8 +12,9 @@ __all__ = ["TargetSettings"]
 
 @dataclass(frozen=True)
 class TargetSettings:
-    #: export through the kernel target at all (the appliance calls apply on publish/promote)
-    enabled: bool = True
+    #: keep the kernel target in step with the registry inside the aggregator (volumes built and
+    #: configfs reconciled on publish/promote/retire); unset = only when the configfs root exists
+    enabled: bool | None = None
     #: the nvmet configfs tree; "fake:FILE" keeps an in-memory tree in FILE (tests, dry runs)
     configfs_root: str = "/sys/kernel/config/nvmet"
     #: subsystem NQN; "" derives nqn.2014-08.org.pifarm:aggregator:<hostname>
