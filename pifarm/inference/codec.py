@@ -71,7 +71,8 @@ def _kind_ok(datatype: str, kind: str) -> bool:
 
 
 def decode(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndarray:
-    """A request tensor as a numpy array of its declared datatype and shape.
+    """A request tensor as a numpy array of its declared datatype and shape (`data` is a JSON
+    list, or raw little-endian bytes from the binary data extension).
 
     numpy parses the (flat or nested) list in C; the kind it infers tells JSON booleans,
     integers and floats apart, so each datatype accepts exactly the JSON values that fit it.
@@ -80,6 +81,12 @@ def decode(name: str, datatype: str, shape: Sequence[int], data: Any) -> np.ndar
         raise BadInput(f"input {name}: unknown datatype {datatype!r}; one of {', '.join(DATATYPES)}")
     if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise BadInput(f"input {name}: shape must be a list of non-negative integers, got {list(shape)}")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        want_bytes = math.prod(shape) * DATATYPES[datatype].itemsize
+        if len(data) != want_bytes:
+            raise BadInput(f"input {name}: shape {list(shape)} of {datatype} needs {want_bytes} bytes, "
+                           f"binary data has {len(data)}")
+        return np.frombuffer(data, dtype=DATATYPES[datatype]).reshape(tuple(shape))
     if not isinstance(data, list):
         raise BadInput(f"input {name}: data must be a JSON array")
     want = math.prod(shape)

@@ -21,53 +21,23 @@ import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Any, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from pifarm import __version__
 from pifarm.errors import InferenceError, NotFound, PifarmError, UsageError
-from pifarm.inference.codec import BadInput, encode, fit_inputs
+from pifarm.inference.codec import BadInput, fit_inputs
 from pifarm.inference.manager import ModelManager, NotReady
 from pifarm.inference.metrics import ServerMetrics
 from pifarm.inference.pool import Overloaded, Retired
+from pifarm.inference.protocol import HEADER_LENGTH, InferenceRequest, parse_request, build_response
 from pifarm.inference.settings import InferenceSettings
 
 PLATFORM = "tensorflow_lite"
-NonNegInt = Annotated[int, Field(strict=True, ge=0)]
-
-
-class RequestInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    shape: list[NonNegInt]
-    datatype: str = Field(description="BOOL, UINT8, INT8, INT16, INT32, INT64, FP16, FP32 (and the other V2 types)")
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
-
-
-class RequestOutput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    parameters: dict[str, Any] | None = None
-
-
-class InferenceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: str | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
-
-
-class JSONNaNResponse(JSONResponse):
-    """Model outputs may be NaN or ±inf; Python's JSON tokens keep them instead of a 500."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, allow_nan=True, separators=(",", ":")).encode()
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -200,18 +170,17 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
             return JSONResponse({"name": model, "ready": False}, status_code=503)
         return JSONResponse({"name": model, "ready": True})
 
-    async def infer(model: str, version: str | None, req: InferenceRequest) -> Response:
+    async def infer(model: str, version: str | None, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
+            req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
             for _ in range(3):  # a swap may retire the pool between get() and submit()
                 active = manager.get(model, version)
                 mv = active.version
-                arrays, rows = fit_inputs(mv.inputs, [(i.name, i.datatype, i.shape, i.data) for i in req.inputs],
-                                          mv.batch.batchable)
-                wanted = [o.name for o in req.outputs] if req.outputs else None
-                if wanted:
+                arrays, rows = fit_inputs(mv.inputs, req.tensors, mv.batch.batchable)
+                if req.outputs:
                     names = {o.name for o in mv.outputs}
-                    missing = [w for w in wanted if w not in names]
+                    missing = [w for w in req.outputs if w not in names]
                     if missing:
                         raise BadInput(f"model has no output {missing[0]!r}; outputs: {', '.join(sorted(names))}")
                 try:
@@ -226,13 +195,13 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
             status = _status_of(e)
             metrics.errors.labels(model, str(status)).inc()
             return _error(status, str(e))
-        tensors = [encode(o.name, arr) for o, arr in zip(mv.outputs, outs) if wanted is None or o.name in wanted]
-        body: dict[str, Any] = {"model_name": mv.name, "model_version": str(mv.version), "outputs": tensors}
-        if req.id is not None:
-            body["id"] = req.id
+        chosen = [(o.name, arr) for o, arr in zip(mv.outputs, outs) if req.outputs is None or o.name in req.outputs]
+        body, header_len = build_response(mv.name, mv.version, req.id, chosen, req.binary_outputs)
         metrics.requests.labels(model, str(mv.version)).inc()
         metrics.latency.labels(model).observe(time.perf_counter() - t0)
-        return JSONNaNResponse(body)
+        if header_len is None:
+            return Response(body, media_type="application/json")
+        return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_len)})
 
     @app.get("/v2/models/{model}", responses={404: {"description": "unknown model"}})
     async def model_metadata(model: str) -> dict:
@@ -254,14 +223,29 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
     errors = {400: {"description": "bad input"}, 404: {"description": "unknown model or version"},
               413: {"description": "body over max_body"}, 503: {"description": "not loaded yet or queue full"}}
 
-    @app.post("/v2/models/{model}/infer", responses=errors)
-    async def infer_route(model: str, req: InferenceRequest) -> Response:
-        return await infer(model, None, req)
+    # The body is read raw (JSON, or JSON header + binary tensors), so its schema is declared here.
+    body_doc = {"openapi_extra": {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}}}}}
 
-    @app.post("/v2/models/{model}/versions/{version}/infer", responses=errors)
-    async def infer_version_route(model: str, version: str, req: InferenceRequest) -> Response:
-        return await infer(model, version, req)
+    @app.post("/v2/models/{model}/infer", responses=errors, **body_doc)
+    async def infer_route(model: str, request: Request) -> Response:
+        return await infer(model, None, request)
 
+    @app.post("/v2/models/{model}/versions/{version}/infer", responses=errors, **body_doc)
+    async def infer_version_route(model: str, version: str, request: Request) -> Response:
+        return await infer(model, version, request)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema = InferenceRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = doc.setdefault("components", {}).setdefault("schemas", {})
+            components.update(schema.pop("$defs", {}))
+            components["InferenceRequest"] = schema
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
     return app
 
 

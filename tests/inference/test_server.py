@@ -189,3 +189,47 @@ def test_openapi_lists_every_v2_route(served):
               "/v2/models/{model}/versions/{version}/ready", "/v2/models/{model}/versions/{version}/infer",
               "/health", "/metrics"):
         assert p in paths
+
+
+def binary_request(c, path: str, header: dict, blobs: list[bytes]):
+    head = json.dumps(header).encode()
+    return c.post(path, content=head + b"".join(blobs),
+                  headers={"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"})
+
+
+def test_binary_tensor_extension_in_and_out(served):
+    c, _ = served
+    x = np.random.default_rng(5).standard_normal((2, 16)).astype(np.float32)
+    header = {"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "parameters": {"binary_data_size": x.nbytes}}],
+              "parameters": {"binary_data_output": True}}
+    r = binary_request(c, "/v2/models/lin/infer", header, [x.tobytes()])
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    doc = json.loads(r.content[:n])
+    out = doc["outputs"][0]
+    assert out["parameters"]["binary_data_size"] == 2 * 4 * 4 and "data" not in out
+    y = np.frombuffer(r.content[n:], np.float32).reshape(out["shape"])
+    assert np.allclose(y, sm.expected("linear", x, 1, **LIN), atol=1e-5)
+    # binary in, JSON out
+    del header["parameters"]
+    r = binary_request(c, "/v2/models/lin/infer", header, [x.tobytes()])
+    assert "inference-header-content-length" not in r.headers
+    assert np.allclose(outputs(r)["y"], sm.expected("linear", x, 1, **LIN), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "size,blob,header_len,needle",
+    [
+        (64, b"\0" * 60, None, "runs past the end"),
+        (60, b"\0" * 60, None, "needs 64 bytes, binary data has 60"),
+        (64, b"\0" * 68, None, "4 bytes of binary data are not claimed"),
+        (64, b"\0" * 64, "99999", "does not fit"),
+    ],
+)
+def test_malformed_binary_requests_are_400(served, size, blob, header_len, needle):
+    c, _ = served
+    header = {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": size}}]}
+    head = json.dumps(header).encode()
+    r = c.post("/v2/models/lin/infer", content=head + blob,
+               headers={"inference-header-content-length": header_len or str(len(head))})
+    assert r.status_code == 400 and needle in r.json()["error"], r.text
