@@ -191,6 +191,10 @@ class Node:
     def exists(self) -> bool:
         return self.backend.kind(self.rel) == "dir"
 
+    def entries(self) -> list[str]:
+        """Every name in the directory (attributes and groups), one listdir."""
+        return self._do("listdir", self.rel)
+
     def attrs(self) -> list[str]:
         return [n for n in self._do("listdir", self.rel) if self.backend.kind(posixpath.join(self.rel, n)) == "file"]
 

@@ -122,8 +122,9 @@ def _read_attrs(node, names: Iterable[str]) -> dict[str, str]:
 def observe(root: Root) -> TargetSpec:
     """Read the whole nvmet tree into a TargetSpec (children listed live, nothing cached)."""
     hosts, auth = {}, None
+    # entries() and prefix filters instead of attrs(): one listdir per object, no stat per name
     for h in root.hosts:
-        names = h.attrs()
+        names = h.entries()
         auth = auth or any(n.startswith(_HOST_PREFIX) for n in names)
         hosts[h.nqn] = HostSpec(h.nqn, _read_attrs(h, [n for n in names if n.startswith(_HOST_PREFIX)]))
     if hosts and auth is None:
@@ -132,14 +133,14 @@ def observe(root: Root) -> TargetSpec:
     for s in root.subsystems:
         namespaces = {}
         for ns in s.namespaces:
-            a = _read_attrs(ns, [n for n in ns.attrs() if n in _NS_ATTRS or n == "enable"])
+            a = _read_attrs(ns, [n for n in ns.entries() if n in _NS_ATTRS or n == "enable"])
             enabled = a.pop("enable", "0") == "1"
             namespaces[ns.nsid] = NamespaceSpec(ns.nsid, a, enabled)
-        subsystems[s.nqn] = SubsystemSpec(s.nqn, _read_attrs(s, [n for n in s.attrs() if n.startswith(_SUBSYS_PREFIX)]),
+        subsystems[s.nqn] = SubsystemSpec(s.nqn, _read_attrs(s, [n for n in s.entries() if n.startswith(_SUBSYS_PREFIX)]),
                                           namespaces, frozenset(s.allowed_hosts))
     ports = {}
     for p in root.ports:
-        ports[p.portid] = PortSpec(p.portid, _read_attrs(p, [n for n in p.attrs() if n.startswith(_PORT_PREFIXES)]),
+        ports[p.portid] = PortSpec(p.portid, _read_attrs(p, [n for n in p.entries() if n.startswith(_PORT_PREFIXES)]),
                                    frozenset(p.subsystems))
     return TargetSpec(hosts, subsystems, ports, auth)
 

@@ -96,7 +96,8 @@ class UserspaceTarget:
             writer.write(codec.encode(w.ICResp(hdgst=pdu.hdgst, ddgst=pdu.ddgst, maxdata=codec.max_data)))
         elif isinstance(pdu, w.CapsuleCmd):
             for out in session.handle(pdu):
-                writer.write(codec.encode(out))
+                for part in codec.encode_parts(out):  # payloads go out without being joined to headers
+                    writer.write(part)
         elif isinstance(pdu, w.TermReq):
             log.warning("host terminated queue %s: fes 0x%x", session.qid, pdu.fes)
             return False
