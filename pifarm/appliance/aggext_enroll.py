@@ -1,6 +1,7 @@
 """Aggregator extension: node enrollment.
 
-Mounts the enrollment routes on the API (renewal works there over mTLS) and, when the API runs
+Hands the aggregator the host-registration hook for the enrollment routes it mounts on the API
+(renewal works there over mTLS) and, when the API runs
 TLS with the farm PKI, a second listener with server TLS only, where nodes that have no client
 certificate yet can enroll with the secret. An enrolled host is added to the target's host allow
 list (`<data>/target/hosts.json`), with a DH-HMAC-CHAP secret when `[enroll] dhchap = true`.
@@ -27,7 +28,10 @@ def extend(ctx) -> None:
         attrs = HostStore(ctx.data_dir / "target" / "hosts.json").allow(rec.hostnqn, dhchap=settings.dhchap)
         return attrs.get("dhchap_key")
 
-    ctx.routers.append(enroll_router(ctx.data_dir, cert_days=settings.cert_days, register_host=register_host))
+    if hasattr(ctx, "register_host"):
+        ctx.register_host = register_host  # the aggregator mounts the enrollment routes itself
+    else:
+        ctx.routers.append(enroll_router(ctx.data_dir, cert_days=settings.cert_days, register_host=register_host))
     api = ctx.sections["api"]
     if not (api.tls_cert and (ctx.data_dir / PKI_DIR / CA_KEY).is_file()):
         return
