@@ -112,8 +112,10 @@ def bench_reconcile(workdir: Path) -> dict:
         steps["rebuild"] = len(teardown) + len(build)
         return time.perf_counter() - t
 
-    t_add = min(add() for _ in range(5))
-    t_rebuild = min(rebuild() for _ in range(5))
+    # interleaved, best of 15 each: the box is shared, so take each side's quietest run
+    t_add = t_rebuild = float("inf")
+    for _ in range(15):
+        t_add, t_rebuild = min(t_add, add()), min(t_rebuild, rebuild())
     return {"T2": {"what": "reconcile: add 1 version to a 100-namespace subsystem vs nvmetcli-style rebuild (fake configfs)",
                    "ratio": t_add / t_rebuild, "goal": "<=0.5",
                    "detail": {"add_ms": round(t_add * 1000, 2), "rebuild_ms": round(t_rebuild * 1000, 2),
