@@ -96,11 +96,8 @@ def read(address: str, subnqn: str, nsid: int, offset: int, length: int | None, 
         if end > ns.size:
             raise UsageError(f"--offset {offset} --length {length} runs past the end of namespace {nsid} ({ns.size} bytes)")
         out = sys.stdout.buffer
-        pos, step = offset, 8 << 20
-        while pos < end:
-            n = min(step, end - pos)
-            out.write(c.read(ns, pos, n))
-            pos += n
+        for chunk in c.iter_read(ns, offset, end - offset):
+            out.write(chunk)
         out.flush()
 
 

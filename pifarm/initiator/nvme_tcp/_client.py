@@ -9,11 +9,13 @@ host, write protected, ...) is an answer, not a failure, and is raised at once.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
 import uuid
-from typing import Any, Awaitable, Callable, TypeVar
+from collections import deque
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from pifarm.errors import ProtocolError, SourceError
 from pifarm.registry import nvme_wire as w
@@ -85,6 +87,44 @@ class NvmeTcpClient:
 
     def read(self, ns: NamespaceInfo, offset: int, length: int) -> bytes:
         return self.call(lambda c: c.read(ns, offset, length))
+
+    def iter_read(self, ns: NamespaceInfo, offset: int, length: int, chunk: int = 4 << 20,
+                  ahead: int = 2) -> Iterator[bytearray]:
+        """Yield the range in `chunk`-sized pieces, keeping `ahead` chunks in flight so the link
+        stays busy while the caller hashes and writes. A transport failure reconnects (bounded,
+        with backoff) and resumes at the first chunk not yet delivered."""
+        end = offset + length
+        pos = offset  # next byte to yield
+        delay, failures = self.backoff, 0
+        while pos < end:
+            inflight: deque[tuple[int, concurrent.futures.Future]] = deque()
+            nxt = pos
+            try:
+                ctrl = self.controller
+                while pos < end:
+                    while nxt < end and len(inflight) < ahead:
+                        n = min(chunk, end - nxt)
+                        inflight.append((n, asyncio.run_coroutine_threadsafe(ctrl.read(ns, nxt, n), self._loop)))
+                        nxt += n
+                    n, fut = inflight.popleft()
+                    data = fut.result(timeout=self.params.timeout * 8 + 30)
+                    pos += n
+                    yield data
+            except w.NvmeStatusError:
+                raise
+            except (SourceError, ProtocolError) as e:
+                failures += 1
+                if failures > self.retries:
+                    raise
+                log.warning("NVMe/TCP %s: %s; reconnecting in %.1f s and resuming at byte %d",
+                            self.params.where, e, delay, pos)
+                self._drop()
+                time.sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                self.reconnects += 1
+            finally:
+                for _n, f in inflight:
+                    f.cancel()
 
     def discovery_log(self) -> w.DiscoveryLog:
         return self.call(lambda c: c.discovery_log())

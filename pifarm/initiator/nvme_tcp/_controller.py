@@ -250,30 +250,56 @@ class Controller:
 
     # -- I/O -------------------------------------------------------------------------------
 
-    async def read(self, ns: NamespaceInfo, offset: int, length: int) -> bytes:
+    async def read(self, ns: NamespaceInfo, offset: int, length: int) -> bytearray:
         """Bytes [offset, offset+length) of a namespace, in MDTS-sized pipelined Reads."""
-        if offset < 0 or length < 0 or offset + length > ns.size:
+        buf = bytearray(length)
+        await self.read_into(ns, offset, memoryview(buf))
+        return buf
+
+    async def read_into(self, ns: NamespaceInfo, offset: int, dest: memoryview) -> None:
+        """Fill `dest` from namespace byte `offset`. Block-aligned spans land in `dest` directly;
+        a ragged head or tail goes through one small bounce buffer."""
+        length = len(dest)
+        if offset < 0 or offset + length > ns.size:
             raise UsageError(f"read {offset}+{length} outside namespace {ns.nsid} ({ns.size} bytes)")
         if length == 0:
-            return b""
+            return
         if not self.io:
             raise UsageError(f"{self.params.where} has no I/O queues (a discovery controller cannot read)")
         lba = ns.lba_size
-        first, end = offset // lba, -(-(offset + length) // lba)
-        per = max(1, min(self.max_transfer // lba, 0x10000))
-        spans = [(s, min(per, end - s)) for s in range(first, end, per)]
-        parts = await asyncio.gather(*(self._read_blocks(ns, s, n) for s, n in spans))
-        skip = offset - first * lba
-        if len(parts) == 1:
-            return bytes(memoryview(parts[0])[skip: skip + length])
-        return b"".join(parts)[skip: skip + length]
+        head = -offset % lba
+        if head or length % lba:
+            first = offset // lba * lba
+            body = min(length, head) if head else 0
+            # aligned middle straight into dest, ragged ends via bounce buffers
+            mid_start = offset + body
+            mid_len = (length - body) // lba * lba
+            tasks = []
+            if body:
+                tasks.append(self._bounce(ns, first, offset - first, dest[:body]))
+            if mid_len:
+                tasks.append(self.read_into(ns, mid_start, dest[body: body + mid_len]))
+            tail = length - body - mid_len
+            if tail:
+                tasks.append(self._bounce(ns, offset + body + mid_len, 0, dest[body + mid_len:]))
+            await asyncio.gather(*tasks)
+            return
+        per = max(1, min(self.max_transfer // lba, 0x10000)) * lba
+        await asyncio.gather(*(self._read_blocks(ns, (offset + i) // lba, dest[i: i + per])
+                               for i in range(0, length, per)))
 
-    async def _read_blocks(self, ns: NamespaceInfo, slba: int, nlb: int) -> bytearray:
+    async def _bounce(self, ns: NamespaceInfo, start: int, skip: int, dest: memoryview) -> None:
+        blk = bytearray(ns.lba_size)
+        await self._read_blocks(ns, start // ns.lba_size, memoryview(blk))
+        dest[:] = blk[skip: skip + len(dest)]
+
+    async def _read_blocks(self, ns: NamespaceInfo, slba: int, dest: memoryview) -> None:
+        nlb = len(dest) // ns.lba_size
         q = self.io[self._rr % len(self.io)]
         self._rr += 1
-        cqe, data = await q.submit(w.read_cmd(ns.nsid, slba, nlb, ns.lba_size), what=f"Read nsid {ns.nsid} lba {slba}+{nlb}")
+        cqe, _ = await q.submit(w.read_cmd(ns.nsid, slba, nlb, ns.lba_size), what=f"Read nsid {ns.nsid} lba {slba}+{nlb}",
+                                dest=dest)
         w.check_status(cqe.status, f"Read of namespace {ns.nsid} blocks {slba}+{nlb} on {self.params.where}")
-        return data
 
     async def write_blocks(self, ns: NamespaceInfo, slba: int, nlb: int) -> None:
         """Issue a Write without data (the target must refuse before asking for it); tests use it

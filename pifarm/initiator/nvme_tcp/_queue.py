@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from pifarm.errors import SourceError, SourceTimeout
+from pifarm.errors import SourceError, SourceTimeout, UsageError
 from pifarm.registry import nvme_wire as w
 from pifarm.initiator.nvme_tcp._driver import SOURCE, Driver
 
@@ -20,7 +20,7 @@ from pifarm.initiator.nvme_tcp._driver import SOURCE, Driver
 class _Pending:
     sqe: w.Sqe
     future: asyncio.Future
-    buf: bytearray
+    buf: bytearray | memoryview
     received: int = 0
 
 
@@ -61,8 +61,12 @@ class HostQueue:
                 f"asked header={self.hdgst} data={self.ddgst}", SOURCE)
         return resp
 
-    async def submit(self, sqe: w.Sqe, data: bytes = b"", what: str = "") -> tuple[w.Cqe, bytearray]:
-        """Send one command and wait for its completion: (CQE, data read). Status is not checked."""
+    async def submit(self, sqe: w.Sqe, data: bytes = b"", what: str = "",
+                     dest: memoryview | None = None) -> tuple[w.Cqe, bytearray | memoryview]:
+        """Send one command and wait for its completion: (CQE, data read). Status is not checked.
+        Read data lands in `dest` when given (its length must be the SGL length), saving a copy."""
+        if dest is not None and len(dest) != sqe.sgl.length:
+            raise UsageError(f"destination of {len(dest)} bytes for a {sqe.sgl.length}-byte transfer")
         if not self.alive:
             raise self._closed_error()
         await self._slots.acquire()
@@ -71,7 +75,8 @@ class HostQueue:
                 raise self._closed_error()
             cid = self._free.pop()
             fut = asyncio.get_running_loop().create_future()
-            self._pending[cid] = _Pending(sqe, fut, bytearray(sqe.sgl.length if not data else 0))
+            buf = dest if dest is not None else bytearray(sqe.sgl.length if not data else 0)
+            self._pending[cid] = _Pending(sqe, fut, buf)
             try:
                 self.driver.send(w.CapsuleCmd(sqe.with_cid(cid), data))
                 await self.driver.drain(self.timeout)

@@ -101,13 +101,18 @@ class NvmeTcpUserspaceSource:
 
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
         ext = self._locate(ref)
-        pos = start
-        while pos < ref.size:
-            n = min(self.chunk, ref.size - pos)
-            with _as_source_error():
-                data = ext.client.read(ext.ns, ext.offset + pos, n)
-            yield data
-            pos += n
+        if start >= ref.size:
+            return
+        it = ext.client.iter_read(ext.ns, ext.offset + start, ref.size - start, self.chunk)
+        try:
+            while True:
+                with _as_source_error():
+                    data = next(it, None)
+                if data is None:
+                    return
+                yield data
+        finally:
+            it.close()
 
     def close(self) -> None:
         for c in self.clients:

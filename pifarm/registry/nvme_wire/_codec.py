@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections import deque
 
 import crc32c as _crc
 
@@ -87,8 +88,9 @@ class Codec:
         self.ddgst = False
         self.max_data = max_data
         self.peer_maxdata = 4096  # H2CData limit, raised by the controller's ICResp
-        self._buf = bytearray()
-        self._pos = 0
+        self._chunks: deque[bytes] = deque()
+        self._off = 0  # consumed bytes of the first chunk
+        self._avail = 0
         self._error: str | None = None
 
     # -- state -------------------------------------------------------------------------------
@@ -117,6 +119,11 @@ class Codec:
 
     def encode(self, pdu: Pdu) -> bytes:
         """Serialise a PDU for this queue (digests as negotiated); raises before changing state."""
+        return b"".join(self.encode_parts(pdu))
+
+    def encode_parts(self, pdu: Pdu) -> list[bytes | memoryview]:
+        """Like `encode`, but the data stays a separate buffer: write the parts one by one to
+        skip copying large payloads into a joined PDU."""
         t = pdu.type
         if self.state is State.ERROR and t == (T.H2C_TERM if self.role is Role.HOST else T.C2H_TERM):
             self.state = State.READY  # after a remote error the one PDU still allowed is our termination request
@@ -141,36 +148,71 @@ class Codec:
         if hd:
             parts.append(_DIGEST.pack(crc32c(header)))
         if data:
-            parts.append(bytes(data) if isinstance(data, memoryview) else data)
+            parts.append(data)
             if dd:
                 parts.append(_DIGEST.pack(crc32c(data)))
         self._step("send", t)
         if isinstance(pdu, ICResp):
             self.hdgst, self.ddgst = pdu.hdgst, pdu.ddgst
-        return b"".join(parts)
+        return parts
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> None:
-        """Append received bytes. The buffer never holds more than one maximal PDU plus `data`."""
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue received bytes. Nothing is copied here: a PDU that lies within one received
+        chunk is parsed in place, so its data reaches the caller as a view of that chunk."""
         self._check_usable()
-        if self._pos and self._pos >= len(self._buf) // 2:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        if data:
+            self._chunks.append(data if isinstance(data, bytes) else bytes(data))
+            self._avail += len(data)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        return self._avail
+
+    def _peek(self, n: int) -> bytes | memoryview:
+        first = self._chunks[0]
+        if len(first) - self._off >= n:
+            return memoryview(first)[self._off: self._off + n]
+        return self._gather(n, consume=False)
+
+    def _take(self, n: int) -> memoryview:
+        first = self._chunks[0]
+        if len(first) - self._off >= n:
+            view = memoryview(first)[self._off: self._off + n]
+            self._off += n
+            if self._off == len(first):
+                self._chunks.popleft()
+                self._off = 0
+            self._avail -= n
+            return view
+        return memoryview(self._gather(n, consume=True))
+
+    def _gather(self, n: int, consume: bool) -> bytes:
+        """Join the first n bytes spread over several chunks (one copy)."""
+        parts, need, i, off = [], n, 0, self._off
+        while need:
+            c = self._chunks[i]
+            k = min(len(c) - off, need)
+            parts.append(memoryview(c)[off: off + k])
+            need -= k
+            off += k
+            if off == len(c):
+                i, off = i + 1, 0
+        if consume:
+            for _ in range(i):
+                self._chunks.popleft()
+            self._off = off
+            self._avail -= n
+        return b"".join(parts)
 
     def next_pdu(self) -> Pdu | _NeedData:
         """The next complete PDU, or NEED_DATA. Malformed input raises RemoteProtocolError."""
         self._check_usable()
-        avail = len(self._buf) - self._pos
+        avail = self._avail
         if avail < CH_LEN:
             return NEED_DATA
-        p = self._pos
-        raw_t, flags, hlen, pdo, plen = COMMON.unpack_from(self._buf, p)
+        raw_t, flags, hlen, pdo, plen = COMMON.unpack_from(self._peek(CH_LEN))
         try:
             t = PduType(raw_t)
         except ValueError:
@@ -191,12 +233,7 @@ class Codec:
                                            Fes.DATA_LIMIT_EXCEEDED if plen > limit else Fes.INVALID_HEADER_FIELD, 4))
         if avail < plen:
             return NEED_DATA
-        view = memoryview(self._buf)
-        try:
-            pdu = self._parse(t, flags, hlen, pdo, plen, hd, view[p: p + plen])
-        finally:
-            view.release()
-        self._pos = p + plen
+        pdu = self._parse(t, flags, hlen, pdo, plen, hd, self._take(plen))
         self._step("recv", t)
         if isinstance(pdu, ICReq) and self.role is Role.CONTROLLER:
             pass  # digests start only with our ICResp
@@ -230,7 +267,8 @@ class Codec:
                 if got != want:
                     self._fail(RemoteProtocolError(
                         f"{t.name} data digest mismatch (got 0x{got:08x}, computed 0x{want:08x})", Fes.HEADER_DIGEST_ERROR))
-            data = bytes(body)
+            # data PDUs keep a read-only view of the received bytes (no copy); capsules copy
+            data = bytes(body) if t == T.CAPSULE_CMD else body
         elif t in (T.H2C_TERM, T.C2H_TERM):
             data = bytes(pdu[hlen:plen])
         datal = data_length_field(t, pdu[CH_LEN:hlen])

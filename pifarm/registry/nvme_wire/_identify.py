@@ -80,6 +80,7 @@ class IdentifyController:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "IdentifyController":
+        raw = bytes(raw)
         _need(raw, IDENTIFY_LEN, "Identify Controller data")
         (vid,) = struct.unpack_from("<H", raw, 0)
         cntlid, ver = struct.unpack_from("<HI", raw, 78)
@@ -129,6 +130,7 @@ class IdentifyNamespace:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "IdentifyNamespace":
+        raw = bytes(raw)
         _need(raw, IDENTIFY_LEN, "Identify Namespace data")
         nsze, ncap, nuse = struct.unpack_from("<QQQ", raw, 0)
         nlbaf, flbas = raw[25], raw[26]
@@ -148,6 +150,7 @@ def pack_ns_list(nsids: list[int], after: int = 0) -> bytes:
 
 
 def unpack_ns_list(raw: bytes) -> list[int]:
+    raw = bytes(raw)
     _need(raw, IDENTIFY_LEN, "Active Namespace ID list")
     out = []
     for (n,) in struct.iter_unpack("<I", raw[:IDENTIFY_LEN]):
@@ -179,6 +182,7 @@ class NsDescriptors:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "NsDescriptors":
+        raw = bytes(raw)
         _need(raw, IDENTIFY_LEN, "Namespace Identification Descriptor list")
         found: dict[int, bytes] = {}
         pos = 0
@@ -233,6 +237,7 @@ class DiscoveryEntry:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "DiscoveryEntry":
+        raw = bytes(raw)
         trtype, adrfam, subtype, treq, portid, cntlid, asqsz, eflags = struct.unpack_from("<BBBBHHHH", raw, 0)
         return cls(subnqn=_s(raw[256:512]), traddr=_s(raw[512:768]), trsvcid=_s(raw[32:64]), subtype=subtype,
                    trtype=trtype, adrfam=adrfam, treq=treq, portid=portid, cntlid=cntlid, asqsz=asqsz,
@@ -251,6 +256,7 @@ class DiscoveryLog:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "DiscoveryLog":
+        raw = bytes(raw)
         _need(raw, 1024, "discovery log page header")
         genctr, numrec, _recfmt = DISC_HDR.unpack_from(raw, 0)
         have = min(numrec, (len(raw) - 1024) // DISC_ENTRY_LEN)

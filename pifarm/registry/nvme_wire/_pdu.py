@@ -146,7 +146,7 @@ class H2CData:
     cccid: int
     ttag: int
     offset: int
-    data: bytes
+    data: bytes | memoryview
     last: bool = True
 
     type = PduType.H2C_DATA
@@ -236,7 +236,7 @@ def pdu_flags(pdu: Pdu) -> int:
     return 0
 
 
-def unpack(t: PduType, flags: int, header: memoryview, data: bytes) -> Pdu:
+def unpack(t: PduType, flags: int, header: memoryview, data: bytes | memoryview) -> Pdu:
     """Build a PDU from its specific header (`hlen - 8` bytes) and its data."""
     if t in (PduType.ICREQ, PduType.ICRESP):
         pfv, pda, dgst, last = _IC.unpack_from(header)

@@ -186,6 +186,7 @@ class ConnectData:
 
     @classmethod
     def unpack(cls, raw: bytes) -> "ConnectData":
+        raw = bytes(raw)
         if len(raw) < _CONNECT_DATA.size:
             raise RemoteProtocolError(f"Connect data is {len(raw)} bytes, expected {_CONNECT_DATA.size}")
         hostid, cntlid, sub, host = _CONNECT_DATA.unpack_from(raw)
