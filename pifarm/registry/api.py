@@ -135,10 +135,12 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        notifier = RevisionNotifier(registry.revision)
+        notifier = RevisionNotifier(-1)
         state["notifier"] = notifier
-        unsubscribe = registry.subscribe(notifier.changed)
-        notifier.changed(registry.revision)
+        # the waiters all answer with the bytes fetched here once per revision
+        unsubscribe = registry.subscribe(lambda _rev: notifier.changed(*_current()))
+        notifier._set(*_current())
+        metrics.waiters.set_function(lambda: notifier.waiters)
         task = asyncio.create_task(_housekeeping())
         try:
             yield
@@ -176,6 +178,10 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
         return JSONResponse({"error": f"bad request: {where}: {first.get('msg', 'invalid')}", "kind": "UsageError"},
                             status_code=422)
 
+    def _current() -> tuple[int, tuple[int, bytes]]:
+        rev, data = registry.snapshot_bytes()
+        return rev, (rev, data)
+
     def require_token(request: Request) -> None:
         auth = request.headers.get("authorization", "")
         scheme, _, value = auth.partition(" ")
@@ -194,19 +200,15 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
     async def metadata(since: int | None = Query(None, ge=-1),
                        wait: float | None = Query(None, ge=0)) -> Response:
         notifier: RevisionNotifier = state["notifier"]
-        rev, data = registry.snapshot_bytes()
+        rev, data = notifier.payload
         if since is None or rev > since:
             return snapshot_response(rev, data)
         if since > rev:
             return snapshot_response(rev, data, reset=True)
         w = min(settings.wait_default if wait is None else wait, settings.wait_max)
         w += random.uniform(0, w / 16) if w else 0.0
-        metrics.waiters.inc()
-        try:
-            changed = await notifier.wait_past(since, w)
-        finally:
-            metrics.waiters.dec()
-        rev, data = registry.snapshot_bytes()
+        changed = await notifier.wait_past(since, w)
+        rev, data = notifier.payload
         if changed or rev > since:
             return snapshot_response(rev, data)
         return Response(status_code=304, headers={"X-Pifarm-Revision": str(rev), "ETag": f'"r{rev}"'})

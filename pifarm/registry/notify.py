@@ -13,18 +13,20 @@ import asyncio
 class RevisionNotifier:
     def __init__(self, revision: int, loop: asyncio.AbstractEventLoop | None = None):
         self.revision = revision
+        #: whatever the owner attaches to the current revision (the API: the response body)
+        self.payload = None
         self._loop = loop or asyncio.get_running_loop()
         self._event = asyncio.Event()
         self.waiters = 0
 
-    def changed(self, revision: int) -> None:
+    def changed(self, revision: int, payload=None) -> None:
         """Thread-safe: called by the registry after each commit."""
-        self._loop.call_soon_threadsafe(self._set, revision)
+        self._loop.call_soon_threadsafe(self._set, revision, payload)
 
-    def _set(self, revision: int) -> None:
-        if revision <= self.revision:
+    def _set(self, revision: int, payload=None) -> None:
+        if revision <= self.revision and self.payload is not None:
             return
-        self.revision = revision
+        self.revision, self.payload = revision, payload
         event, self._event = self._event, asyncio.Event()
         event.set()
 

@@ -267,13 +267,14 @@ class Registry:
         self._notify(revision)
 
     def snapshot_bytes(self) -> tuple[int, bytes]:
-        """(revision, exact signed bytes) of the current snapshot; cheap, cached per revision."""
+        """(revision, exact signed bytes) of the current snapshot.
+
+        A writer is the only process changing the database, so its cache (refreshed at each
+        commit) is authoritative and a read costs no query; a read-only opener asks SQLite."""
         cached = self._snap_cache
-        rev = self.db.revision()
-        if cached is None or cached[0] != rev:
+        if cached is None or self._opened_readonly:
             data = bytes(self.db.get_meta("snapshot"))
-            rev = json.loads(data)["signed"]["revision"]
-            cached = self._snap_cache = (rev, data)
+            cached = self._snap_cache = (json.loads(data)["signed"]["revision"], data)
         return cached
 
     def snapshot_document(self) -> dict[str, Any]:
