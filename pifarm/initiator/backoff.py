@@ -26,10 +26,15 @@ class TokenBucket:
         self._at = now
 
     def take(self) -> float:
-        """Take one token; return how long the caller must wait first (0 when one was ready)."""
+        """Take a token and return 0, or take nothing and return how long until one is ready.
+
+        Nothing is consumed on refusal: a caller that waits the returned time and asks again
+        then gets its token (consuming on refusal would starve it for ever)."""
         self._refill()
-        self._tokens -= 1.0
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
 
 
 class Backoff:

@@ -26,6 +26,18 @@ def test_token_bucket_allows_burst_then_paces():
     assert b.take() == 0.0
 
 
+def test_waiting_the_returned_time_always_gets_a_token():
+    """Regression: a refused take() must not consume, or a paced caller starves for ever."""
+    c = Clock()
+    b = TokenBucket(rate=1.0, burst=1, clock=c)
+    assert b.take() == 0.0
+    for _ in range(5):
+        wait = b.take()
+        assert wait > 0
+        c.t += wait
+        assert b.take() == 0.0
+
+
 def test_full_jitter_stays_under_growing_ceiling():
     bo = Backoff(0.5, 8.0, random.Random(1))
     ceilings = []
