@@ -446,7 +446,7 @@ def make_source(spec, ctx) -> BlockDeviceSource:
         settings = AttachSettings(
             address=host, port=port, subsystems=tuple(o.get("subsystems") or ()),
             ctrl_loss_tmo=int(o.get("ctrl_loss_tmo", 600)), reconnect_delay=int(o.get("reconnect_delay", 2)),
-            fast_io_fail_tmo=int(o.get("fast_io_fail_tmo", 2)),
+            fast_io_fail_tmo=int(o.get("fast_io_fail_tmo", -1)),
             dhchap_secret=_secret(o, "dhchap_secret"), dhchap_ctrl_secret=_secret(o, "dhchap_ctrl_secret"),
             command_timeout=float(o.get("command_timeout", 20.0)), nvme=str(o.get("nvme", "nvme")),
         )

@@ -51,7 +51,9 @@ class AttachSettings:
     subsystems: tuple[str, ...] = ()  # connect only these NQNs; empty = everything offered
     ctrl_loss_tmo: int = 600  # seconds the kernel keeps reconnecting a lost controller
     reconnect_delay: int = 2  # seconds between the kernel's reconnect attempts
-    fast_io_fail_tmo: int = 2  # reads fail after this while reconnecting, so the chain moves on
+    # reads fail after this many seconds of reconnecting (kernel option; nvme-cli >= 2.4 passes
+    # it, 2.3 does not know it: -1 leaves it out). The source bounds each read on its own anyway.
+    fast_io_fail_tmo: int = -1
     dhchap_secret: str = ""  # DHHC-1:..: host key when the target requires DH-HMAC-CHAP
     dhchap_ctrl_secret: str = ""  # for bidirectional authentication
     command_timeout: float = 20.0  # bound on one nvme-cli call
@@ -178,8 +180,9 @@ class KernelAttacher:
 
     def connect(self, subnqn: str) -> None:
         argv = [self.s.nvme, "connect", *self._common(), "-n", subnqn,
-                f"--ctrl-loss-tmo={self.s.ctrl_loss_tmo}", f"--reconnect-delay={self.s.reconnect_delay}",
-                f"--fast_io_fail_tmo={self.s.fast_io_fail_tmo}"]
+                f"--ctrl-loss-tmo={self.s.ctrl_loss_tmo}", f"--reconnect-delay={self.s.reconnect_delay}"]
+        if self.s.fast_io_fail_tmo >= 0:
+            argv.append(f"--fast_io_fail_tmo={self.s.fast_io_fail_tmo}")
         if self.s.dhchap_secret:
             argv.append(f"--dhchap-secret={self.s.dhchap_secret}")
         if self.s.dhchap_ctrl_secret:
