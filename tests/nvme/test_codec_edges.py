@@ -174,3 +174,36 @@ def test_command_capsules_round_trip(cid, nsid, slba, data):
     ctrl.feed(host.encode(w.CapsuleCmd(sqe, data)))
     assert ctrl.next_pdu() == w.CapsuleCmd(sqe, data)
     assert w.rw_fields(sqe) == (slba, 8)
+
+
+@pytest.mark.parametrize("digests", [False, True])
+def test_placement_copies_split_read_data_straight_into_the_callers_buffer(digests):
+    host, ctrl = ready_pair(digests, digests)
+    payload = bytes(range(256)) * 1000
+    dest = bytearray(len(payload) + 100)
+    asked = []
+
+    def place(cid, off, n):
+        asked.append((cid, off, n))
+        return memoryview(dest)[50 + off: 50 + off + n]
+
+    host.placement = place
+    raw = ctrl.encode(w.C2HData(9, 0, payload)) + ctrl.encode(w.CapsuleResp(w.Cqe(9)))
+    for i in range(0, len(raw), 7000):  # many chunks: the PDU never sits in one
+        host.feed(raw[i:i + 7000])
+    pdu = host.next_pdu()
+    assert asked == [(9, 0, len(payload))]
+    assert pdu.data.obj is dest and bytes(dest[50:-50]) == payload
+    assert host.next_pdu() == w.CapsuleResp(w.Cqe(9)) and host.buffered == 0
+
+
+def test_placement_still_checks_the_data_digest():
+    host, ctrl = ready_pair(True, True)
+    dest = bytearray(50000)
+    host.placement = lambda cid, off, n: memoryview(dest)[:n]
+    raw = bytearray(ctrl.encode(w.C2HData(1, 0, bytes(50000))))
+    raw[-1] ^= 1
+    host.feed(bytes(raw[:100]))
+    host.feed(bytes(raw[100:]))
+    with pytest.raises(w.RemoteProtocolError, match="data digest mismatch"):
+        host.next_pdu()

@@ -38,6 +38,7 @@ class HostQueue:
         self._pending: dict[int, _Pending] = {}
         self._ic: asyncio.Future | None = None
         self.error: BaseException | None = None
+        self.codec.placement = self._place
 
     @property
     def where(self) -> str:
@@ -100,6 +101,13 @@ class HostQueue:
 
     # -- callbacks from the driver ---------------------------------------------------------
 
+    def _place(self, cid: int, offset: int, length: int) -> memoryview | None:
+        """Where the codec may copy C2HData for `cid` directly (None: let _on_pdu judge it)."""
+        p = self._pending.get(cid)
+        if p is None or offset + length > len(p.buf):
+            return None
+        return memoryview(p.buf)[offset: offset + length]
+
     def _on_pdu(self, pdu: w.Pdu) -> None:
         if isinstance(pdu, w.ICResp):
             if self._ic is not None and not self._ic.done():
@@ -123,7 +131,9 @@ class HostQueue:
                 raise w.RemoteProtocolError(
                     f"{self.where}: C2HData for cid {cid} writes bytes {pdu.offset}..{end}, the command asked for {len(p.buf)}",
                     w.Fes.DATA_OUT_OF_RANGE)
-            p.buf[pdu.offset:end] = pdu.data
+            data = pdu.data
+            if not (isinstance(data, memoryview) and data.obj is (p.buf.obj if isinstance(p.buf, memoryview) else p.buf)):
+                p.buf[pdu.offset:end] = data  # not placed by the codec: copy it in
             p.received += len(pdu.data)
             if pdu.success:
                 self._complete(p, w.Cqe(cid))

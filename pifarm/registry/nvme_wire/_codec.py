@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections import deque
+from typing import Callable
 
 import crc32c as _crc
 
@@ -70,6 +71,7 @@ TRANSITIONS: dict[Role, dict[State, dict[tuple[str, PduType], State]]] = {
 }
 
 _DIGEST = struct.Struct("<I")
+_DATA_HDR = struct.Struct("<HHII")
 INCAPSULE_MAX = 16384
 TERM_MAX_DATA = 152  # a termination request echoes at most this much of the offending header
 
@@ -88,6 +90,9 @@ class Codec:
         self.ddgst = False
         self.max_data = max_data
         self.peer_maxdata = 4096  # H2CData limit, raised by the controller's ICResp
+        # Optional placement hint for received read data: (cccid, offset, length) -> a writable
+        # buffer of exactly `length` bytes, or None. Saves a copy for PDUs spanning received chunks.
+        self.placement: Callable[[int, int, int], memoryview | None] | None = None
         self._chunks: deque[bytes] = deque()
         self._off = 0  # consumed bytes of the first chunk
         self._avail = 0
@@ -233,7 +238,11 @@ class Codec:
                                            Fes.DATA_LIMIT_EXCEEDED if plen > limit else Fes.INVALID_HEADER_FIELD, 4))
         if avail < plen:
             return NEED_DATA
-        pdu = self._parse(t, flags, hlen, pdo, plen, hd, self._take(plen))
+        pdu = None
+        if t == T.C2H_DATA and self.placement is not None and len(self._chunks[0]) - self._off < plen:
+            pdu = self._take_placed(flags, hlen, pdo, plen, hd)
+        if pdu is None:
+            pdu = self._parse(t, flags, hlen, pdo, plen, hd, self._take(plen))
         self._step("recv", t)
         if isinstance(pdu, ICReq) and self.role is Role.CONTROLLER:
             pass  # digests start only with our ICResp
@@ -241,6 +250,41 @@ class Codec:
             self.hdgst, self.ddgst = pdu.hdgst, pdu.ddgst
             self.peer_maxdata = pdu.maxdata
         return pdu
+
+    def _take_placed(self, flags: int, hlen: int, pdo: int, plen: int, hd: bool) -> Pdu | None:
+        """A C2HData spread over several received chunks: copy its data straight into the buffer
+        `placement(cccid, offset, length)` names, instead of joining the chunks first. Returns
+        None (nothing consumed) when the PDU is irregular, so the generic path reports it."""
+        hend = hlen + (4 if hd else 0)
+        head = bytes(self._peek(hend))
+        if hd and _DIGEST.unpack_from(head, hlen)[0] != crc32c(head[:hlen]):
+            return None
+        cccid, _ttag, datao, datal = _DATA_HDR.unpack_from(head, CH_LEN)
+        dd = self.ddgst and bool(flags & Flag.DDGST)
+        if self.ddgst != dd or pdo < hend or pdo + datal + (4 if dd else 0) != plen or datal == 0:
+            return None
+        dest = self.placement(cccid, datao, datal)  # type: ignore[misc]
+        if dest is None or len(dest) != datal:
+            return None
+        hdr = self._take(pdo)
+        pos = 0
+        while pos < datal:  # scatter the chunks into dest, consuming them
+            c = self._chunks[0]
+            k = min(len(c) - self._off, datal - pos)
+            dest[pos: pos + k] = memoryview(c)[self._off: self._off + k]
+            pos += k
+            self._off += k
+            self._avail -= k
+            if self._off == len(c):
+                self._chunks.popleft()
+                self._off = 0
+        if dd:
+            (got,) = _DIGEST.unpack_from(self._take(4))
+            want = crc32c(dest)
+            if got != want:
+                self._fail(RemoteProtocolError(
+                    f"C2H_DATA data digest mismatch (got 0x{got:08x}, computed 0x{want:08x})", Fes.HEADER_DIGEST_ERROR))
+        return unpack(T.C2H_DATA, flags, hdr[CH_LEN:hlen], dest)
 
     def _parse(self, t: PduType, flags: int, hlen: int, pdo: int, plen: int, hd: bool, pdu: memoryview) -> Pdu:
         if hd:
