@@ -251,24 +251,32 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
 
 def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None, host: str = "127.0.0.1",
           port: int = 8080, on_ready: Callable[[str, int], None] | None = None) -> None:
-    """Run the server under uvicorn until interrupted (blocking). `on_ready(host, port)` is called
-    once the socket is bound (useful with port 0)."""
+    """Run the server under uvicorn (uvloop/httptools when installed) until SIGINT/SIGTERM.
+
+    Startup problems (no cache directory, no runtime) raise one-line PifarmErrors before
+    uvicorn starts. `on_ready(host, port)` is called once the socket is bound (useful with port 0).
+    """
+    import threading
+
     import uvicorn
 
+    from pifarm.errors import ConfigError
+    from pifarm.inference.runtime import resolve
+
+    if not Path(cache_root).is_dir():
+        raise ConfigError(f"cache directory {cache_root} does not exist; pass the node's cache")
+    resolve(settings.runtime)
     app = create_app(settings, cache_root, state_dir)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    if on_ready is None:
-        server.run()
-        return
+    if on_ready is not None:
+        def announce() -> None:
+            deadline = time.monotonic() + 300
+            while not server.started and not server.should_exit and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if server.started:
+                sock = server.servers[0].sockets[0].getsockname()
+                on_ready(sock[0], sock[1])
 
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            sock = server.servers[0].sockets[0].getsockname()
-            on_ready(sock[0], sock[1])
-        await task
-
-    asyncio.run(run())
+        threading.Thread(target=announce, name="serve-announce", daemon=True).start()
+    server.run()

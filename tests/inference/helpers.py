@@ -7,7 +7,6 @@ protocol. Real TFLite models come from `<repo>/../shared/models`.
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import socket
 import threading
@@ -97,7 +96,7 @@ class LiveServer:
         self.url = ""
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve())
+        self.server.run()  # uvicorn's own loop factory: uvloop when installed, as in production
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()

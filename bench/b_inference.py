@@ -1,0 +1,369 @@
+"""Inference server benchmarks (issue 4): P5, P6, P8 and, with a real aggregator, P4.
+
+    P5  server throughput / raw in-process interpreter loop, same model, 1 thread, 1 worker;
+        P5b: p50 latency the server adds over one raw invoke (ms; goal <= 1)
+    P6  per model: throughput with batching as the server decides (auto) / without batching;
+        the ratio is the worst model (batching must never lower throughput: goal >= ~1)
+    P8  after a version switch: p99 of the first request / steady-state p99 (goal <= 1.25)
+    P4  publish of a 5 MB model -> first successful inference on a running `pifarm node run`,
+        over loopback, / the same model's raw interpreter load + one invoke (goal: <= 1 s e2e)
+
+Load comes from a separate process (`python -m bench.b_inference client ...`) speaking raw
+HTTP/1.1 keep-alive over asyncio streams, so the client's own cost stays small next to the
+server's. Requests use the binary tensor extension (as a Pi client would for image tensors).
+The machine is shared: each pair is measured interleaved and the best of a few rounds is kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO / ".." / "shared" / "models"
+ROUNDS = 3
+
+
+# -- load generator (runs in its own process) -----------------------------------------------------
+async def _client(host: str, port: int, path: str, body: bytes, header_len: int | None, conc: int,
+                  seconds: float) -> dict:
+    head = [f"POST {path} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}",
+            "Content-Type: application/octet-stream" if header_len else "Content-Type: application/json"]
+    if header_len:
+        head.append(f"Inference-Header-Content-Length: {header_len}")
+    request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    lat: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one_conn() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                t = time.perf_counter()
+                writer.write(request)
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    k, _, v = line.decode().partition(":")
+                    if k.lower() == "content-length":
+                        length = int(v)
+                await reader.readexactly(length)
+                if b" 200 " not in status_line:
+                    errors += 1
+                lat.append(time.perf_counter() - t)
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_conn() for _ in range(conc)))
+    return {"n": len(lat), "seconds": time.perf_counter() - t0, "errors": errors, "lat": lat}
+
+
+def client_main(argv: list[str]) -> None:
+    url, path, body_file, header_len, conc, seconds = argv
+    u = httpx.URL(url)
+    res = asyncio.run(_client(u.host, u.port, path, Path(body_file).read_bytes(), int(header_len) or None,
+                              int(conc), float(seconds)))
+    print(json.dumps(res))
+
+
+def load(url: str, path: str, body: bytes, header_len: int | None, conc: int, seconds: float, work: Path) -> dict:
+    f = work / f"body-{os.getpid()}.bin"
+    f.write_bytes(body)
+    r = subprocess.run([sys.executable, "-m", "bench.b_inference", "client", url, path, str(f), str(header_len or 0),
+                        str(conc), str(seconds)], capture_output=True, text=True, cwd=REPO, timeout=seconds + 120)
+    if r.returncode != 0:
+        raise RuntimeError(f"load client failed: {r.stderr[-2000:]}")
+    res = json.loads(r.stdout)
+    if res["errors"] or not res["n"]:
+        raise RuntimeError(f"load client saw {res['errors']} errors in {res['n']} requests")
+    res["tps"] = res["n"] / res["seconds"]
+    return res
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def binary_body(name: str, x: np.ndarray, datatype: str = "FP32") -> tuple[bytes, int]:
+    head = json.dumps({"inputs": [{"name": name, "shape": list(x.shape), "datatype": datatype,
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head + x.tobytes(), len(head)
+
+
+def pick_model() -> tuple[str, bytes]:
+    """A real model when the shared folder is there (face_landmark, ~1.2 ms/invoke), else the 5 MB sample."""
+    p = SHARED / "face_landmark.tflite"
+    if p.exists():
+        return "face-landmark", p.read_bytes()
+    from pifarm.appliance.samplemodel import large_model
+
+    return "sample-large", large_model(0)
+
+
+def first_input(model: bytes, rows: int = 1) -> tuple[str, np.ndarray]:
+    from pifarm.inference.runtime import build_interpreter, resolve
+
+    it = build_interpreter(resolve(), model).interpreter
+    d = it.get_input_details()[0]
+    shape = [rows] + [int(s) for s in d["shape"][1:]]
+    return str(d["name"]), np.random.default_rng(0).random(shape, dtype=np.float32)
+
+
+def raw_loop(model: bytes, x: np.ndarray, seconds: float) -> tuple[float, float]:
+    """(invokes per second, p50 seconds per invoke) of a bare interpreter, 1 thread, same I/O copies."""
+    from pifarm.inference.runtime import build_interpreter, resolve
+
+    it = build_interpreter(resolve(), model, 1).interpreter
+    d = it.get_input_details()[0]
+    if tuple(d["shape"]) != x.shape:
+        it.resize_tensor_input(d["index"], list(x.shape))
+        it.allocate_tensors()
+    outs = [o["index"] for o in it.get_output_details()]
+    lat = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        it.set_tensor(d["index"], x)
+        it.invoke()
+        for o in outs:
+            np.array(it.get_tensor(o))
+        lat.append(time.perf_counter() - t)
+    return len(lat) / sum(lat), float(np.percentile(lat, 50))
+
+
+class Served:
+    """A cache + a real uvicorn serving it on 127.0.0.1:0, in this process."""
+
+    def __init__(self, work: Path, models: dict[str, bytes], settings_models: dict[str, dict]):
+        from pifarm.inference.server import create_app
+        from pifarm.inference.settings import InferenceSettings
+        from tests.inference.helpers import LiveServer, make_cache
+
+        self.tc = make_cache(Path(tempfile.mkdtemp(dir=work)) / "cache")
+        self.versions = {}
+        for name, data in models.items():
+            self.tc.publish(name, 1, data)
+            self.versions[name] = 1
+        app = create_app(InferenceSettings(max_body=64 * 2**20, models=settings_models), self.tc.root, None)
+        self.srv = LiveServer(app)
+
+    def __enter__(self) -> "Served":
+        self.srv.__enter__()
+        self.url = self.srv.url
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + 120
+        while self.http.get("/health").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"models did not load: {self.http.get('/health').text}")
+            time.sleep(0.02)
+        return self
+
+    def health(self) -> dict:
+        return self.http.get("/health").json()
+
+    def __exit__(self, *exc) -> None:
+        self.http.close()
+        self.srv.__exit__(*exc)
+
+
+# -- P5 ---------------------------------------------------------------------------------------------
+def p5(work: Path) -> dict:
+    name, model = pick_model()
+    inp, x = first_input(model)
+    body, hl = binary_body(inp, x)
+    one = {"num_threads": 1, "min_workers": 1, "max_workers": 1, "batching": "off"}
+    best_ratio, best = 0.0, {}
+    lat_http, lat_raw = [], []
+    with Served(work, {name: model}, {name: one}) as s:
+        load(s.url, f"/v2/models/{name}/infer", body, hl, 4, 1.0, work)  # warm
+        for _ in range(ROUNDS):
+            raw_tps, raw_p50 = raw_loop(model, x, 2.0)
+            srv = load(s.url, f"/v2/models/{name}/infer", body, hl, 4, 2.0, work)
+            seq = load(s.url, f"/v2/models/{name}/infer", body, hl, 1, 1.5, work)
+            lat_http.append(float(np.percentile(seq["lat"], 50)))
+            lat_raw.append(raw_p50)
+            if srv["tps"] / raw_tps > best_ratio:
+                best_ratio = srv["tps"] / raw_tps
+                best = {"raw_per_s": round(raw_tps, 1), "server_per_s": round(srv["tps"], 1)}
+    added_ms = (min(lat_http) - min(lat_raw)) * 1e3
+    return {
+        "P5": {"what": f"server throughput / raw interpreter loop ({name}, 1 thread, 1 worker, binary tensors)",
+               "ratio": round(best_ratio, 3), "goal": ">=0.85", "detail": {"model": name, **best}},
+        "P5b": {"what": "p50 latency the server adds over one raw invoke, ms (1 client, keep-alive)",
+                "ratio": round(added_ms, 3), "goal": "<=1.0",
+                "detail": {"http_p50_ms": round(min(lat_http) * 1e3, 3), "raw_p50_ms": round(min(lat_raw) * 1e3, 3)}},
+    }
+
+
+# -- P6 ---------------------------------------------------------------------------------------------
+def p6(work: Path) -> dict:
+    from pifarm.appliance.samplemodel import large_model, linear_model
+
+    models = {"sample-linear": linear_model(16, 4, 0), "sample-large": large_model(0)}
+    for f, n in (("face_landmark.tflite", "face-landmark"), ("selfie_segmentation.tflite", "selfie-segmentation")):
+        if (SHARED / f).exists():
+            models[n] = (SHARED / f).read_bytes()
+    detail: dict[str, str] = {}
+    worst = float("inf")
+    for name, model in models.items():
+        inp, x = first_input(model)
+        body, hl = binary_body(inp, x)
+        tps: dict[str, float] = {}
+        decided = ""
+        for mode in ("off", "auto", "on"):
+            cfg = {"num_threads": 1, "min_workers": 1, "max_workers": 1, "batching": mode, "max_batch": 8,
+                   "max_delay_ms": 2.0}
+            with Served(work, {name: model}, {name: cfg}) as s:
+                load(s.url, f"/v2/models/{name}/infer", body, hl, 8, 0.5, work)
+                tps[mode] = max(load(s.url, f"/v2/models/{name}/infer", body, hl, 8, 1.5, work)["tps"]
+                                for _ in range(2))
+                if mode == "auto":
+                    decided = "batches" if s.health()["models"][name]["batching"]["enabled"] else "no batching"
+        ratio = tps["auto"] / tps["off"]
+        worst = min(worst, ratio)
+        detail[name] = (f"auto({decided})/off={ratio:.2f} on/off={tps['on'] / tps['off']:.2f} "
+                        f"off={tps['off']:.0f}/s")
+    return {"P6": {"what": "micro-batching: throughput as the server decides / unbatched, worst model",
+                   "ratio": round(worst, 3), "goal": ">=0.95 (never lower)", "detail": detail}}
+
+
+# -- P8 ---------------------------------------------------------------------------------------------
+def p8(work: Path, switches: int = 20) -> dict:
+    name, model = pick_model()
+    inp, x = first_input(model)
+    body = json.dumps({"inputs": [{"name": inp, "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}]}).encode()
+    headers = {"inference-header-content-length": str(len(body))}
+    payload = body + x.tobytes()
+    first: list[float] = []
+    with Served(work, {name: model}, {name: {"num_threads": 1, "batching": "off"}}) as s:
+        c = s.http
+
+        def timed() -> float:
+            t = time.perf_counter()
+            r = c.post(f"/v2/models/{name}/infer", content=payload, headers=headers)
+            dt = time.perf_counter() - t
+            assert r.status_code == 200, r.text
+            return dt
+
+        for _ in range(20):
+            timed()
+        steady = [timed() for _ in range(300)]
+        for v in range(2, switches + 2):
+            s.tc.publish(name, v, model)  # same bytes, new signed version: a full reload and warm-up
+            deadline = time.monotonic() + 60
+            while c.get(f"/v2/models/{name}/versions/{v}/ready").status_code != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"version {v} never became ready: {s.health()}")
+                time.sleep(0.005)
+            first.append(timed())
+            for _ in range(10):
+                steady.append(timed())
+    p99_first = float(np.percentile(first, 99))
+    p99_steady = float(np.percentile(steady, 99))
+    return {"P8": {"what": f"first-request p99 after a version switch / steady-state p99 ({name})",
+                   "ratio": round(p99_first / p99_steady, 3), "goal": "<=1.25",
+                   "detail": {"switches": switches, "first_p99_ms": round(p99_first * 1e3, 3),
+                              "steady_p99_ms": round(p99_steady * 1e3, 3),
+                              "first_p50_ms": round(float(np.percentile(first, 50)) * 1e3, 3)}}}
+
+
+# -- P4 ---------------------------------------------------------------------------------------------
+def p4(work: Path) -> dict:
+    from pifarm.appliance.samplemodel import large_model
+    from pifarm.inference.runtime import build_interpreter, resolve
+    from tests.support.aggregator import free_port, start_aggregator
+
+    model = large_model(0)
+    f = work / "model.tflite"
+    f.write_bytes(model)
+    t = time.perf_counter()
+    it = build_interpreter(resolve(), model, 1).interpreter
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], np.ones(d["shape"], np.float32))
+    it.invoke()
+    baseline = time.perf_counter() - t
+
+    agg = start_aggregator(work / "agg")
+    port = free_port()
+    node_dir = work / "node"
+    node_dir.mkdir()
+    cfg = node_dir / "node.toml"
+    cfg.write_text(f'[node]\ntrusted_keys = ["{agg.pubkey}"]\n[cache]\nscrub_interval = 0.0\n'
+                   f'[inference.models.big]\nnum_threads = 1\n')
+    log = open(node_dir / "node.log", "wb")
+    node = subprocess.Popen([sys.executable, "-m", "pifarm", "node", "run", "--aggregator", agg.url, "--config", str(cfg),
+                             "--cache", str(node_dir / "cache"), "--state-dir", str(node_dir / "state"),
+                             "--listen", f"127.0.0.1:{port}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    x = np.ones((1, 1024), np.float32)
+    body = {"inputs": [{"name": "x", "shape": [1, 1024], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+    try:
+        with httpx.Client(base_url=url, timeout=5) as c:
+            deadline = time.monotonic() + 60
+            while True:  # the node is up when its server answers (503: nothing loaded yet)
+                try:
+                    c.get("/v2/health/live")
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline or node.poll() is not None:
+                        raise RuntimeError("node inference server did not come up: "
+                                           + (node_dir / "node.log").read_text()[-2000:])
+                    time.sleep(0.05)
+            t0 = time.perf_counter()
+            with agg.client() as rc:
+                rc.publish(f, "big", "stable")
+            deadline = time.monotonic() + 120
+            while True:
+                r = c.post("/v2/models/big/infer", json=body)
+                if r.status_code == 200 and r.json()["model_version"] == "1":
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no inference after 120 s: {r.status_code} {r.text[:300]}")
+                time.sleep(0.002)
+            e2e = time.perf_counter() - t0
+    finally:
+        node.terminate()
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        agg.stop()
+        log.close()
+    return {"P4": {"what": "publish 5 MB model -> first inference on a running node / raw load + one invoke",
+                   "ratio": round(e2e / baseline, 3), "goal": "e2e <= 1 s",
+                   "detail": {"e2e_s": round(e2e, 3), "raw_load_invoke_s": round(baseline, 4)}}}
+
+
+def run(workdir: Path) -> dict[str, dict]:
+    sys.path.insert(0, str(REPO))  # tests.inference.helpers / tests.support.aggregator
+    out: dict[str, dict] = {}
+    for part in (p5, p6, p8, p4):
+        w = workdir / part.__name__
+        w.mkdir()
+        try:
+            out.update(part(w))
+        except Exception as e:  # one part failing must not hide the others' numbers
+            print(f"b_inference {part.__name__} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        finally:
+            shutil.rmtree(w, ignore_errors=True)
+    return out
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["client"]:
+        client_main(sys.argv[2:])
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            print(json.dumps(run(Path(d)), indent=2))
