@@ -303,7 +303,7 @@ def p4(work: Path) -> dict:
     cfg.write_text(f'[node]\ntrusted_keys = ["{agg.pubkey}"]\n[cache]\nscrub_interval = 0.0\n'
                    f'[inference.models.big]\nnum_threads = 1\n')
     log = open(node_dir / "node.log", "wb")
-    node = subprocess.Popen([sys.executable, "-m", "pifarm", "node", "run", "--aggregator", agg.url, "--config", str(cfg),
+    node = subprocess.Popen([sys.executable, "-m", "pifarm", "-v", "node", "run", "--aggregator", agg.url, "--config", str(cfg),
                              "--cache", str(node_dir / "cache"), "--state-dir", str(node_dir / "state"),
                              "--listen", f"127.0.0.1:{port}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"

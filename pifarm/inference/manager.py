@@ -27,7 +27,7 @@ from pifarm.errors import ConfigError, InferenceError, NotFound, PifarmError
 from pifarm.inference.batching import BatchPolicy
 from pifarm.inference.loader import load_verified
 from pifarm.inference.metrics import ServerMetrics
-from pifarm.inference.model import ModelVersion
+from pifarm.inference.model import BatchDecision, ModelVersion
 from pifarm.inference.pool import WorkerPool
 from pifarm.inference.runtime import Runtime, resolve
 from pifarm.inference.settings import InferenceSettings
@@ -80,6 +80,8 @@ class ModelManager:
         self._observer: Any = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        # (blob digest, runtime, threads, max_batch) -> decision: a re-published model skips the timing
+        self._calibrations: dict[tuple, BatchDecision] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -192,9 +194,30 @@ class ModelManager:
         self.metrics.active_version.labels(name).set(mv.version)
         if mv.delegate_warning:
             self.metrics.delegate_fallback.labels(name).inc()
-        log.info("model %s: serving version %d (%s)", name, mv.version, mv.batch.reason)
+        log.info("model %s: serving version %d", name, mv.version)
         if old is not None:
             old.pool.close()  # queued requests of the old version finish first
+        if mv.needs_calibration:
+            self._calibrate(mv, pool)
+
+    def _calibrate(self, mv: ModelVersion, pool: WorkerPool) -> None:
+        """Decide batching for a live version (it serves unbatched meanwhile, which is never slower)."""
+        ms = mv.settings
+        key = (mv.blob_digest, self.runtime.name, ms.num_threads, ms.max_batch) if mv.blob_digest else None
+        try:
+            decision = self._calibrations.get(key) if key else None
+            if decision is None:
+                decision = mv.calibrate()
+                if key:
+                    self._calibrations[key] = decision
+        except Exception as e:  # a failed timing run leaves the version serving unbatched
+            log.warning("model %s: batching calibration failed: %s", mv.name, e)
+            mv.batch = BatchDecision(True, False, f"calibration failed ({e}); not gathering batches")
+            return
+        mv.batch = decision
+        pool.policy = BatchPolicy(decision.enabled, ms.max_batch, ms.max_delay_ms / 1e3, ms.batch_min_queue,
+                                  ms.batch_max_mean_wait_ms / 1e3)
+        log.info("model %s v%d: %s", mv.name, mv.version, decision.reason)
 
     # -- request side ----------------------------------------------------------------------
     def get(self, name: str, version: str | None = None) -> Active:

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BATCH_GAIN = 0.9          # batched per-row time must beat single-row time by 10% to switch on
 CALIBRATE_BUDGET = 0.25   # seconds the throughput calibration may spend per model version
+PENDING = "batchable; serving unbatched until calibration decides"
 
 
 def buckets(max_batch: int) -> tuple[int, ...]:
@@ -122,6 +123,7 @@ class ModelVersion:
         self.runtime = runtime
         self.settings = settings
         self._content = verified.content
+        self.blob_digest = verified.manifest.primary.digest if verified.manifest is not None else None
         self._delegate = DelegateSpec(settings.delegate, settings.delegate_options) if settings.delegate else None
         self.delegate_warning: str | None = None
         self.inputs: list[TensorInfo] = []
@@ -195,6 +197,17 @@ class ModelVersion:
                     return BatchDecision(False, False, "a batch does not give the same answers as single rows")
         if mode == "on":
             return BatchDecision(True, True, "batching = on")
+        return BatchDecision(True, False, PENDING)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.batch.batchable and self.batch.reason == PENDING
+
+    def calibrate(self) -> BatchDecision:
+        """Time batch-1 against batch-max_batch and decide (batching = "auto").
+
+        Runs after the version is already serving unbatched, so it never delays a swap; the
+        caller applies the decision to the live pool."""
         one, per_row = self._calibrate()
         if per_row < BATCH_GAIN * one:
             return BatchDecision(True, True, f"a batch of {self.settings.max_batch} measured {one / per_row:.2f}x "

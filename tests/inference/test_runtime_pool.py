@@ -191,3 +191,14 @@ def test_close_lets_queued_jobs_finish():
     futs = [pool.submit([np.full(8, i, np.float32)], None) for i in range(50)]
     pool.close()
     assert all(f.done() and f.exception() is None for f in futs)
+
+
+def test_auto_batching_serves_unbatched_until_calibration_decides():
+    from pifarm.inference.model import BATCH_GAIN, PENDING
+
+    mv = version(sm.linear_model(), batching="auto")
+    mv.prepare()
+    assert mv.batch.batchable and not mv.batch.enabled and mv.needs_calibration
+    d = mv.calibrate()
+    assert d.reason != PENDING and d.single_ms > 0 and d.batched_ms_per_row > 0
+    assert d.enabled == (d.batched_ms_per_row < BATCH_GAIN * d.single_ms)

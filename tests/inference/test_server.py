@@ -233,3 +233,15 @@ def test_malformed_binary_requests_are_400(served, size, blob, header_len, needl
     r = c.post("/v2/models/lin/infer", content=head + blob,
                headers={"inference-header-content-length": header_len or str(len(head))})
     assert r.status_code == 400 and needle in r.json()["error"], r.text
+
+
+def test_calibration_reaches_the_live_pool(served):
+    from pifarm.inference.model import PENDING
+
+    c, _ = served
+    h = wait_for(c, "/health", lambda r: r.json()["models"]["lin"]["batching"]["reason"] != PENDING,
+                 what="calibration of lin").json()
+    lin = h["models"]["lin"]["batching"]
+    assert lin["batchable"] is True
+    pool = c.app.state.manager.get("lin").pool
+    assert pool.policy.enabled == lin["enabled"]
