@@ -24,7 +24,7 @@ from pifarm.cache.settings import CacheSettings
 from pifarm.cache.store import Cache
 from pifarm.cache.tamper import TamperWatch
 from pifarm.errors import ConfigError, PifarmError
-from pifarm.initiator.chain import build_sources, close_all, default_specs
+from pifarm.initiator.chain import SOURCE_KINDS, build_sources, close_all, default_specs
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store, make_client
 from pifarm.initiator.settings import NodeSettings, S3Settings, SourceContext, SourceSpec, WatcherSettings
@@ -75,6 +75,9 @@ def load_node_config(
         bad = set(t) - known
         if bad:
             raise ConfigError(f"{origin}: [[sources]] #{i}: unknown key {sorted(bad)[0]}; known: {', '.join(sorted(known))}")
+        if t.get("kind") not in SOURCE_KINDS:
+            raise ConfigError(f"{origin}: [[sources]] #{i} needs kind = one of {', '.join(sorted(SOURCE_KINDS))}"
+                              f" (got {t.get('kind')!r})")
         try:
             specs.append(SourceSpec(**t))
         except (TypeError, ValueError) as e:
