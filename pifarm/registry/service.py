@@ -11,14 +11,14 @@ crash after 3 leaves a committed version whose snapshot mirror `recover()` rewri
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import secrets
+import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,17 +28,20 @@ import blake3
 
 from pifarm.errors import Conflict, ConfigError, NotFound, ReadOnlyError, UsageError
 from pifarm.registry.canonical import canonical_bytes
+from pifarm.registry.datadir import ensure_api_token, lock_data_dir
 from pifarm.registry.db import Database, VersionRow
 from pifarm.registry.files import collect_files
 from pifarm.registry.integrity import BlobRef, StreamVerifier, digest_file
 from pifarm.registry.manifest import FileEntry, Manifest, TensorSpec, check_name
-from pifarm.registry.settings import ApiSettings, RegistrySettings, StoreSettings
+from pifarm.registry.settings import RegistrySettings, StoreSettings
 from pifarm.registry.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
 from pifarm.registry.snapshot import CHANNELS, ModelEntry, Snapshot, VersionPointer, iso, parse_iso, utcnow
 from pifarm.registry.store import SNAPSHOT_KEY, MODEL_PREFIX, Store, StoreUnavailable, manifest_key, open_store
 from pifarm.registry.tflite_info import read_signature
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Registry", "ServedVersion", "ensure_api_token", "check_channel", "check_labels"]
 
 Progress = Callable[[str, int, int], None]  # (phase, bytes advanced, phase total)
 
@@ -67,31 +70,6 @@ def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def ensure_api_token(data_dir: str | os.PathLike, api: ApiSettings) -> str:
-    """The write token: configured, read from token_file, or created in D/api-token (0600)."""
-    if api.token:
-        return api.token
-    path = Path(api.token_file) if api.token_file else Path(data_dir) / "api-token"
-    try:
-        return path.read_text().strip() or _fail_token(path)
-    except FileNotFoundError:
-        if api.token_file:
-            raise ConfigError(f"[api] token_file {path} does not exist") from None
-    token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
-
-
-def _fail_token(path: Path) -> str:
-    raise ConfigError(f"API token file {path} is empty; delete it to have a new token generated")
-
-
 def _settings(settings: Any) -> tuple[RegistrySettings, StoreSettings]:
     """Accept RegistrySettings, or the {section: settings} dict `load_role` returns."""
     if settings is None:
@@ -114,7 +92,10 @@ class Registry:
         self._lock_fd = lock_fd
         self._write = threading.RLock()
         self._subscribers: list[Callable[[int], None]] = []
-        self._staged: dict[str, float] = {}
+        self._staged: dict[str, float] = {}  # API uploads awaiting their publish: digest -> time
+        self._pins: Counter[str] = Counter()  # blobs of publishes in progress in this process
+        self._temp_cleaned = False
+        self._pin_lock = threading.Lock()
         self._mirror_pending = False
         self._opened_readonly = lock_fd is None
         self.read_only_reason: str | None = "opened read-only" if lock_fd is None else None
@@ -137,7 +118,7 @@ class Registry:
                 sub.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"data dir {d}: {e.strerror or e}") from e
-        lock_fd = None if readonly else _lock(d)
+        lock_fd = None if readonly else lock_data_dir(d)
         try:
             key_path = d / "keys" / PRIVATE_NAME
             if not key_path.exists() and not readonly:
@@ -155,7 +136,7 @@ class Registry:
             reg._init_snapshot()
             try:
                 reg.store.check()
-                reg.recover()
+                reg.recover(startup=True)
             except StoreUnavailable as e:
                 reg._go_read_only(e)
         return reg
@@ -366,10 +347,10 @@ class Registry:
             sources[digest] = f.source
             if progress:
                 progress("hash", size, total)
+        self._pin([e.digest for e in entries])
         try:
             for e in entries:
                 if e.digest in sources:
-                    self._staged[e.digest] = time.monotonic()
                     if not self.store.has_blob(e.ref):
                         self.store.put_blob(e.ref, sources.pop(e.digest))
                     else:
@@ -381,19 +362,32 @@ class Registry:
             self._go_read_only(e)
             raise ReadOnlyError(f"publish of {name} refused: {self.read_only_reason}; nothing was committed") from e
         finally:
-            for e in entries:
-                self._staged.pop(e.digest, None)
+            self._unpin([e.digest for e in entries])
+
+    def _pin(self, digests: list[str]) -> None:
+        with self._pin_lock:
+            self._pins.update(digests)
+
+    def _unpin(self, digests: list[str]) -> None:
+        with self._pin_lock:
+            self._pins.subtract(digests)
+            for d in digests:
+                if self._pins[d] <= 0:
+                    del self._pins[d]
 
     def stage_blob(self, ref: BlobRef, path: Path) -> None:
         """Take a verified upload (API) into the store; protected from GC for `upload_grace` s."""
         self._require_writable()
         self._staged[ref.digest] = time.monotonic()
+        self._pin([ref.digest])
         try:
             if not self.store.has_blob(ref):
                 self.store.put_blob(ref, path, consume=True)
         except StoreUnavailable as e:
             self._go_read_only(e)
             raise ReadOnlyError(f"upload of {ref.digest} refused: {self.read_only_reason}") from e
+        finally:
+            self._unpin([ref.digest])
 
     def publish_staged(self, name: str, files: list[FileEntry], channel: str | None = None,
                        labels: Mapping[str, str] | None = None, *, format: str | None = None
@@ -456,6 +450,9 @@ class Registry:
                     self.promote(name, existing.version, channel)
                 doc = json.loads(existing.document)
                 return Manifest.from_json(doc["signed"]), doc
+            for f in {f.digest: f for f in files}.values():
+                if not self.store.has_blob(f.ref):
+                    raise Conflict(f"blob {f.digest} ({f.path}) vanished from the store before the commit; publish again")
             version = self.db.next_version(self.db._conn, name)
             manifest = Manifest(name=name, version=version, format=fmt, files=tuple(files), created=iso(utcnow()),
                                 inputs=tuple(inputs), outputs=tuple(outputs), labels=labels)
@@ -560,24 +557,32 @@ class Registry:
             for d, t in list(self._staged.items()):
                 if now - t > self.settings.upload_grace:
                     self._staged.pop(d, None)
-            keep = self.db.live_digests() | set(self._staged)
-            gone = [d for d in self.store.list_blobs() if d not in keep]
+            # list first: a blob uploaded after the listing is not in it, one before is pinned
+            stored = self.store.list_blobs()
+            with self._pin_lock:
+                pinned = set(self._pins)
+            keep = self.db.live_digests() | set(self._staged) | pinned
+            gone = [d for d in stored if d not in keep]
             for d in gone:
                 self.store.delete_blob(d)
         if gone:
             log.info("collected %d unreferenced blob(s)", len(gone))
         return gone
 
-    def recover(self) -> None:
-        """Start-up cleanup: temp leftovers, manifests of uncommitted or retired versions,
-        unreferenced blobs, and a snapshot mirror that lags the database."""
+    def recover(self, startup: bool = False) -> None:
+        """Cleanup: manifests of uncommitted or retired versions, unreferenced blobs, a snapshot
+        mirror that lags the database; at start-up (no write in flight) also temp leftovers."""
         with self._write:
             cleanup = getattr(self.store, "cleanup_temp", None)
-            if cleanup:
+            # store temp files are safe to remove whenever no write of ours is in flight
+            if cleanup and (startup or not self._temp_cleaned) and not self._pins:
                 cleanup()
-            for p in (self.data_dir / "tmp").glob("*"):
-                if p.is_file() and not self._staged:
+                self._temp_cleaned = True
+            for p in (self.data_dir / "tmp").glob("*") if startup else ():
+                if p.is_file():
                     p.unlink(missing_ok=True)
+                elif p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
             live = {(r.name, r.version) for r in self.db.versions()}
             for key in self.store.list_documents(MODEL_PREFIX):
                 parts = key[len(MODEL_PREFIX):].split("/")
@@ -591,17 +596,3 @@ class Registry:
             if self.store.get_document(SNAPSHOT_KEY) != self.snapshot_bytes()[1]:
                 self.store.put_document(SNAPSHOT_KEY, self.snapshot_bytes()[1])
             self._mirror_pending = False
-
-
-def _lock(d: Path) -> int:
-    fd = os.open(d / "registry.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        os.close(fd)
-        raise Conflict(f"data dir {d} is in use by another pifarm process (pid {holder or '?'}); "
-                       "stop it or go through its API with --registry") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
