@@ -7,12 +7,15 @@ How the VM tier runs them against the real kernel (as root inside the VM, Debian
 Debian 13's 6.12):
 
     modprobe nvmet nvmet-tcp        # configfs mounted at /sys/kernel/config
-    PIFARM_CONFIGFS_ROOT=/sys/kernel/config/nvmet python -m pytest tests/target/test_contract.py -q -p no:cacheprovider
+    PIFARM_CONFIGFS_ROOT=/sys/kernel/config/nvmet python -m pytest tests/target/test_contract.py \
+        -q -p no:cacheprovider --basetemp=$PIFARM_VM_SCRATCH/pytest
 
-Needs: a writable tmp dir for the backing files (pytest's tmp_path; nvmet opens them O_RDWR, so a
-read-only filesystem gives EROFS); a loopback interface that is up (ports bind 127.0.0.1 on a free
-TCP port); for `test_tmpfs_needs_buffered_io`, any writable tmpfs mount (/dev/shm, /run or /tmp)
-- buffered_io=1 is what makes tmpfs-backed files work on kernels without tmpfs O_DIRECT (6.1).
+Needs: a writable directory for the backing files (`--basetemp` on the VM's ext4 scratch disk;
+nvmet opens them O_RDWR, so a read-only filesystem gives EROFS; on an overlay over tmpfs the
+tests still pass because `buffered_io` follows an O_DIRECT probe); a loopback interface that is up
+(ports bind 127.0.0.1 on a free TCP port); for `test_tmpfs_needs_buffered_io`, any writable tmpfs
+mount (/dev/shm, /run or /tmp) - buffered_io=1 is what makes tmpfs-backed files work on kernels
+without tmpfs O_DIRECT (6.1). All 16 passed in the VM on Debian's 6.1.0-50 and 6.12.117 kernels.
 Every test uses unique NQNs/port ids and removes only what it created, so a shared tree is safe.
 Expectations marked REAL-KERNEL NOTE are what the real kernel taught the fake.
 """
