@@ -56,12 +56,15 @@ class Slot:
 
 
 class _RefEvents(FileSystemEventHandler):
-    def __init__(self, manager: "ModelManager"):
+    """Reacts to changes under <cache>/refs only (blob and temp-file writes are ignored)."""
+
+    def __init__(self, manager: "ModelManager", root: Path):
         self._m = manager
+        self._refs = str(root / "refs")
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         paths = [getattr(event, "src_path", ""), getattr(event, "dest_path", "")]
-        if any("refs" in str(p) for p in paths if p):
+        if any(str(p) == self._refs or str(p).startswith(self._refs + "/") for p in paths if p):
             self._m.reconcile()
 
 
@@ -92,7 +95,7 @@ class ModelManager:
             self._trusted = TrustedKeys.from_files(self.settings.trusted_keys)
         self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._observer = Observer()
-        self._observer.schedule(_RefEvents(self), str(self.layout.root), recursive=True)
+        self._observer.schedule(_RefEvents(self, self.layout.root), str(self.layout.root), recursive=True)
         self._observer.daemon = True
         self._observer.start()
         self._poller = threading.Thread(target=self._poll, name="model-rescan", daemon=True)
@@ -253,6 +256,8 @@ class ModelManager:
                                      "manifest_digest": a.version.manifest_digest if a else None,
                                      "loading": slot.loading, "error": slot.error}
             if a is not None:
+                self.metrics.workers.labels(n).set(a.pool.workers)
+                self.metrics.queue_depth.labels(n).set(a.pool.queue_depth)
                 entry.update({
                     "batching": {"batchable": a.version.batch.batchable, "enabled": a.version.batch.enabled,
                                  "reason": a.version.batch.reason},
