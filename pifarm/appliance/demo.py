@@ -510,7 +510,7 @@ def status_table(farm: Farm, steps: list[Step]):
     t.add_row("revision", str(st.get("revision", "-")))
     for model, m in sorted((st.get("models") or {}).items()):
         t.add_row(f"model {model}", f"v{m.get('version')} (previous v{m.get('previous')}) from [cyan]{m.get('source')}[/]")
-    t.add_row("cache", f"{farm.cache_bytes() / 2**20:.2f} MiB")
+    t.add_row("cache", f"{farm.cache_bytes() / 1024:.1f} KiB used (budget 256 MiB)")
     deg = st.get("degraded")
     t.add_row("degraded", f"[red]yes[/]: {st.get('degraded_reason')}" if deg else "[green]no[/]")
     elapsed = max(1e-3, time.monotonic() - farm.started)

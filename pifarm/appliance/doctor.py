@@ -313,16 +313,23 @@ def _aggregator_url(env: Env) -> str:
 
 
 def _aggregator_tls(env: Env):
-    """The aggregator checking its own API presents... nothing; an mTLS API will refuse it, which
-    still proves it listens. Use the server cert as trust anchor when TLS is on."""
+    """The aggregator checking its own API: trust the farm CA and present the operators' admin
+    certificate that setup creates (`<data>/pki/admin/`), which mTLS requires."""
     api = env.section("api")
-    if api.get("tls_client_ca") and Path(api["tls_client_ca"]).is_file():
-        import ssl
+    ca = api.get("tls_client_ca")
+    if not api.get("tls_cert"):
+        return True
+    data = Path(str(env.section("registry").get("data_dir") or "/var/lib/pifarm/aggregator"))
+    admin = data / "pki" / "admin"
+    files = (admin / "node.crt", admin / "node.key", admin / "ca-bundle.pem")
+    if ca and all(p.is_file() for p in files):
+        from pifarm.registry.enroll import client_ssl_context
 
-        ctx = ssl.create_default_context(cafile=api["tls_client_ca"])
-        ctx.check_hostname = False
-        return ctx
-    return True
+        return client_ssl_context(*files)
+    import ssl
+
+    bundle = ca if ca and Path(ca).is_file() else None
+    return ssl.create_default_context(cafile=bundle) if bundle else True
 
 
 def check_aggregator(env: Env, now: Callable[[], dt.datetime] | None = None) -> list[Result]:

@@ -4,6 +4,7 @@ certificates, and CA rotation that never needs the whole fleet restarted at once
 Aggregator files (`<data_dir>/pki/`):
 
     ca.crt, ca.key              the current CA (key 0600)
+    admin/                      a client certificate for local operators (doctor, curl --cert)
     ca-bundle.pem               every CA trusted right now; [api] tls_client_ca points here
     server.crt, server.key      the API's certificate (SANs: host name, addresses, localhost)
     previous-ca.crt/.key        the old CA, only between `rotate` and `rotate --finish`
@@ -52,6 +53,7 @@ PREVIOUS_KEY = "previous-ca.key"
 STATE = "rotation.json"
 NODE_KEY = "node.key"
 NODE_CERT = "node.crt"
+ADMIN = "admin"
 
 
 def default_sans() -> tuple[list[str], list[str]]:
@@ -133,7 +135,15 @@ class AggregatorPki:
         if not (self.server_cert.is_file() and self.server_key.is_file()):
             self.issue_server(dns_names=dns_names, ips=ips)
             done += [str(self.server_key), str(self.server_cert)]
+        if not NodeTls(self.admin_dir).exists():
+            self.issue_client(ADMIN, self.admin_dir, days=CA_DAYS)
+            done.append(str(self.admin_dir))
         return done
+
+    @property
+    def admin_dir(self) -> Path:
+        """A client certificate for the aggregator's own operators (doctor, curl) over mTLS."""
+        return self.dir / ADMIN
 
     def issue_server(self, *, dns_names=None, ips=None, days: int = SERVER_DAYS) -> x509.Certificate:
         if dns_names is None or ips is None:
@@ -206,6 +216,7 @@ class AggregatorPki:
                            f"renew` on them first, or --force to cut them off")
         cert = self.issue_server()
         self._write_bundle([x.read_cert(self.path(x.CA_CERT))])
+        self.issue_client(ADMIN, self.admin_dir, days=CA_DAYS)
         self.path(PREVIOUS_KEY).unlink(missing_ok=True)
         self.path(PREVIOUS_CERT).unlink(missing_ok=True)
         self._set_phase("idle")

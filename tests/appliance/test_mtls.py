@@ -148,3 +148,17 @@ def test_ca_rotation_without_restarting_the_fleet_at_once(farm, tmp_path):
     for n in (a, b):  # renewed nodes verify the new server certificate with the bundle they hold
         assert httpx.get(farm.url + "/health", verify=n.ssl_context(), timeout=10).status_code == 200
     _refused(farm.url, _ctx(farm.admin, farm.pki.bundle))  # the admin cert was never renewed: old CA
+
+
+def test_doctor_on_the_aggregator_reaches_its_own_mtls_api(farm, tmp_path):
+    from pifarm.appliance import doctor
+
+    env = doctor.Env(role="aggregator", config={"registry": {"data_dir": str(farm.data_dir)},
+                                                "api": {"listen": f"0.0.0.0:{farm.port}",
+                                                        "tls_cert": str(farm.pki.server_cert),
+                                                        "tls_key": str(farm.pki.server_key),
+                                                        "tls_client_ca": str(farm.pki.bundle)}})
+    (agg,) = [r for r in doctor.check_aggregator(env) if r.check == "aggregator"]
+    assert agg.status == "pass", agg.detail
+    (cert,) = doctor.check_certificates(env)
+    assert cert.status == "pass"

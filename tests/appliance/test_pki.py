@@ -33,9 +33,10 @@ def test_init_creates_private_keys_0600_and_is_idempotent(tmp_path):
     assert made
     for key in (p.path("ca.key"), p.server_key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    before = {f.name: f.read_bytes() for f in p.dir.iterdir()}
+    before = {f: f.read_bytes() for f in p.dir.rglob("*") if f.is_file()}
     assert p.init() == []
-    assert {f.name: f.read_bytes() for f in p.dir.iterdir()} == before
+    assert {f: f.read_bytes() for f in p.dir.rglob("*") if f.is_file()} == before
+    assert stat.S_IMODE((p.admin_dir / "node.key").stat().st_mode) == 0o600
 
 
 def test_server_certificate_chains_to_the_ca_and_names_loopback(tmp_path):
