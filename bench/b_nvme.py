@@ -139,7 +139,7 @@ def _p7(workdir: Path) -> dict | None:
             set -e
             mkdir -p "$PIFARM_VM_SCRATCH/vols"; cp "$PIFARM_VM_SHARE/{vol.name}" "$PIFARM_VM_SCRATCH/vols/"
             python -m tests.nvme.vm_checks p7 --volume "$PIFARM_VM_SCRATCH/vols/{vol.name}" \
-                --subnqn {SUBNQN} --hostnqn {HOSTNQN} --rounds 2
+                --subnqn {SUBNQN} --hostnqn {HOSTNQN} --rounds 3
             """, timeout=600)
     if r.rc != 0:
         raise RuntimeError(f"P7 in the VM failed:\n{r.output[-3000:]}")
