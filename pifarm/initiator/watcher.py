@@ -178,8 +178,11 @@ class Watcher:
         return self._until_next()
 
     def _poll_wait(self) -> int:
-        # no revision yet: ask for whatever exists now instead of holding the request
-        return 0 if self.revision < 0 else self.settings.poll_wait
+        # No revision yet, or the last attempt failed: ask for an answer now instead of holding
+        # the request, so a returning aggregator ends degraded mode at once, not after `wait`.
+        if self.revision < 0 or self._agg.ok is not True:
+            return 0
+        return self.settings.poll_wait
 
     def _until_next(self) -> float:
         now = self.clock()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,6 +20,7 @@ class DocServer:
         self.blobs: dict[str, bytes] = {}
         self.flip_bit = False
         self.requests: list[str] = []
+        self.closing = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,8 +45,13 @@ class DocServer:
                         return self._send(503)
                     rev = snap["signed"]["revision"]
                     since = int(q.get("since", -1))
-                    if since == rev:
-                        return self._send(304, headers={"X-Pifarm-Revision": str(rev)})
+                    if since == rev:  # hold like a long-poll (bounded), unless the snapshot changes
+                        end = time.monotonic() + min(float(q.get("wait", 0)), 30.0)
+                        while time.monotonic() < end and outer.snapshot is snap and not outer.closing:
+                            time.sleep(0.02)
+                        if outer.snapshot is snap:
+                            return self._send(304, headers={"X-Pifarm-Revision": str(rev)})
+                        snap, rev = outer.snapshot, outer.snapshot["signed"]["revision"]
                     headers = {"X-Pifarm-Revision": str(rev)}
                     if since > rev:  # like the aggregator: a registry behind the node answers at once
                         headers["X-Pifarm-Reset"] = "1"
@@ -73,5 +80,6 @@ class DocServer:
         self._thread.start()
 
     def stop(self) -> None:
+        self.closing = True
         self._httpd.shutdown()
         self._httpd.server_close()

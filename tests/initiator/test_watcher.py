@@ -158,8 +158,10 @@ def test_degraded_within_5s_when_nothing_answers_and_recovers(tmp_path):
     srv.snapshot = snapshot_doc(key, 1, {"m": {"stable": m1}})
     cache = Cache(tmp_path / "c")
     state = tmp_path / "s"
+    # a long poll_wait: recovery must not wait for a held long-poll to time out (regression)
+    slow_poll = WatcherSettings(**{**FAST.__dict__, "poll_wait": 60})
     w = Watcher(cache=cache, sources=[HttpSource(url)], trusted=TrustedKeys([key.public]), state_dir=state,
-                aggregator=AggregatorClient(url, connect_timeout=1.0), settings=FAST)
+                aggregator=AggregatorClient(url, connect_timeout=1.0), settings=slow_poll)
     run = Running(w)
     try:
         assert wait_for(lambda: active(cache, "m") is not None)
@@ -190,6 +192,7 @@ def _serve_on(port: int, old: DocServer) -> DocServer:
     new.snapshot, new.manifests, new.blobs = old.snapshot, old.manifests, old.blobs
     handler = new._httpd.RequestHandlerClass
     new.stop()
+    new.closing = False
     new._httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
     new._httpd.daemon_threads = True
     new._thread = threading.Thread(target=new._httpd.serve_forever, daemon=True)
