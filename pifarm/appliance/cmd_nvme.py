@@ -93,7 +93,7 @@ def read(address: str, subnqn: str, nsid: int, offset: int, length: int | None, 
     with NvmeTcpClient(_params(address, hostnqn, subnqn, hostid, (hdgst, ddgst), timeout, io_queues=2)) as c:
         ns = c.call(lambda ctrl: ctrl.namespace(nsid))
         end = ns.size if length is None else offset + length
-        if end > ns.size:
+        if end > ns.size or offset > ns.size:
             raise UsageError(f"--offset {offset} --length {length} runs past the end of namespace {nsid} ({ns.size} bytes)")
         out = sys.stdout.buffer
         for chunk in c.iter_read(ns, offset, end - offset):
@@ -112,21 +112,27 @@ def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts
                     allow_any_host: bool) -> None:
     """Export model volumes READ-ONLY over userspace NVMe/TCP (for hosts without kernel nvmet)."""
     from pifarm.initiator.nvme_tcp import parse_address
-    from pifarm.target.userspace import NamespaceExport, SubsystemExport, TargetConfig, default_nqn, scan_volumes, serve
+    from pifarm.target.userspace import SubsystemExport, TargetConfig, VolumeDirectory, default_nqn, serve
 
     host, port = parse_address(listen, DEFAULT_PORT)
     if not allow_hosts and not allow_any_host:
         raise UsageError("no host may connect: pass --allow-host NQN (repeatable) or --allow-any-host")
-    vols = scan_volumes(data_dir)
-    if not vols:
-        raise UsageError(f"no pifarm volume files under {data_dir} (build one with `pifarm volume build`)")
-    namespaces = tuple(NamespaceExport.from_volume(i, p) for i, p in enumerate(vols, start=1))
-    sub = SubsystemExport(subnqn or default_nqn(), namespaces, frozenset(allow_hosts), allow_any_host)
-    for ns in namespaces:
+    if not data_dir.is_dir():
+        raise UsageError(f"--data-dir {data_dir} is not a directory")
+    volumes = VolumeDirectory(data_dir)
+    nqn = subnqn or default_nqn()
+
+    def config() -> TargetConfig:
+        sub = SubsystemExport(nqn, volumes.scan(), frozenset(allow_hosts), allow_any_host)
+        return TargetConfig((sub,), host=host, port=port)
+
+    first = config()
+    for ns in first.subsystems[0].namespaces:
         click.echo(f"nsid {ns.nsid}: {ns.path} uuid {ns.uuid}", err=True)
-    click.echo(f"serving {sub.nqn} on {host}:{port} (read-only)", err=True)
+    click.echo(f"serving {nqn} on {host}:{port} (read-only, {len(first.subsystems[0].namespaces)} volumes; "
+               f"new volumes under {data_dir} appear within seconds)", err=True)
     try:
-        serve(TargetConfig((sub,), host=host, port=port))
+        serve(first, rescan=config)
     except KeyboardInterrupt:
         pass
 

@@ -75,14 +75,20 @@ def _dnr(code: int) -> int:
 class QueueSession:
     """One queue (TCP connection) of the target."""
 
+    def _sub(self) -> SubsystemExport | None:
+        """The controller's subsystem as currently exported (volumes may come and go)."""
+        c = self.ctrl
+        if c is None or c.subsys is None:
+            return None
+        return self.shared.config.subsystem(c.subsys.nqn) or c.subsys
+
     def __init__(self, shared: Controllers, local_addr: tuple[str, int]):
         self.shared = shared
-        self.config = shared.config
         self.local_addr = local_addr
         self.qid: int | None = None
         self.ctrl: CtrlState | None = None
         self.sqhd = 0
-        self._fds: dict[int, int] = {}
+        self._fds: dict[str, int] = {}  # by backing path
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -108,7 +114,7 @@ class QueueSession:
     def handle(self, cmd: w.CapsuleCmd) -> list[w.Pdu]:
         """Answer one command: data PDUs (if any) then the response. [] = held (AER)."""
         sqe = cmd.sqe
-        self.sqhd = (self.sqhd + 1) % max(self.config.queue_size, 2)
+        self.sqhd = (self.sqhd + 1) % max(self.shared.config.queue_size, 2)
         dw0 = dw1 = 0
         data = b""
         try:
@@ -148,14 +154,14 @@ class QueueSession:
             raise Refuse(_dnr(st.CONNECT_INVALID_PARAM), 1 << 16)
         cd = w.ConnectData.unpack(body)
         discovery = cd.subnqn == w.DISCOVERY_NQN
-        subsys = None if discovery else self.config.subsystem(cd.subnqn)
+        subsys = None if discovery else self.shared.config.subsystem(cd.subnqn)
         if not discovery and subsys is None:
             log.warning("connect by %s for unknown subsystem %s", cd.hostnqn, cd.subnqn)
             raise Refuse(_dnr(st.CONNECT_INVALID_PARAM), 1 << 16 | 256)
         if subsys is not None and not subsys.host_allowed(cd.hostnqn):
             log.warning("connect by host %s for subsystem %s not allowed", cd.hostnqn, cd.subnqn)
             raise Refuse(_dnr(st.CONNECT_INVALID_HOST), 1 << 16 | 512)
-        if sqsize == 0 or sqsize >= self.config.queue_size:
+        if sqsize == 0 or sqsize >= self.shared.config.queue_size:
             raise Refuse(_dnr(st.CONNECT_INVALID_PARAM), 44)  # IATTR 0 (the SQE), IPO = sqsize field
         if qid == 0:
             if cd.cntlid not in (0xFFFF, 0xFFFE):
@@ -168,7 +174,7 @@ class QueueSession:
         if (ctrl is None or ctrl.subsys is None or subsys is None or ctrl.subsys.nqn != subsys.nqn
                 or ctrl.hostnqn != cd.hostnqn or not ctrl.csts & CSTS_RDY):
             raise Refuse(_dnr(st.CONNECT_INVALID_PARAM), 1 << 16 | 16)
-        if qid > self.config.max_io_queues or qid in ctrl.io_queues:
+        if qid > self.shared.config.max_io_queues or qid in ctrl.io_queues:
             raise Refuse(_dnr(st.CONNECT_INVALID_PARAM), 42)
         ctrl.io_queues.add(qid)
         self.ctrl, self.qid = ctrl, qid
@@ -203,7 +209,7 @@ class QueueSession:
     def _prop_get(self, offset: int) -> int:
         c = self.ctrl
         assert c is not None
-        mqes = self.config.queue_size - 1
+        mqes = self.shared.config.queue_size - 1
         if offset == w.Prop.CAP:
             return mqes | 1 << 16 | 0x0F << 24 | 1 << 37  # CQR, 7.5 s timeout, NVM command set
         if offset == w.Prop.VS:
@@ -229,7 +235,7 @@ class QueueSession:
         if op in (w.Opcode.SET_FEATURES, w.Opcode.GET_FEATURES):
             fid = sqe.cdw10 & 0xFF
             if fid == w.Feature.NUM_QUEUES:
-                n = self.config.max_io_queues - 1
+                n = self.shared.config.max_io_queues - 1
                 return n | n << 16, b""
             if fid == w.Feature.ASYNC_EVENT_CONFIG:
                 return sqe.cdw11 if op == w.Opcode.SET_FEATURES else 0, b""
@@ -244,9 +250,9 @@ class QueueSession:
         c = self.ctrl
         assert c is not None
         cns = sqe.cdw10 & 0xFF
-        sub = c.subsys
+        sub = self._sub()
         if cns == w.Cns.CONTROLLER:
-            cfg = self.config
+            cfg = self.shared.config
             return w.IdentifyController(
                 serial=(sub.serial if sub and sub.serial else cfg.serial), model=cfg.model, firmware=cfg.firmware,
                 mdts=cfg.mdts, cntlid=c.cntlid, ver=0x10300, lpa=0x04, kas=KAS_100MS,
@@ -289,16 +295,17 @@ class QueueSession:
         addr, port = self.local_addr[0], str(self.local_addr[1])
         fam = w.ADRFAM_IPV6 if ":" in addr else w.ADRFAM_IPV4
         entries = [w.DiscoveryEntry(w.DISCOVERY_NQN, addr, port, w.SUBTYPE_CURRENT_DISCOVERY, adrfam=fam)]
-        entries += [w.DiscoveryEntry(s.nqn, addr, port, w.SUBTYPE_NVME, adrfam=fam, asqsz=self.config.queue_size)
-                    for s in self.config.subsystems if s.host_allowed(c.hostnqn)]
+        entries += [w.DiscoveryEntry(s.nqn, addr, port, w.SUBTYPE_NVME, adrfam=fam, asqsz=self.shared.config.queue_size)
+                    for s in self.shared.config.subsystems if s.host_allowed(c.hostnqn)]
         return w.DiscoveryLog(genctr=1, entries=tuple(entries))
 
     # -- I/O -------------------------------------------------------------------------------
 
     def _io(self, sqe: w.Sqe) -> bytes:
         c = self.ctrl
-        assert c is not None and c.subsys is not None
-        ns = c.subsys.namespace(sqe.nsid)
+        sub = self._sub()
+        assert c is not None and sub is not None
+        ns = sub.namespace(sqe.nsid)
         op = sqe.opcode
         if op in (w.Opcode.WRITE, w.Opcode.WRITE_ZEROES, w.Opcode.DSM):
             if ns is None:
@@ -314,12 +321,12 @@ class QueueSession:
         if slba + nlb > ns.nlb:
             raise Refuse(_dnr(st.LBA_RANGE))
         length = nlb << LBA_SHIFT
-        if length > (4096 << self.config.mdts) or sqe.sgl.length < length:
+        if length > (4096 << self.shared.config.mdts) or sqe.sgl.length < length:
             raise Refuse(_dnr(st.INVALID_FIELD))
-        fd = self._fds.get(ns.nsid)
+        fd = self._fds.get(str(ns.path))
         if fd is None:
             try:
-                fd = self._fds[ns.nsid] = os.open(ns.path, os.O_RDONLY)
+                fd = self._fds[str(ns.path)] = os.open(ns.path, os.O_RDONLY)
             except OSError as e:
                 log.error("namespace %d: cannot open %s: %s", ns.nsid, ns.path, e)
                 raise Refuse(_dnr(st.INTERNAL)) from e

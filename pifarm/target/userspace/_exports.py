@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pifarm.errors import NotFound, UsageError
+from pifarm.errors import NotFound, PifarmError, UsageError
 from pifarm.registry.manifest import namespace_nguid, namespace_uuid
 from pifarm.registry.volume import BLOCK, VolumeReader
 
@@ -123,3 +123,30 @@ def scan_volumes(directory: str | os.PathLike) -> list[Path]:
             if head == b"PIFARMVL":
                 out.append(p)
     return out
+
+
+class VolumeDirectory:
+    """The volumes under a directory as namespaces, rescanned on demand. A volume keeps its nsid
+    for the life of the process; new volumes get the next free id, so connected hosts never see
+    a namespace change identity under them."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self._nsids: dict[tuple[str, uuid.UUID], int] = {}
+        self._cache: dict[tuple[str, int, int], NamespaceExport] = {}
+
+    def scan(self) -> tuple[NamespaceExport, ...]:
+        out = []
+        for p in scan_volumes(self.directory):
+            try:
+                st = p.stat()
+                key = (str(p), st.st_ino, st.st_mtime_ns)
+                ns = self._cache.get(key)
+                if ns is None:
+                    probe = NamespaceExport.from_volume(1, p)
+                    nsid = self._nsids.setdefault((str(p), probe.uuid), max(self._nsids.values(), default=0) + 1)
+                    ns = self._cache[key] = NamespaceExport(nsid, p, probe.uuid, probe.nguid, probe.size)
+            except (OSError, PifarmError):
+                continue  # half-written or corrupt volume: not exported until it reads cleanly
+            out.append(ns)
+        return tuple(sorted(out, key=lambda n: n.nsid))

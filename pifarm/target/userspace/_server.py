@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+from typing import Callable
 
 from pifarm.errors import UsageError
 from pifarm.registry import nvme_wire as w
@@ -39,6 +40,10 @@ class UserspaceTarget:
     async def serve_forever(self) -> None:
         assert self._server is not None, "start() first"
         await self._server.serve_forever()
+
+    def set_config(self, config: TargetConfig) -> None:
+        """Swap the exports (new volumes, retired ones); connected controllers see it at once."""
+        self.config = self.controllers.config = config
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -107,17 +112,36 @@ class UserspaceTarget:
         return True
 
 
-def serve(config: TargetConfig, *, ready: threading.Event | None = None) -> None:
-    """Run the target until interrupted (the CLI's `pifarm target serve-userspace`)."""
+def serve(config: TargetConfig, *, ready: threading.Event | None = None,
+          rescan: Callable[[], TargetConfig] | None = None, interval: float = 2.0) -> None:
+    """Run the target until interrupted (the CLI's `pifarm target serve-userspace`). With
+    `rescan`, the exports are rebuilt every `interval` seconds (newly published volumes appear)."""
+
+    async def refresh(target: UserspaceTarget) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                new = await loop.run_in_executor(None, rescan)
+            except Exception as e:  # a bad scan keeps the previous exports
+                log.warning("rescanning exports failed: %s", e)
+                continue
+            if new != target.config:
+                log.info("exports changed: %d subsystems, %d namespaces", len(new.subsystems),
+                         sum(len(s.namespaces) for s in new.subsystems))
+                target.set_config(new)
 
     async def main() -> None:
         target = UserspaceTarget(config)
         await target.start()
         if ready is not None:
             ready.set()
+        task = asyncio.get_running_loop().create_task(refresh(target)) if rescan else None
         try:
             await target.serve_forever()
         finally:
+            if task:
+                task.cancel()
             await target.stop()
 
     asyncio.run(main())
