@@ -17,6 +17,7 @@ SUBNQN = "nqn.2024-01.io.pifarm:interop"
 
 
 def _run(vm, cmd: str, vol_name: str, timeout: float = 240) -> dict:
+    """Run one vm_checks program on the volume (copied to the VM's O_DIRECT-capable scratch disk)."""
     r = vm.run(
         f"""
         set -e
@@ -64,7 +65,6 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
 
     vm, vol = vm_volume
     out = _run(vm, "kernel-vs-userspace", vol.path.name)
-    print(json.dumps(out, indent=1))
     assert out["discover_rc"] == 0, out
     assert SUBNQN in out["discover"]
     for key in ("plain", "digests"):
@@ -76,3 +76,17 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
         assert r["ro"] == "1"
         assert r["passthru_write_rc"] != 0 and "write protect" in r["passthru_write_out"].lower(), r
     assert out["refused_rc"] != 0, out
+
+
+def test_pifarm_initiator_refuses_dh_hmac_chap_clearly(vm_pool, tmp_path):
+    from pifarm.initiator.nvme_tcp import AUTH_MESSAGE
+
+    vm = vm_pool.get("trixie")  # 6.12: the kernel target can demand DH-HMAC-CHAP
+    vol = make_volume(tmp_path, "auth", 1, (4096,))
+    shutil.copy(vol.path, vm.share / vol.path.name)
+    try:
+        out = _run(vm, "initiator-vs-auth", vol.path.name, timeout=120)
+    finally:
+        (vm.share / vol.path.name).unlink(missing_ok=True)
+    assert out["key_prefix"].startswith("DHHC-1:"), out
+    assert AUTH_MESSAGE in out["result"], out

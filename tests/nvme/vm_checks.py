@@ -90,6 +90,28 @@ def initiator_vs_kernel(args: argparse.Namespace) -> dict:
     return out
 
 
+def initiator_vs_auth(args: argparse.Namespace) -> dict:
+    """The kernel target demands DH-HMAC-CHAP for our host: the initiator must refuse clearly."""
+    from pifarm.initiator.nvme_tcp import ConnectParams, NvmeTcpClient
+    from pifarm.registry import nvme_wire as w
+    from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+    from pifarm.registry.volume import VolumeReader
+
+    with VolumeReader.from_file(args.volume) as vr:
+        digest = vr.manifest_digest
+    kernel_target(Path(args.volume), args.subnqn, [args.hostnqn], str(namespace_uuid(digest)),
+                  namespace_nguid(digest).hex())
+    key = _nvme("gen-dhchap-key", f"--nqn={args.hostnqn}", "--hmac=1").stdout.strip()
+    _w(CFS / "hosts" / args.hostnqn / "dhchap_key", key)
+    out: dict = {"key_prefix": key[:8]}
+    try:
+        with NvmeTcpClient(ConnectParams("127.0.0.1", 4420, args.subnqn, args.hostnqn, timeout=5), retries=0):
+            out["result"] = "connected"
+    except w.NvmeStatusError as e:
+        out["result"], out["status"] = str(e), e.status
+    return out
+
+
 def _wait(cond, what: str, limit: float = 20.0) -> None:
     end = time.monotonic() + limit
     while not cond():
@@ -223,7 +245,7 @@ def p7(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("cmd", choices=["initiator-vs-kernel", "kernel-vs-userspace", "p7"])
+    ap.add_argument("cmd", choices=["initiator-vs-kernel", "kernel-vs-userspace", "p7", "initiator-vs-auth"])
     ap.add_argument("--volume", required=True)
     ap.add_argument("--subnqn", required=True)
     ap.add_argument("--hostnqn", required=True)
@@ -231,7 +253,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--share", default=os.environ.get("PIFARM_VM_SHARE", "/tmp"))
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args(argv)
-    fn = {"initiator-vs-kernel": initiator_vs_kernel, "kernel-vs-userspace": kernel_vs_userspace, "p7": p7}[args.cmd]
+    fn = {"initiator-vs-kernel": initiator_vs_kernel, "kernel-vs-userspace": kernel_vs_userspace, "p7": p7,
+          "initiator-vs-auth": initiator_vs_auth}[args.cmd]
     print(json.dumps(fn(args)))
     return 0
 
