@@ -216,3 +216,23 @@ def test_two_volumes_two_namespaces(tmp_path):
         found = {ns.nsid: ns.uuid for ns in c.namespaces()}
         assert found == {1: namespace_uuid(a.manifest.digest), 7: namespace_uuid(b.manifest.digest)}
         assert c.find_namespace(namespace_uuid(b.manifest.digest)).nsid == 7
+
+
+def test_node_chain_installs_a_whole_model_through_the_userspace_source(volume, tmp_path):
+    """The node's own chain (by kind name) and the node's host identity file, no options."""
+    from pifarm.initiator.chain import build_sources, close_all
+    from pifarm.initiator.identity import ensure_identity
+    from pifarm.target.userspace import NamespaceExport, SubsystemExport, TargetConfig
+
+    ident = ensure_identity(tmp_path / "nvme")
+    sub = SubsystemExport(SUBNQN, (NamespaceExport.from_volume(1, volume.path),), frozenset({ident.hostnqn}))
+    with ThreadedTarget(TargetConfig((sub,), port=0)) as t:
+        ctx = SourceContext(trusted=TrustedKeys(), host_identity_path=tmp_path / "nvme" / "hostnqn")
+        sources = build_sources([SourceSpec("nvme-tcp-userspace", address=f"127.0.0.1:{t.port}")], ctx)
+        try:
+            results = Cache(tmp_path / "cache").install_files(volume.manifest, sources)
+        finally:
+            close_all(sources)
+    assert {r.source for r in results.values()} == {"nvme-tcp-userspace"}
+    for f in volume.manifest.files:
+        assert results[f.path].path.read_bytes() == volume.blobs[f.digest]

@@ -12,14 +12,15 @@ cache (this source never verifies, per the Source contract).
     options = { subnqn = "nqn....", hostnqn = "nqn....", hdgst = false, ddgst = false }
 
 `subnqn` may be omitted: the discovery controller then names the subsystems to look in.
-`hostnqn` defaults to the context's host identity file, then /etc/nvme/hostnqn.
+`hostnqn` defaults to the node's host identity (`[node] host_identity`, else /etc/nvme/hostnqn,
+written on first start), the same one the aggregator's allowlist knows.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from pifarm.errors import ConfigError, IntegrityError, NotFound, ProtocolError, SourceError
@@ -27,6 +28,7 @@ from pifarm.registry import nvme_wire as w
 from pifarm.registry.integrity import BlobRef
 from pifarm.registry.manifest import namespace_uuid
 from pifarm.registry.volume import VolumeReader
+from pifarm.initiator.identity import ensure_identity
 from pifarm.initiator.nvme_tcp._client import NvmeTcpClient
 from pifarm.initiator.nvme_tcp._controller import ConnectParams, NamespaceInfo, parse_address
 
@@ -131,18 +133,6 @@ class _as_source_error:
         return False
 
 
-def read_host_nqn(path: Path | None) -> str:
-    """The host NQN from an identity file (first line starting 'nqn.'), else /etc/nvme/hostnqn."""
-    for p in ([path] if path else []) + [Path("/etc/nvme/hostnqn")]:
-        try:
-            for line in p.read_text().splitlines():
-                if line.strip().startswith("nqn."):
-                    return line.strip()
-        except OSError:
-            continue
-    raise ConfigError("nvme-tcp-userspace needs a host NQN: set options.hostnqn, a host identity file, or /etc/nvme/hostnqn")
-
-
 def make_source(spec: Any, ctx: Any) -> NvmeTcpUserspaceSource:
     """Factory the node's fallback chain loads by the dotted path
     "pifarm.initiator.nvme_tcp.source:make_source" (spec: SourceSpec, ctx: SourceContext)."""
@@ -151,9 +141,13 @@ def make_source(spec: Any, ctx: Any) -> NvmeTcpUserspaceSource:
     if not address:
         raise ConfigError("[[sources]] nvme-tcp-userspace needs address = \"HOST:PORT\"")
     host, port = parse_address(address)
-    hostnqn = opts.get("hostnqn") or read_host_nqn(getattr(ctx, "host_identity_path", None))
+    hostid = None
+    hostnqn = opts.get("hostnqn")
+    if not hostnqn:  # the node's identity, as nvme-cli would use it (created on first start)
+        ident = ensure_identity(getattr(ctx, "host_identity_path", None))
+        hostnqn, hostid = ident.hostnqn, uuid.UUID(ident.hostid)
     timeout = float(opts.get("timeout", min(10.0, float(getattr(spec, "deadline", 10.0)))))
-    common = dict(host=host, port=port, hostnqn=hostnqn, hdgst=bool(opts.get("hdgst", False)),
+    common = dict(host=host, port=port, hostnqn=hostnqn, hostid=hostid, hdgst=bool(opts.get("hdgst", False)),
                   ddgst=bool(opts.get("ddgst", False)), timeout=timeout)
     try:
         subnqns = [opts["subnqn"]] if opts.get("subnqn") else discover_subsystems(ConnectParams(**common, kato_ms=0))
@@ -174,4 +168,4 @@ def discover_subsystems(params: ConnectParams) -> list[str]:
     return [e.subnqn for e in log_.entries if e.subtype == w.SUBTYPE_NVME]
 
 
-__all__ = ["NAME", "NvmeTcpUserspaceSource", "discover_subsystems", "make_source", "read_host_nqn"]
+__all__ = ["NAME", "NvmeTcpUserspaceSource", "discover_subsystems", "make_source"]
