@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 from pifarm.cache.layout import RefValue
 from pifarm.cache.source import Source
 from pifarm.cache.store import Cache, ProgressFn
-from pifarm.errors import IntegrityError, NotFound, PifarmError, SourceError
+from pifarm.errors import IntegrityError, NotFound, PifarmError, SourceError, UsageError
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store
 from pifarm.registry.manifest import Manifest, manifest_digest
@@ -110,7 +110,10 @@ def install_version(
     manifest = _cached_manifest(cache, trusted, name, pointer)
     if manifest is None:
         doc = docs.manifest(name, pointer.version)
-        manifest = verify_manifest(doc, trusted, expected_digest=pointer.manifest_digest)
+        try:
+            manifest = verify_manifest(doc, trusted, expected_digest=pointer.manifest_digest)
+        except UsageError as e:  # e.g. a '..' path: the registry's document is bad, not the command line
+            raise IntegrityError(f"manifest {name} v{pointer.version} refused: {e}") from e
         if (manifest.name, manifest.version) != (name, pointer.version):
             raise IntegrityError(f"manifest is {manifest.name} v{manifest.version}, snapshot promised {name} v{pointer.version}")
         cache.install_manifest(name, pointer.version, doc)

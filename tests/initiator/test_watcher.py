@@ -198,3 +198,36 @@ def _serve_on(port: int, old: DocServer) -> DocServer:
     new._thread = threading.Thread(target=new._httpd.serve_forever, daemon=True)
     new._thread.start()
     return new
+
+
+def test_highest_revision_survives_a_restart_and_bad_manifest_path_is_refused(tmp_path):
+    from pifarm.cache.nodestate import NodeState, write_state
+
+    key = SigningKey.generate()
+    srv = DocServer()
+    try:
+        m1 = manifest_doc(key, "m", 1, {"f": b"1" * 64})
+        srv.manifests[("m", 1)] = m1
+        from pifarm.registry.integrity import digest_bytes
+
+        srv.blobs[digest_bytes(b"1" * 64)] = b"1" * 64
+        srv.snapshot = snapshot_doc(key, 5, {"m": {"stable": m1}})
+        write_state(tmp_path / "s", NodeState(revision=9))  # seen before the restart
+        cache = Cache(tmp_path / "c")
+        w = Watcher(cache=cache, sources=[HttpSource(srv.url)], trusted=TrustedKeys([key.public]),
+                    state_dir=tmp_path / "s", aggregator=AggregatorClient(srv.url), settings=FAST)
+        w.cycle()
+        assert active(cache, "m") is None and "rollback refused" in read_state(tmp_path / "s").last_error
+        # a signed manifest whose file path escapes the cache is refused, nothing installed
+        body = dict(m1["signed"], version=2, files=[dict(m1["signed"]["files"][0], path="../../x")])
+        bad = key.sign(body)
+        srv.manifests[("m", 2)] = bad
+        srv.snapshot = snapshot_doc(key, 10, {"m": {"stable": bad}})
+        w._agg.next_try = 0  # skip the backoff the refused snapshot earned
+        w.cycle()
+        assert active(cache, "m") is None
+        err = read_state(tmp_path / "s").models["m"]["error"]
+        assert "v2: manifest m v2 refused" in err and "'../../x'" in err
+        assert not (cache.root / "manifests" / "m" / "2.json").exists()
+    finally:
+        srv.stop()
