@@ -105,6 +105,21 @@ def _enroll_router(d: Path, ctx: AggregatorContext):
     return enroll_router(d, register_host=ctx.register_host)
 
 
+def _include(app, router, what: str) -> None:
+    """Mount an extension's router. A router whose schema cannot be generated must not turn
+    /openapi.json into a 500: it is then mounted outside the schema (its routes still work)."""
+    app.include_router(router)
+    app.openapi_schema = None
+    try:
+        app.openapi()
+    except Exception as e:
+        app.router.routes.pop()
+        app.include_router(router, include_in_schema=False)
+        log.warning("%s left out of /openapi.json: its schema cannot be generated (%s)", what,
+                    str(e).splitlines()[0][:160])
+    app.openapi_schema = None
+
+
 def run(config=None, data_dir=None, listen=None) -> int:
     import uvicorn
 
@@ -120,8 +135,8 @@ def run(config=None, data_dir=None, listen=None) -> int:
         app = create_app(registry, api, token=token, health_providers=ctx.health_providers,
                          metrics_registry=ctx.metrics_registry)
         for router in ctx.routers:
-            app.include_router(router)
-        app.include_router(_enroll_router(d, ctx))
+            _include(app, router, f"extension router {getattr(router, 'tags', '')}")
+        _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll)")
         host, port = parse_listen(api.listen)
         for hook in ctx.on_start:
             hook()
