@@ -196,9 +196,10 @@ def test_orderly_shutdown_reaches_shst_complete(target):
         c = await Controller.connect(params(target))
         cntlid = c.cntlid
         await c.close()
-        return cntlid
+        return cntlid, c.shutdown_status
 
-    cntlid = asyncio.run(run())
+    cntlid, shst = asyncio.run(run())
+    assert shst == 2  # CC.SHN was honoured: CSTS.SHST = shutdown complete
     for _ in range(100):  # the target drops the controller once the admin queue closes
         if cntlid not in target.target.controllers.ctrls:
             break

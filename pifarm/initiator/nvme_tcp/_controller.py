@@ -100,6 +100,7 @@ class Controller:
         self.max_transfer = MAX_READ
         self._ka: asyncio.Task | None = None
         self._rr = 0
+        self.shutdown_status: int | None = None  # CSTS.SHST seen by close(); 2 = complete
 
     # -- connect ---------------------------------------------------------------------------
 
@@ -321,7 +322,8 @@ class Controller:
             try:
                 cc = await self.property_get(w.Prop.CC)
                 await self.property_set(w.Prop.CC, cc | CC_SHN_NORMAL)
-                await self._poll_csts(lambda v: (v >> 2) & 3 == 2, 5.0, "finish shutting down")
+                csts = await self._poll_csts(lambda v: (v >> 2) & 3 == 2, 5.0, "finish shutting down")
+                self.shutdown_status = (csts >> 2) & 3
             except Exception as e:
                 log.info("shutdown of %s was not orderly: %s", self.params.where, e)
         await self.abort()

@@ -41,6 +41,7 @@ class IdentifyController:
     cntlid: int = 0
     ver: int = 0x10300
     cmic: int = 0
+    oaes: int = 0  # asynchronous events supported (bit 8: namespace attribute notices)
     lpa: int = 0
     kas: int = 0  # keep alive granularity in 100 ms units; 0 = keep alive not supported
     sqes: int = 0x66
@@ -67,7 +68,7 @@ class IdentifyController:
         b[64:72] = _pad(self.firmware, 8)
         b[76] = self.cmic
         b[77] = self.mdts
-        struct.pack_into("<HI", b, 78, self.cntlid, self.ver)
+        struct.pack_into("<HIxxxxxxxxI", b, 78, self.cntlid, self.ver, self.oaes)
         b[111] = self.cntrltype
         b[261] = self.lpa
         struct.pack_into("<H", b, 320, self.kas)
@@ -83,13 +84,13 @@ class IdentifyController:
         raw = bytes(raw)
         _need(raw, IDENTIFY_LEN, "Identify Controller data")
         (vid,) = struct.unpack_from("<H", raw, 0)
-        cntlid, ver = struct.unpack_from("<HI", raw, 78)
+        cntlid, ver, oaes = struct.unpack_from("<HIxxxxxxxxI", raw, 78)
         (kas,) = struct.unpack_from("<H", raw, 320)
         maxcmd, nn = struct.unpack_from("<HI", raw, 514)
         (sgls,) = struct.unpack_from("<I", raw, 536)
         ioccsz, iorcsz, icdoff, fcatt, msdbd = struct.unpack_from("<IIHBB", raw, 1792)
         return cls(vid=vid, serial=_s(raw[4:24]), model=_s(raw[24:64]), firmware=_s(raw[64:72]), mdts=raw[77],
-                   cntlid=cntlid, ver=ver, cmic=raw[76], lpa=raw[261], kas=kas, sqes=raw[512], cqes=raw[513],
+                   cntlid=cntlid, ver=ver, cmic=raw[76], oaes=oaes, lpa=raw[261], kas=kas, sqes=raw[512], cqes=raw[513],
                    maxcmd=maxcmd, nn=nn, sgls=sgls, subnqn=_s(raw[768:1024]), ioccsz=ioccsz, iorcsz=iorcsz,
                    icdoff=icdoff, fcatt=fcatt, msdbd=msdbd, cntrltype=raw[111])
 

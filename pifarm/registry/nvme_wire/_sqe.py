@@ -72,6 +72,7 @@ class Cns(enum.IntEnum):
 class Lid(enum.IntEnum):
     ERROR = 0x01
     SMART = 0x02
+    CHANGED_NS = 0x04
     CMD_EFFECTS = 0x05
     ANA = 0x0C
     DISCOVERY = 0x70

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 CC_EN, CC_SHN_MASK = 0x1, 0x3 << 14
 CSTS_RDY, CSTS_SHST_CMPLT = 0x1, 0x2 << 2
 AUTHREQ_ATR = 1 << 17
+AEN_NS_ATTR = 1 << 8  # OAES / AEC bit: namespace attribute notices
+AEN_NS_CHANGED = 0x02 | 0x04 << 16  # AER result: notice, "namespace attribute changed", log page 04h
+AERL = 4  # async event requests a host may leave with us
 KAS_100MS = 10  # keep-alive granularity we announce: 1 s
 
 
@@ -36,6 +39,7 @@ class CtrlState:
     cc: int = 0
     csts: int = 0
     io_queues: set[int] = field(default_factory=set)
+    aec: int = 0  # async event configuration the host set (Set Features 0Bh)
     last_keepalive: float = field(default_factory=time.monotonic)
 
 
@@ -89,6 +93,9 @@ class QueueSession:
         self.ctrl: CtrlState | None = None
         self.sqhd = 0
         self._fds: dict[str, int] = {}  # by backing path
+        self.aers: list[int] = []  # command ids of held Asynchronous Event Requests
+        self._aen_pending = False  # a namespace change to report when the next AER arrives
+        self._ns_changed = False  # what the Changed Namespace List log page reports
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -96,7 +103,7 @@ class QueueSession:
     def kato(self) -> float | None:
         """Seconds of silence after which the admin queue is dropped (kato plus a grace)."""
         if self.ctrl and self.qid == 0 and self.ctrl.kato_ms:
-            return self.ctrl.kato_ms / 1000 + 5.0
+            return self.ctrl.kato_ms / 1000 + self.shared.config.kato_grace
         return None
 
     def close(self) -> None:
@@ -129,7 +136,10 @@ class QueueSession:
             elif self.qid == 0:
                 self.ctrl.last_keepalive = time.monotonic()
                 if sqe.opcode == w.Opcode.ASYNC_EVENT:
-                    return []  # held until the queue closes; we never have events to report
+                    if len(self.aers) >= AERL:
+                        raise Refuse(_dnr(0x105))
+                    self.aers.append(sqe.cid)
+                    return self._deliver_aen() if self._aen_pending else []
                 dw0, data = self._admin(sqe)
             else:
                 data = self._io(sqe)
@@ -143,6 +153,22 @@ class QueueSession:
             out.append(w.C2HData(sqe.cid, 0, data[:want] if len(data) > want else data, last=True))
         out.append(w.CapsuleResp(w.Cqe(sqe.cid, 0, dw0, dw1, self.sqhd, self.qid or 0)))
         return out
+
+    # -- asynchronous events -----------------------------------------------------------------
+
+    def namespaces_changed(self) -> list[w.Pdu]:
+        """The subsystem's namespaces changed: the completion to send on this admin queue now
+        (or nothing, if the host has no AER outstanding yet or did not ask for such notices)."""
+        if self.qid != 0 or self.ctrl is None or self.ctrl.subsys is None or not self.ctrl.aec & AEN_NS_ATTR:
+            return []
+        self._ns_changed = True
+        self._aen_pending = True
+        return self._deliver_aen() if self.aers else []
+
+    def _deliver_aen(self) -> list[w.Pdu]:
+        self._aen_pending = False
+        cid = self.aers.pop(0)
+        return [w.CapsuleResp(w.Cqe(cid, 0, AEN_NS_CHANGED, 0, self.sqhd, 0))]
 
     # -- fabrics ---------------------------------------------------------------------------
 
@@ -238,7 +264,9 @@ class QueueSession:
                 n = self.shared.config.max_io_queues - 1
                 return n | n << 16, b""
             if fid == w.Feature.ASYNC_EVENT_CONFIG:
-                return sqe.cdw11 if op == w.Opcode.SET_FEATURES else 0, b""
+                if op == w.Opcode.SET_FEATURES:
+                    c.aec = sqe.cdw11 & AEN_NS_ATTR  # the only event we can raise
+                return c.aec, b""
             if fid == w.Feature.KATO:
                 if op == w.Opcode.SET_FEATURES:
                     c.kato_ms = sqe.cdw11
@@ -256,6 +284,7 @@ class QueueSession:
             return w.IdentifyController(
                 serial=(sub.serial if sub and sub.serial else cfg.serial), model=cfg.model, firmware=cfg.firmware,
                 mdts=cfg.mdts, cntlid=c.cntlid, ver=0x10300, lpa=0x04, kas=KAS_100MS,
+                oaes=AEN_NS_ATTR if sub else 0,
                 maxcmd=cfg.queue_size, nn=max((n.nsid for n in sub.namespaces), default=0) if sub else 0,
                 subnqn=sub.nqn if sub else w.DISCOVERY_NQN, cntrltype=1 if sub else 2,
             ).pack()
@@ -280,6 +309,10 @@ class QueueSession:
             if self.ctrl is None or self.ctrl.subsys is not None:
                 raise Refuse(_dnr(st.INVALID_LOG_PAGE))
             page = self._discovery_log().pack()
+        elif lid == w.Lid.CHANGED_NS:
+            # 0xFFFFFFFF first: "more than we list", so the host rescans every namespace
+            page = (b"\xff\xff\xff\xff" if self._ns_changed else b"").ljust(4096, b"\0")
+            self._ns_changed = False
         elif lid in (w.Lid.ERROR, w.Lid.SMART, w.Lid.CMD_EFFECTS):
             page = bytes({w.Lid.ERROR: 64, w.Lid.SMART: 512, w.Lid.CMD_EFFECTS: 4096}[lid])
         else:

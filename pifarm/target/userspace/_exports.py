@@ -90,6 +90,7 @@ class TargetConfig:
     queue_size: int = 128
     max_io_queues: int = 8
     idle_timeout: float = 300.0  # a queue without keep-alive that says nothing this long is dropped
+    kato_grace: float = 5.0  # an admin queue is dropped after kato + this much silence
     firmware: str = "pifarm"
     model: str = "pifarm userspace target"
     serial: str = field(default_factory=lambda: socket.gethostname()[:20])

@@ -27,6 +27,7 @@ class UserspaceTarget:
         self.controllers = Controllers(config)
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
+        self._admin: dict[QueueSession, tuple[w.Codec, asyncio.StreamWriter]] = {}
 
     async def start(self) -> tuple[str, int]:
         try:
@@ -42,8 +43,17 @@ class UserspaceTarget:
         await self._server.serve_forever()
 
     def set_config(self, config: TargetConfig) -> None:
-        """Swap the exports (new volumes, retired ones); connected controllers see it at once."""
+        """Swap the exports (new volumes, retired ones); connected controllers see it at once,
+        and hosts that asked for namespace notices get an asynchronous event."""
+        old = {s.nqn: s.namespaces for s in self.config.subsystems}
         self.config = self.controllers.config = config
+        changed = {s.nqn for s in config.subsystems if old.get(s.nqn) != s.namespaces}
+        for session, (codec, writer) in list(self._admin.items()):
+            ctrl = session.ctrl
+            if ctrl is None or ctrl.subsys is None or ctrl.subsys.nqn not in changed or writer.is_closing():
+                continue
+            for pdu in session.namespaces_changed():
+                writer.write(codec.encode(pdu))
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -78,6 +88,8 @@ class UserspaceTarget:
                 while (pdu := codec.next_pdu()) is not w.NEED_DATA:
                     if not self._on_pdu(codec, session, pdu, writer):
                         return
+                if session.qid == 0:
+                    self._admin[session] = (codec, writer)
                 await writer.drain()
         except w.RemoteProtocolError as e:
             log.warning("queue %s from %s: %s; sending a termination request", session.qid, peer, e)
@@ -87,6 +99,7 @@ class UserspaceTarget:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._admin.pop(session, None)
             session.close()
             writer.close()
             with contextlib.suppress(Exception):
