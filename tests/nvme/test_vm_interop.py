@@ -16,14 +16,15 @@ pytestmark = pytest.mark.vm
 SUBNQN = "nqn.2024-01.io.pifarm:interop"
 
 
-def _run(vm, cmd: str, vol_name: str, timeout: float = 240) -> dict:
+def _run(vm, cmd: str, vol_name: str, timeout: float = 240, extra: str = "") -> dict:
     """Run one vm_checks program on the volume (copied to the VM's O_DIRECT-capable scratch disk)."""
     r = vm.run(
         f"""
         set -e
-        cp "$PIFARM_VM_SHARE/{vol_name}" "$PIFARM_VM_SCRATCH/vols/" 2>/dev/null || {{ mkdir -p "$PIFARM_VM_SCRATCH/vols"; cp "$PIFARM_VM_SHARE/{vol_name}" "$PIFARM_VM_SCRATCH/vols/"; }}
+        rm -rf "$PIFARM_VM_SCRATCH/vols"; mkdir -p "$PIFARM_VM_SCRATCH/vols"
+        cp "$PIFARM_VM_SHARE/{vol_name}" "$PIFARM_VM_SCRATCH/vols/"
         python -m tests.nvme.vm_checks {cmd} --volume "$PIFARM_VM_SCRATCH/vols/{vol_name}" \
-            --subnqn {SUBNQN} --hostnqn {HOSTNQN} --other-host {OTHER_HOST}
+            --subnqn {SUBNQN} --hostnqn {HOSTNQN} --other-host {OTHER_HOST} {extra}
         rm -rf "$PIFARM_VM_SCRATCH/vols"
         """,
         timeout=timeout,
@@ -64,7 +65,15 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
     from pifarm.registry.manifest import namespace_uuid
 
     vm, vol = vm_volume
-    out = _run(vm, "kernel-vs-userspace", vol.path.name)
+    late = make_volume(vol.path.parent.parent / "late", "interop", 2, (8192,))
+    shutil.copy(late.path, vm.share / late.path.name)
+    try:
+        out = _run(vm, "kernel-vs-userspace", vol.path.name,
+                   extra=f'--late-volume "$PIFARM_VM_SHARE/{late.path.name}"')
+    finally:
+        (vm.share / late.path.name).unlink(missing_ok=True)
+    # a version published while the kernel host was connected appeared without reconnecting
+    assert out["plain"]["late_uuid"] == str(namespace_uuid(late.manifest.digest)), out
     assert out["discover_rc"] == 0, out
     assert SUBNQN in out["discover"]
     for key in ("plain", "digests"):

@@ -184,9 +184,24 @@ def kernel_vs_userspace(args: argparse.Namespace) -> dict:
                 pw = _nvme("write", str(dev), "--start-block=0", "--block-count=0", "--data-size=4096",
                            "--data=/dev/zero")
                 res["passthru_write_rc"], res["passthru_write_out"] = pw.returncode, (pw.stdout + pw.stderr).strip()[-300:]
+                if key == "plain" and args.late_volume:
+                    # publish another version while connected: the target's async event makes
+                    # the kernel rescan, and the new namespace appears with its own UUID
+                    tmp = vols / ".late.part"
+                    tmp.write_bytes(Path(args.late_volume).read_bytes())
+                    tmp.rename(vols / Path(args.late_volume).name)
+                    ctl_name = blk[0].name.rsplit("n", 1)[0]
+                    late: list[Path] = []
+
+                    def second() -> bool:
+                        late[:] = [p for p in Path("/sys/block").glob(f"{ctl_name}n*") if p.name != blk[0].name]
+                        return bool(late)
+
+                    _wait(second, "the newly published namespace", 30)
+                    res["late_uuid"] = (late[0] / "uuid").read_text().strip()
                 ctl = blk[0].name.rsplit("n", 1)[0]
                 _nvme("disconnect", "-d", ctl)
-                _wait(lambda: not list(Path("/sys/block").glob("nvme*n1")), "the disconnect")
+                _wait(lambda: not list(Path("/sys/block").glob("nvme*n*")), "the disconnect")
             out[key] = res
         r = _nvme("connect", "-t", "tcp", "-a", "127.0.0.1", "-s", "4421", "-n", args.subnqn,
                   f"--hostnqn={args.other_host}", f"--hostid={args.other_host.rsplit(':', 1)[1]}")
@@ -252,6 +267,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--other-host", default="nqn.2014-08.org.nvmexpress:uuid:99999999-8888-7777-6666-555555555555")
     ap.add_argument("--share", default=os.environ.get("PIFARM_VM_SHARE", "/tmp"))
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--late-volume", default="", help="published into the data dir while a host is connected")
     args = ap.parse_args(argv)
     fn = {"initiator-vs-kernel": initiator_vs_kernel, "kernel-vs-userspace": kernel_vs_userspace, "p7": p7,
           "initiator-vs-auth": initiator_vs_auth}[args.cmd]

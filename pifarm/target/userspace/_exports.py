@@ -145,6 +145,8 @@ class VolumeDirectory:
                 ns = self._cache.get(key)
                 if ns is None:
                     probe = NamespaceExport.from_volume(1, p)
+                    if st.st_size < probe.size:
+                        continue  # still being written: export it once it is whole
                     nsid = self._nsids.setdefault((str(p), probe.uuid), max(self._nsids.values(), default=0) + 1)
                     ns = self._cache[key] = NamespaceExport(nsid, p, probe.uuid, probe.nguid, probe.size)
             except (OSError, PifarmError):
