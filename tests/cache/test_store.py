@@ -269,9 +269,16 @@ def test_unwritable_cache_directory_fails_clearly_at_start(tmp_path):
     assert r.stderr.count("\n") == 1
 
 
-def test_disk_full_during_install_leaves_cache_intact(tmp_path):
-    """A real full file system: a 2 MiB tmpfs in a private mount namespace."""
-    require(os.geteuid() == 0 and shutil.which("unshare") is not None, "needs root + unshare for a private tmpfs")
+def _can_mount_tmpfs() -> bool:
+    return os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+# a real full tmpfs when we may mount one; a real RLIMIT_FSIZE (EFBIG) everywhere else
+DISK_FULL_MODES = ["rlimit"] + (["tmpfs"] if _can_mount_tmpfs() else [])
+
+
+@pytest.mark.parametrize("mode", DISK_FULL_MODES)
+def test_disk_full_during_install_leaves_cache_intact(tmp_path, mode):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     code = textwrap.dedent(f"""
@@ -291,10 +298,20 @@ def test_disk_full_during_install_leaves_cache_intact(tmp_path):
             print(json.dumps({{"error": str(e), "tmp": os.listdir(cache.layout.tmp),
                               "blobs": os.listdir(cache.layout.blobs), "small_ok": ok}}))
     """)
-    r = subprocess.run(["unshare", "-m", "sh", "-c",
-                        f"mount -t tmpfs -o size=2m tmpfs {mnt} && exec {sys.executable} -c \"$0\"", code],
-                       capture_output=True, text=True, timeout=60, cwd=ROOT)
-    require(r.returncode == 0 or "mount" not in r.stderr, f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    if mode == "tmpfs":
+        argv = ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=2m tmpfs {mnt} && exec \"$@\"", "sh",
+                sys.executable, "-c", code]
+        preexec = None
+    else:
+        import resource
+        import signal
+
+        def preexec() -> None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+            resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+        argv = [sys.executable, "-c", code]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=ROOT, preexec_fn=preexec)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["error"] and "no space left" in out["error"] and "partial file was removed" in out["error"]
