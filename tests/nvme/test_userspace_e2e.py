@@ -237,3 +237,29 @@ def test_node_chain_installs_a_whole_model_through_the_userspace_source(volume, 
     assert {r.source for r in results.values()} == {"nvme-tcp-userspace"}
     for f in volume.manifest.files:
         assert results[f.path].path.read_bytes() == volume.blobs[f.digest]
+
+
+def test_a_cancelled_read_leaves_the_queue_usable(target, volume):
+    """Late answers to abandoned commands are absorbed, not treated as protocol errors."""
+    async def run():
+        c = await Controller.connect(params(target, queue_depth=4))
+        try:
+            ns = await c.namespace(1)
+            mine = bytearray(3 * 2**20)
+            task = asyncio.create_task(c.read_into(ns, 0, memoryview(mine)))
+            for _ in range(100):  # until some Reads are on the wire
+                await asyncio.sleep(0)
+                if c.io[0]._pending:
+                    break
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            snapshot = bytes(mine)
+            data = await c.read(ns, 8192, 100000)
+            assert c.io[0].alive and not c.io[0]._pending
+            assert bytes(mine) == snapshot  # abandoned commands no longer write into the caller's buffer
+            return data
+        finally:
+            await c.close()
+
+    assert asyncio.run(run()) == volume.path.read_bytes()[8192:108192]

@@ -70,24 +70,26 @@ class HostQueue:
             raise UsageError(f"destination of {len(dest)} bytes for a {sqe.sgl.length}-byte transfer")
         if not self.alive:
             raise self._closed_error()
+        # The slot and the command id belong to the command until its completion arrives
+        # (`_complete` frees them), so a caller that gives up early cannot let a late answer
+        # land on a reused command id.
         await self._slots.acquire()
-        try:
-            if not self.alive:
-                raise self._closed_error()
-            cid = self._free.pop()
-            fut = asyncio.get_running_loop().create_future()
-            buf = dest if dest is not None else bytearray(sqe.sgl.length if not data else 0)
-            self._pending[cid] = _Pending(sqe, fut, buf)
-            try:
-                self.driver.send(w.CapsuleCmd(sqe.with_cid(cid), data))
-                await self.driver.drain(self.timeout)
-                cqe = await self._wait(fut, what or f"opcode 0x{sqe.opcode:02x}")
-            finally:
-                self._pending.pop(cid, None)
-                self._free.append(cid)
-            return cqe, fut.result()[1]
-        finally:
+        if not self.alive:
             self._slots.release()
+            raise self._closed_error()
+        cid = self._free.pop()
+        fut = asyncio.get_running_loop().create_future()
+        buf = dest if dest is not None else bytearray(sqe.sgl.length if not data else 0)
+        p = self._pending[cid] = _Pending(sqe, fut, buf)
+        try:
+            self.driver.send(w.CapsuleCmd(sqe.with_cid(cid), data))
+            await self.driver.drain(self.timeout)
+            cqe = await self._wait(fut, what or f"opcode 0x{sqe.opcode:02x}")
+        except asyncio.CancelledError:
+            if p.buf is dest and dest is not None:
+                p.buf = bytearray(len(dest))  # late data must not touch the caller's buffer any more
+            raise
+        return cqe, fut.result()[1]
 
     async def _wait(self, fut: asyncio.Future, what: str):
         try:
@@ -145,6 +147,9 @@ class HostQueue:
             raise w.RemoteProtocolError(
                 f"{self.where}: command {cqe.cid} completed after {p.received} of {len(p.buf)} data bytes",
                 w.Fes.PDU_SEQUENCE_ERROR)
+        del self._pending[cqe.cid]
+        self._free.append(cqe.cid)
+        self._slots.release()
         if not p.future.done():
             p.future.set_result((cqe, p.buf))
 
@@ -158,6 +163,9 @@ class HostQueue:
             if fut is not None and not fut.done():
                 fut.set_exception(self.error)
                 fut.exception()  # waiters re-raise it; a waiter that already gave up must not log it
+        for _ in range(len(self._pending)):  # wake anyone waiting for a slot: they will see the error
+            self._slots.release()
+        self._pending.clear()
 
     def _closed_error(self) -> BaseException:
         e = self.error
