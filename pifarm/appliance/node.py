@@ -172,11 +172,9 @@ class NodeDaemon:
         interval = self.cfg.cache.scrub_interval
         while not self.stop_event.wait(interval * random.uniform(0.9, 1.1)):
             rep = self.cache.verify_all(self.cfg.cache.scrub_rate, stop=self.stop_event)
-            for msg in rep.damaged:
+            for msg, digest in zip(rep.damaged, rep.damaged_digests):
                 log.error("scrub: %s", msg)
-                digest = msg.split()[1] if msg.startswith("blob ") else ""
-                if digest:
-                    self._refetch(digest, "damaged at rest")
+                self._refetch(digest, "damaged at rest")
 
     def stop(self) -> None:
         self.stop_event.set()

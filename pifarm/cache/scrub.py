@@ -43,6 +43,7 @@ def scrub(cache: "Cache", bytes_per_second: float | None = None, stop: threading
 
     sizes = cache.referenced_sizes()
     damaged: list[str] = []
+    digests: list[str] = []
     checked = nbytes = 0
     for b in sorted(cache.blobs(), key=lambda b: b.digest):
         if stop is not None and stop.is_set():
@@ -58,8 +59,9 @@ def scrub(cache: "Cache", bytes_per_second: float | None = None, stop: threading
             continue  # evicted meanwhile
         except IntegrityError as e:
             damaged.append(str(e))
+            digests.append(b.digest)
             cache.metrics.scrub_damaged.inc()
             cache.quarantine(b.digest, str(e))
         checked += 1
         nbytes += b.size
-    return ScrubReport(checked, nbytes, tuple(damaged))
+    return ScrubReport(checked, nbytes, tuple(damaged), tuple(digests))

@@ -74,6 +74,7 @@ class ScrubReport:
     checked: int
     bytes: int
     damaged: tuple[str, ...]  # one message per damaged blob (already quarantined)
+    damaged_digests: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:

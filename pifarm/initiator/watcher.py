@@ -133,8 +133,14 @@ class Watcher:
 
     def run(self, stop: threading.Event) -> None:
         """Block until `stop` is set; every cycle is bounded by the settings' timeouts."""
+        crashes = Backoff(self.settings.backoff_base, self.settings.backoff_max, self._rng)
         while not stop.is_set():
-            delay = self.cycle(stop)
+            try:
+                delay = self.cycle(stop)
+                crashes.reset()
+            except Exception:  # a bug or a local fault (state dir full...) must not end the watch
+                log.exception("watcher cycle failed; retrying")
+                delay = crashes.next_delay()
             if delay > 0:
                 stop.wait(delay)
 

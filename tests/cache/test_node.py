@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pifarm.appliance.node import NodeConfig, NodeDaemon, load_node_config
+from pifarm.cache.settings import CacheSettings
 from pifarm.errors import ConfigError
 from pifarm.initiator.settings import NodeSettings, SourceSpec, WatcherSettings
 from pifarm.registry.integrity import digest_bytes
@@ -78,7 +79,8 @@ def test_cli_bad_config_exits_2(tmp_path):
     assert r.returncode == 1 and "no node state" in r.stderr
 
 
-def test_daemon_refetches_a_tampered_active_blob(tmp_path):
+@pytest.mark.parametrize("catcher", ["tamper-watch", "scrub"])
+def test_daemon_refetches_a_damaged_active_blob(tmp_path, catcher):
     key = SigningKey.generate()
     pub = tmp_path / "signing.pub"
     pub.write_bytes(public_pem(key.public))
@@ -90,7 +92,8 @@ def test_daemon_refetches_a_tampered_active_blob(tmp_path):
     srv.snapshot = snapshot_doc(key, 1, {"t": {"stable": m}})
     cfg = NodeConfig(
         node=NodeSettings(aggregator=srv.url, trusted_keys=[str(pub)], state_dir=str(tmp_path / "state")),
-        cache=NodeConfig().cache.__class__(root=str(tmp_path / "cache"), scrub_interval=0),
+        cache=CacheSettings(root=str(tmp_path / "cache"), tamper_watch=catcher == "tamper-watch",
+                            scrub_interval=0.3 if catcher == "scrub" else 0, scrub_rate=None),
         watcher=WatcherSettings(poll_wait=1, backoff_base=0.05, backoff_max=0.5),
     )
     daemon = NodeDaemon(cfg)
@@ -112,7 +115,8 @@ def test_daemon_refetches_a_tampered_active_blob(tmp_path):
         while not (p.exists() and p.read_bytes() == data) and time.monotonic() < end:
             time.sleep(0.05)
         assert p.read_bytes() == data
-        assert daemon.metrics.tampered._value.get() == 1
+        counter = daemon.metrics.tampered if catcher == "tamper-watch" else daemon.metrics.scrub_damaged
+        assert counter._value.get() == 1
     finally:
         daemon.stop()
         srv.stop()

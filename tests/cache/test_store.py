@@ -235,6 +235,7 @@ def test_verify_all_quarantines_damage_and_gc_collects(tmp_path):
         f.write(b"X")
     rep = cache.verify_all()
     assert rep.checked == 2 and len(rep.damaged) == 1 and "corrupt or tampered" in rep.damaged[0]
+    assert rep.damaged_digests == (blob(b"k" * 5000).digest,)
     assert not p.exists() and len(listing(cache.quarantine_dir)) == 1
     g = cache.gc()
     assert g.removed_blobs == 1 and g.freed_bytes == 3000
