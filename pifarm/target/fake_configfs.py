@@ -139,6 +139,8 @@ class FakeConfigfs:
         self.hosts: dict[str, dict[str, str]] = {}
         self.subsystems: dict[str, _Subsys] = {}
         self.ports: dict[str, _Port] = {}
+        # 6.12 has a root attribute naming the discovery subsystem (nvmetcli's "discovery" group)
+        self.root_attrs: dict[str, str] = {"discovery_nqn": DISCOVERY_NQN} if self.auth else {}
         self._state_file = Path(state_file) if state_file else None
         self._lock = threading.Lock()
         self.writes = 0  # mutating calls, so benches and tests can count kernel work
@@ -152,6 +154,7 @@ class FakeConfigfs:
             doc = json.loads(p.read_text())
             fs.profile = doc.get("profile", profile)
             fs.auth = fs.profile == "6.12"
+            fs.root_attrs = doc.get("root_attrs", {"discovery_nqn": DISCOVERY_NQN} if fs.auth else {})
             fs.hosts = doc["hosts"]
             fs.subsystems = {k: _Subsys(v["attrs"], {n: _Ns(a["attrs"], a["enabled"]) for n, a in v["namespaces"].items()},
                                         v["allowed"]) for k, v in doc["subsystems"].items()}
@@ -163,7 +166,7 @@ class FakeConfigfs:
         if self._state_file is None:
             return
         doc = {
-            "profile": self.profile, "hosts": self.hosts,
+            "profile": self.profile, "root_attrs": self.root_attrs, "hosts": self.hosts,
             "subsystems": {k: {"attrs": s.attrs, "allowed": s.allowed,
                                "namespaces": {n: {"attrs": ns.attrs, "enabled": ns.enabled} for n, ns in s.namespaces.items()}}
                            for k, s in self.subsystems.items()},
@@ -207,6 +210,8 @@ class FakeConfigfs:
         if n == 0:
             return "root", None, None
         top = p[0]
+        if n == 1 and top in self.root_attrs:
+            return "attr", ("root",), top
         if top == "hosts":
             if n == 1:
                 return "group", "hosts", None
@@ -285,7 +290,7 @@ class FakeConfigfs:
             if k in ("attr", "link"):
                 raise _err(errno.ENOTDIR, rel)
             if k == "root":
-                return ["hosts", "ports", "subsystems"]
+                return sorted(["hosts", "ports", "subsystems", *self.root_attrs])
             if k == "host":
                 return sorted(self.hosts[o])
             if k == "subsys":
@@ -329,7 +334,7 @@ class FakeConfigfs:
             if o == "hosts":
                 self.hosts[name] = self._host_defaults()
             elif o == "subsystems":
-                if name.strip("\n") == DISCOVERY_NQN or len(name) > 223:
+                if name in (DISCOVERY_NQN, self.root_attrs.get("discovery_nqn")) or len(name) > 223:
                     raise _err(errno.EINVAL, rel)
                 self.subsystems[name] = _Subsys(self._subsys_defaults())
             elif o == "ports":
@@ -383,6 +388,8 @@ class FakeConfigfs:
             return self._attrs(o)[leaf] + "\n"
 
     def _attrs(self, o: tuple) -> dict[str, str]:
+        if o[0] == "root":
+            return self.root_attrs
         if o[0] == "host":
             return self.hosts[o[1]]
         if o[0] == "subsys":
@@ -656,6 +663,7 @@ def _host(attr: str):
 
 
 _RULES: dict[tuple[str, str], Callable[[FakeConfigfs, tuple, str], None]] = {
+    ("root", "discovery_nqn"): lambda fs, o, v: fs.root_attrs.__setitem__("discovery_nqn", _ascii(v, 223)),
     ("ns", "device_path"): _set_ns("device_path", _device_path),
     ("ns", "device_uuid"): _set_ns("device_uuid", _parse_uuid),
     ("ns", "device_nguid"): _set_ns("device_nguid", _parse_nguid),
