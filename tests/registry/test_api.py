@@ -181,3 +181,17 @@ def test_no_token_configured_refuses_every_write(reg):
     with TestClient(create_app(reg, ApiSettings())) as c:
         assert upload(c, b"x", headers={"Authorization": "Bearer "}).status_code == 401
         assert upload(c, b"x", headers={"Authorization": "Bearer anything"}).status_code == 403
+
+
+def test_metadata_fast_path_and_route_give_the_same_answers(client, reg, face_model):
+    """Well-formed long-polls skip the framework; anything else reaches the route: same rules."""
+    reg.publish(face_model, "face")
+    for query in ({"since": 0}, {"since": 5, "wait": 30}, {"since": 1, "wait": 0.1}, {}):
+        fast = client.get("/v1/metadata", params=query)
+        slow = client.get("/v1/metadata", params={**query, "via": "route"})  # unknown key: falls through
+        assert fast.status_code == slow.status_code
+        assert fast.content == slow.content
+        for h in ("x-pifarm-revision", "etag", "x-pifarm-reset", "content-type"):
+            assert fast.headers.get(h) == slow.headers.get(h), h
+    assert client.get("/v1/metadata", params={"since": -5}).status_code == 422
+    assert client.get("/v1/metadata", params={"wait": "nan"}).status_code == 422
