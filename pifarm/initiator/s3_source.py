@@ -17,7 +17,6 @@ import json
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterator
 
 from pifarm.errors import NotFound, SourceError, SourceTimeout
@@ -116,10 +115,18 @@ class S3Store:
 
 @dataclasses.dataclass
 class _Held:
-    base: int  # absolute offset of buf[0]
+    """One part's bytes [base, base + len(buf)); `filled` of them have arrived.
+
+    Preallocated, so the consumer can stream views of the filled prefix while a worker
+    writes further on. An abandoned attempt's worker may still be filling it: `lock` makes
+    a retry's worker wait for it, `cond` wakes the consumer on progress or when a worker ends.
+    """
+
+    base: int
     buf: bytearray
-    # an abandoned attempt's worker may still be appending; a retry waits for it
+    filled: int = 0
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    cond: threading.Condition = dataclasses.field(default_factory=threading.Condition)
 
 
 class S3Source:
@@ -132,40 +139,46 @@ class S3Source:
         self._held: dict[tuple[str, int], _Held] = {}
         self._lock = threading.Lock()
 
-    def _part(self, ref: BlobRef, part: int, want_from: int, end: int) -> _Held:
-        """Bytes [want_from, end) of the blob, continuing whatever an earlier attempt received."""
-        key = (ref.digest, part)
+    def _held_for(self, ref: BlobRef, part: int, want_from: int, end: int) -> _Held:
+        """The part's buffer, reusing what an earlier attempt received when it covers `want_from`."""
         with self._lock:
-            h = self._held.get(key)
-            if h is None:
-                h = self._held[key] = _Held(want_from, bytearray())
-        with h.lock:
-            if h.base > want_from or h.base + len(h.buf) < want_from:
-                h.base, h.buf = want_from, bytearray()
-            return self._fill(ref, h, end)
+            h = self._held.get((ref.digest, part))
+            if h is None or not h.base <= want_from <= h.base + h.filled or h.base + len(h.buf) != end:
+                h = self._held[(ref.digest, part)] = _Held(want_from, bytearray(end - want_from))
+            return h
 
-    def _fill(self, ref: BlobRef, h: _Held, end: int) -> _Held:
-        what = f"GET s3://{self.store.bucket}/{self.store.blob_key(ref.digest)}"
-        while h.base + len(h.buf) < end:
-            a = h.base + len(h.buf)
-            before = len(h.buf)
-            with s3_errors(f"{what} bytes {a}-{end - 1}", self.name):
-                r = self.store.client.get_object(
-                    Bucket=self.store.bucket, Key=self.store.blob_key(ref.digest), Range=f"bytes={a}-{end - 1}"
-                )
-                body = r["Body"]
+    def _fill(self, ref: BlobRef, h: _Held) -> None:
+        try:
+            with h.lock:
+                self._fill_locked(ref, h)
+        finally:
+            with h.cond:
+                h.cond.notify_all()
+
+    def _fill_locked(self, ref: BlobRef, h: _Held) -> None:
+        key = self.store.blob_key(ref.digest)
+        what = f"GET s3://{self.store.bucket}/{key}"
+        size = len(h.buf)
+        while h.filled < size:
+            a, end = h.base + h.filled, h.base + size - 1
+            before = h.filled
+            with s3_errors(f"{what} bytes {a}-{end}", self.name):
+                body = self.store.client.get_object(Bucket=self.store.bucket, Key=key, Range=f"bytes={a}-{end}")["Body"]
                 try:
                     for chunk in body.iter_chunks(CHUNK):
-                        h.buf += chunk
-                        with self._lock:
-                            self.received += len(chunk)
-                        if h.base + len(h.buf) > end:
+                        pos, n = h.filled, len(chunk)
+                        if pos + n > size:
                             raise SourceError(f"{what}: server sent more than the range asked for", self.name)
+                        h.buf[pos:pos + n] = chunk
+                        with h.cond:
+                            h.filled = pos + n
+                            h.cond.notify_all()
+                        with self._lock:
+                            self.received += n
                 finally:
                     body.close()
-            if len(h.buf) == before:
-                raise SourceError(f"{what}: empty response for bytes {a}-{end - 1} (object shorter than the manifest?)", self.name)
-        return h
+            if h.filled == before:
+                raise SourceError(f"{what}: empty response for bytes {a}-{end} (object shorter than the manifest?)", self.name)
 
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes | memoryview]:
         if start >= ref.size:
@@ -177,11 +190,12 @@ class S3Source:
         parts = list(range(start // ps, (ref.size + ps - 1) // ps))
         stop_at = time.monotonic() + self.deadline
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="s3-part")
-        window: list[tuple[int, int, Future]] = []
+        window: list[tuple[int, int, _Held, Future]] = []
 
         def submit(i: int) -> None:
             frm, end = max(start, parts[i] * ps), min(ref.size, (parts[i] + 1) * ps)
-            window.append((parts[i], frm, pool.submit(self._part, ref, parts[i], frm, end)))
+            h = self._held_for(ref, parts[i], frm, end)
+            window.append((parts[i], frm, h, pool.submit(self._fill, ref, h)))
 
         try:
             nxt = 0
@@ -189,15 +203,25 @@ class S3Source:
                 submit(nxt)
                 nxt += 1
             while window:
-                part, frm, fut = window.pop(0)
-                try:
-                    h = fut.result(timeout=max(0.0, stop_at - time.monotonic()))
-                except FutureTimeout:
-                    raise SourceTimeout(f"blob {ref.digest}: deadline of {self.deadline:g}s passed", self.name) from None
+                part, frm, h, fut = window.pop(0)
+                pos = frm - h.base
+                while pos < len(h.buf):  # stream the head part as its bytes arrive
+                    with h.cond:
+                        while h.filled <= pos and not fut.done():
+                            left = stop_at - time.monotonic()
+                            if left <= 0:
+                                raise SourceTimeout(f"blob {ref.digest}: deadline of {self.deadline:g}s passed", self.name)
+                            h.cond.wait(min(left, 1.0))
+                        filled = h.filled
+                    if filled > pos:
+                        yield memoryview(h.buf)[pos:filled]
+                        pos = filled
+                    elif fut.done():
+                        fut.result()  # the worker's SourceError
+                        raise SourceError(f"blob {ref.digest}: part at {h.base} ended short", self.name)
                 if nxt < len(parts):
                     submit(nxt)
                     nxt += 1
-                yield memoryview(h.buf)[frm - h.base:]
                 with self._lock:
                     self._held.pop((ref.digest, part), None)
         finally:
