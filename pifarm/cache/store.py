@@ -17,7 +17,6 @@ a crash in between leaves both pointing at the old version, never at nothing.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from pifarm.cache.budget import BlobUse, BudgetExceeded, plan_eviction
+from pifarm.cache.fsutil import DISK_FULL, DiskFullError, atomic_write, fsync_dir, write_all
 from pifarm.cache.layout import REF_NAMES, CacheLayout, RefValue
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.cache.source import Source
@@ -43,14 +43,9 @@ log = logging.getLogger(__name__)
 
 PARTIAL_RE = re.compile(r"^([0-9a-f]{64})\.partial$")
 HEX_RE = re.compile(r"^[0-9a-f]{64}$")
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 #: progress callback: (bytes just received, source name)
 ProgressFn = Callable[[int, str], None]
-
-
-class DiskFullError(ReadOnlyError):
-    """The cache's file system ran out of space (or quota) during an install."""
 
 
 @dataclass(frozen=True)
@@ -99,42 +94,6 @@ class _Own:
 
 class _ResumedMismatch(IntegrityError):
     """The digest failed after resuming a partial: the old prefix may be the bad part."""
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """tmp + fsync + os.replace + fsync(dir): readers see the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if e.errno in DISK_FULL:
-            raise DiskFullError(f"no space left to write {path}: free space or lower cache.max_bytes") from e
-        raise ReadOnlyError(f"cannot write {path}: {e.strerror}") from e
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 class Cache:
@@ -192,6 +151,9 @@ class Cache:
                     self._unlink_unlocked(p, removed)
             else:
                 self._unlink_unlocked(p, removed)
+        for p in [*self.root.glob("refs/*/.*.tmp"), *self.root.glob("manifests/*/.*.tmp")]:
+            p.unlink(missing_ok=True)  # an atomic_write cut short: the old file is still in place
+            removed.append(str(p.relative_to(self.root)))
         for p in self.layout.blobs.iterdir():
             if not HEX_RE.match(p.name) or not p.is_file():
                 stray.append(p.name)
@@ -462,7 +424,7 @@ class Cache:
             try:
                 for chunk in chunks:
                     verifier.update(chunk)
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
                     got += len(chunk)
                     if progress:
                         progress(len(chunk), name)

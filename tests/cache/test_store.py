@@ -108,9 +108,12 @@ def test_startup_removes_leftover_temps_but_keeps_partials(tmp_path):
     (cache.layout.tmp / f"{'a' * 64}.partial").write_bytes(b"half")
     (cache.layout.tmp / f"{'b' * 64}.partial").write_bytes(b"")
     (cache.layout.blobs / "not-a-digest").write_bytes(b"?")
+    (cache.root / "refs" / "m").mkdir(parents=True)
+    (cache.root / "refs" / "m" / ".active.0123.tmp").write_bytes(b'{"vers')  # a cut-short ref write
     rep = Cache(tmp_path / "c").recovery
+    assert os.listdir(cache.root / "refs" / "m") == []
     assert listing(cache.layout.tmp) == [f"{'a' * 64}.partial"]
-    assert set(rep.removed_tmp) == {".abc.123.part", f"{'b' * 64}.partial"}
+    assert set(rep.removed_tmp) == {".abc.123.part", f"{'b' * 64}.partial", "refs/m/.active.0123.tmp"}
     assert rep.stray_blobs == ("not-a-digest",) and listing(cache.layout.blobs) == []
 
 
