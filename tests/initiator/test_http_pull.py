@@ -103,3 +103,25 @@ def test_bit_flipped_http_blob_falls_back_to_next_source(tmp_path):
         assert os.listdir(cache.layout.tmp) == []
     finally:
         srv.stop()
+
+
+def test_cache_rollback_and_gc_cli(aggregator, tmp_path):
+    blobs = []
+    for i in range(3):
+        f = tmp_path / f"v{i}.bin"
+        f.write_bytes(os.urandom(100_000))
+        publish(aggregator, f, "gcm")
+        blobs.append(digest_file(f)[0].split(":")[1])
+    cache = tmp_path / "cache"
+    base = ["--registry", aggregator.url, "--cache", str(cache), "--trust", str(aggregator.pubkey), "-q"]
+    for v in (1, 2, 3):
+        assert pifarm("pull", f"gcm@{v}", *base).returncode == 0
+    r = pifarm("cache", "gc", "--cache", str(cache))
+    assert r.returncode == 0 and r.stdout.startswith("removed 1 blobs")
+    assert sorted(os.listdir(cache / "blobs" / "blake3")) == sorted(blobs[1:])
+    r = pifarm("cache", "rollback", "gcm", "--cache", str(cache))
+    assert r.returncode == 0 and "v2 active again" in r.stdout
+    c = Cache(cache)
+    assert c.layout.read_ref("gcm", "active").version == 2 and c.layout.read_ref("gcm", "previous").version == 3
+    r = pifarm("cache", "rollback", "nosuch", "--cache", str(cache))
+    assert r.returncode == 1 and "has no previous version" in r.stderr
