@@ -45,7 +45,7 @@ class BytesSource:
 
 
 @dataclass
-class TestCache:
+class CacheBuilder:
     root: Path
     key: SigningKey
 
@@ -79,9 +79,9 @@ class TestCache:
         return p
 
 
-def make_cache(root: Path) -> TestCache:
+def make_cache(root: Path) -> CacheBuilder:
     root.mkdir(parents=True, exist_ok=True)
-    return TestCache(root, SigningKey.generate())
+    return CacheBuilder(root, SigningKey.generate())
 
 
 class LiveServer:
