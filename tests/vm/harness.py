@@ -21,6 +21,10 @@ Shared directories (same path on both sides):
   $PIFARM_VM_SCRATCH a fresh ext4 disk (O_DIRECT works: put nvmet backing files here)
   $PIFARM_VM_SHARE   = vm.share, for scripts
 
+Python in the guest imports over 9p under TCG: a few seconds per process, so do many checks per
+script. Running pytest inside the guest, set PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 (and `-p` the
+plugins you need): autoloading hypothesis/schemathesis costs ~100 s there.
+
 Pytest: use the `vm_pool` fixture (tests/vm/fixtures.py) so one pytest session boots each
 kernel once, however many test modules use it.
 """
