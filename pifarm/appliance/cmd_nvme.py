@@ -112,20 +112,16 @@ def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts
                     allow_any_host: bool) -> None:
     """Export model volumes READ-ONLY over userspace NVMe/TCP (for hosts without kernel nvmet)."""
     from pifarm.initiator.nvme_tcp import parse_address
-    from pifarm.target.userspace import SubsystemExport, TargetConfig, VolumeDirectory, default_nqn, serve
+    from pifarm.target.userspace import default_nqn, directory_exports, serve
 
     host, port = parse_address(listen, DEFAULT_PORT)
     if not allow_hosts and not allow_any_host:
         raise UsageError("no host may connect: pass --allow-host NQN (repeatable) or --allow-any-host")
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} is not a directory")
-    volumes = VolumeDirectory(data_dir)
     nqn = subnqn or default_nqn()
-
-    def config() -> TargetConfig:
-        sub = SubsystemExport(nqn, volumes.scan(), frozenset(allow_hosts), allow_any_host)
-        return TargetConfig((sub,), host=host, port=port)
-
+    config = directory_exports(data_dir, nqn, frozenset(allow_hosts), allow_any_host=allow_any_host,
+                               host=host, port=port)
     first = config()
     for ns in first.subsystems[0].namespaces:
         click.echo(f"nsid {ns.nsid}: {ns.path} uuid {ns.uuid}", err=True)

@@ -6,11 +6,11 @@ allowlist; namespace UUID/NGUID come from the manifest digest, as with the kerne
 
 from pifarm.target.userspace._controller import Controllers, QueueSession
 from pifarm.target.userspace._exports import (
-    NamespaceExport, SubsystemExport, TargetConfig, VolumeDirectory, default_nqn, scan_volumes,
+    NamespaceExport, SubsystemExport, TargetConfig, VolumeDirectory, default_nqn, directory_exports, scan_volumes,
 )
 from pifarm.target.userspace._server import ThreadedTarget, UserspaceTarget, serve
 
 __all__ = [
     "Controllers", "NamespaceExport", "QueueSession", "SubsystemExport", "TargetConfig", "ThreadedTarget",
-    "UserspaceTarget", "VolumeDirectory", "default_nqn", "scan_volumes", "serve",
+    "UserspaceTarget", "VolumeDirectory", "default_nqn", "directory_exports", "scan_volumes", "serve",
 ]

@@ -8,6 +8,7 @@ import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pifarm.errors import NotFound, PifarmError, UsageError
 from pifarm.registry.manifest import namespace_nguid, namespace_uuid
@@ -153,3 +154,18 @@ class VolumeDirectory:
                 continue  # half-written or corrupt volume: not exported until it reads cleanly
             out.append(ns)
         return tuple(sorted(out, key=lambda n: n.nsid))
+
+
+def directory_exports(data_dir: str | os.PathLike, subnqn: str, allowed_hosts: frozenset[str] | set[str] = frozenset(),
+                      *, allow_any_host: bool = False, host: str = "127.0.0.1", port: int = 4420,
+                      **config: object) -> Callable[[], TargetConfig]:
+    """A rescan function exporting every volume under `data_dir` as one subsystem; call it for
+    the first config and hand it to `serve(..., rescan=)` / `ThreadedTarget(..., rescan=)`."""
+    volumes = VolumeDirectory(data_dir)
+    hosts = frozenset(allowed_hosts)
+
+    def scan() -> TargetConfig:
+        sub = SubsystemExport(subnqn, volumes.scan(), hosts, allow_any_host)
+        return TargetConfig((sub,), host=host, port=port, **config)  # type: ignore[arg-type]
+
+    return scan

@@ -42,6 +42,21 @@ class UserspaceTarget:
         assert self._server is not None, "start() first"
         await self._server.serve_forever()
 
+    async def watch(self, rescan: Callable[[], TargetConfig], interval: float = 2.0) -> None:
+        """Rebuild the exports every `interval` s with `rescan` (run in a worker thread)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                new = await loop.run_in_executor(None, rescan)
+            except Exception as e:  # a bad scan keeps the previous exports
+                log.warning("rescanning exports failed: %s", e)
+                continue
+            if new != self.config:
+                log.info("exports changed: %d subsystems, %d namespaces", len(new.subsystems),
+                         sum(len(s.namespaces) for s in new.subsystems))
+                self.set_config(new)
+
     def set_config(self, config: TargetConfig) -> None:
         """Swap the exports (new volumes, retired ones); connected controllers see it at once,
         and hosts that asked for namespace notices get an asynchronous event."""
@@ -130,26 +145,12 @@ def serve(config: TargetConfig, *, ready: threading.Event | None = None,
     """Run the target until interrupted (the CLI's `pifarm target serve-userspace`). With
     `rescan`, the exports are rebuilt every `interval` seconds (newly published volumes appear)."""
 
-    async def refresh(target: UserspaceTarget) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                new = await loop.run_in_executor(None, rescan)
-            except Exception as e:  # a bad scan keeps the previous exports
-                log.warning("rescanning exports failed: %s", e)
-                continue
-            if new != target.config:
-                log.info("exports changed: %d subsystems, %d namespaces", len(new.subsystems),
-                         sum(len(s.namespaces) for s in new.subsystems))
-                target.set_config(new)
-
     async def main() -> None:
         target = UserspaceTarget(config)
         await target.start()
         if ready is not None:
             ready.set()
-        task = asyncio.get_running_loop().create_task(refresh(target)) if rescan else None
+        task = asyncio.get_running_loop().create_task(target.watch(rescan, interval)) if rescan else None
         try:
             await target.serve_forever()
         finally:
@@ -167,8 +168,10 @@ class ThreadedTarget:
             port = t.port
     """
 
-    def __init__(self, config: TargetConfig):
+    def __init__(self, config: TargetConfig, rescan: Callable[[], TargetConfig] | None = None, interval: float = 2.0):
         self.config = config
+        self.rescan, self.interval = rescan, interval
+        self._watch: asyncio.Future | None = None
         self.loop = asyncio.new_event_loop()
         self.target = UserspaceTarget(config)
         self._thread = threading.Thread(target=self.loop.run_forever, name="nvme-userspace-target", daemon=True)
@@ -178,9 +181,13 @@ class ThreadedTarget:
         self._thread.start()
         fut = asyncio.run_coroutine_threadsafe(self.target.start(), self.loop)
         self.host, self.port = fut.result(timeout=10)
+        if self.rescan is not None:
+            self._watch = asyncio.run_coroutine_threadsafe(self.target.watch(self.rescan, self.interval), self.loop)
         return self
 
     def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self.target.stop(), self.loop).result(timeout=10)
             self.loop.call_soon_threadsafe(self.loop.stop)
