@@ -67,6 +67,7 @@ def pull(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = False, echo=cl
 
     from pifarm.appliance.node import trusted_keys
     from pifarm.initiator.chain import build_sources, close_all, default_specs
+    from pifarm.initiator.http_source import tls_context
     from pifarm.initiator.metadata import AggregatorClient
     from pifarm.initiator.s3_source import S3Store
     from pifarm.initiator.settings import SourceContext
@@ -77,10 +78,11 @@ def pull(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = False, echo=cl
         raise UsageError("no registry: pass --registry http(s)://aggregator:port or --registry s3://bucket/prefix")
     trusted = trusted_keys(cfg.node.trusted_keys)
     cache = _open_cache(cfg)
-    docs = Documents(AggregatorClient(cfg.node.aggregator) if cfg.node.aggregator else None,
+    tls = tls_context(cfg.node.tls_ca, cfg.node.tls_cert, cfg.node.tls_key)
+    docs = Documents(AggregatorClient(cfg.node.aggregator, tls=tls) if cfg.node.aggregator else None,
                      S3Store(cfg.s3) if cfg.s3.url else None)
     ctx = SourceContext(trusted=trusted, aggregator_url=cfg.node.aggregator, state_dir=Path(cfg.node.state_dir),
-                        cache_root=Path(cfg.cache.root), s3=cfg.s3, metrics=cache.metrics)
+                        cache_root=Path(cfg.cache.root), s3=cfg.s3, metrics=cache.metrics, tls=tls)
     sources = build_sources(list(cfg.sources) or default_specs(cfg.node.aggregator, cfg.s3.url), ctx, strict=False)
     if not sources:
         raise SourceError("no usable source in [[sources]]; see the warnings above")

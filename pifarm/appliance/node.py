@@ -25,6 +25,7 @@ from pifarm.cache.store import Cache
 from pifarm.cache.tamper import TamperWatch
 from pifarm.errors import ConfigError, PifarmError
 from pifarm.initiator.chain import SOURCE_KINDS, build_sources, close_all, default_specs
+from pifarm.initiator.http_source import tls_context
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store, make_client
 from pifarm.initiator.settings import NodeSettings, S3Settings, SourceContext, SourceSpec, WatcherSettings
@@ -122,14 +123,15 @@ class NodeDaemon:
         except OSError as e:
             raise ConfigError(f"state directory {state_dir} cannot be created: {e.strerror}") from e
         self.cache = Cache(c.cache.root, c.cache.max_bytes, metrics=self.metrics)
+        tls = tls_context(c.node.tls_ca, c.node.tls_cert, c.node.tls_key)
         ctx = SourceContext(
             trusted=trusted, aggregator_url=c.node.aggregator, state_dir=state_dir, cache_root=Path(c.cache.root),
             host_identity_path=Path(c.node.host_identity) if c.node.host_identity else None, s3=c.s3,
-            metrics=self.metrics,
+            metrics=self.metrics, tls=tls,
         )
         specs = list(c.sources) or default_specs(c.node.aggregator, c.s3.url)
         self.sources = build_sources(specs, ctx, strict=False)
-        aggregator = AggregatorClient(c.node.aggregator, c.watcher.connect_timeout) if c.node.aggregator else None
+        aggregator = AggregatorClient(c.node.aggregator, c.watcher.connect_timeout, tls) if c.node.aggregator else None
         s3 = None
         if c.s3.url:
             quick = dataclasses.replace(c.s3, connect_timeout=c.watcher.connect_timeout, read_timeout=10.0)

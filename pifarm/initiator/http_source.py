@@ -6,12 +6,13 @@ The aggregator is not trusted more than any other source: the cache verifies eve
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 from typing import Iterator
 
 import httpx
 
-from pifarm.errors import SourceError, SourceTimeout
+from pifarm.errors import ConfigError, SourceError, SourceTimeout
 from pifarm.initiator.settings import SourceContext, SourceSpec
 from pifarm.registry.integrity import CHUNK, BlobRef
 
@@ -27,8 +28,24 @@ def http_errors(what: str, source: str = "http") -> Iterator[None]:
         raise SourceError(f"{what}: {type(e).__name__}: {e}", source) from e
 
 
+def tls_context(ca: str = "", cert: str = "", key: str = "") -> ssl.SSLContext | None:
+    """The client TLS context for an https:// aggregator: its CA and, for mTLS, our certificate."""
+    if not (ca or cert):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=ca or None)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+    except FileNotFoundError as e:
+        raise ConfigError(f"TLS file {e.filename} does not exist ([node] tls_ca / tls_cert / tls_key)") from e
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(f"TLS files ca={ca!r} cert={cert!r} key={key!r} are not usable: {e}") from e
+    return ctx
+
+
 class HttpSource:
-    def __init__(self, base_url: str, deadline: float = 60.0, connect_timeout: float = 2.0, name: str = "http"):
+    def __init__(self, base_url: str, deadline: float = 60.0, connect_timeout: float = 2.0, name: str = "http",
+                 tls: ssl.SSLContext | None = None):
         if not base_url.startswith(("http://", "https://")):
             raise SourceError(f"http source needs an http(s):// URL, got {base_url!r}", name)
         self.name = name
@@ -36,7 +53,8 @@ class HttpSource:
         self.deadline = deadline
         self.received = 0  # bytes off the wire, for tests and benchmarks
         self._client = httpx.Client(
-            timeout=httpx.Timeout(min(deadline, 30.0), connect=connect_timeout), follow_redirects=False
+            timeout=httpx.Timeout(min(deadline, 30.0), connect=connect_timeout), follow_redirects=False,
+            verify=tls if tls is not None else True,
         )
 
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
@@ -72,4 +90,4 @@ def make_source(spec: SourceSpec, ctx: SourceContext) -> HttpSource:
     url = spec.url or ctx.aggregator_url
     if not url:
         raise SourceError("[[sources]] http: no url and no aggregator URL configured (--aggregator)", "http")
-    return HttpSource(url, spec.deadline, float(spec.options.get("connect_timeout", 2.0)))
+    return HttpSource(url, spec.deadline, float(spec.options.get("connect_timeout", 2.0)), tls=ctx.tls)

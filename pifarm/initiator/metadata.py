@@ -6,6 +6,7 @@ Both return documents exactly as signed; the caller verifies them (`verify_snaps
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,11 +29,12 @@ class AggregatorClient:
 
     name = "http"
 
-    def __init__(self, url: str, connect_timeout: float = 1.5):
+    def __init__(self, url: str, connect_timeout: float = 1.5, tls: ssl.SSLContext | None = None):
         if not url.startswith(("http://", "https://")):
             raise SourceError(f"aggregator URL must be http(s)://host:port, got {url!r}", "http")
         self.url = url.rstrip("/")
-        self._client = httpx.Client(timeout=httpx.Timeout(30.0, connect=connect_timeout))
+        self._client = httpx.Client(timeout=httpx.Timeout(30.0, connect=connect_timeout),
+                                    verify=tls if tls is not None else True)
 
     def poll(self, since: int, wait: int) -> Poll:
         url = f"{self.url}/v1/metadata"

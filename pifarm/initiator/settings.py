@@ -89,6 +89,7 @@ class SourceContext:
     host_identity_path: Path | None = None  # NVMe host NQN / key file, for the nvme kinds
     s3: S3Settings = field(default_factory=S3Settings)
     metrics: Any = None  # pifarm.cache.metrics.NodeMetrics
+    tls: Any = None  # ssl.SSLContext for https:// aggregator URLs (CA, mTLS client cert); None = defaults
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,13 @@ class NodeSettings:
     listen: str = "0.0.0.0:8080"  # the inference server (KServe V2)
     metrics_listen: str = ""  # host:port for the node's own Prometheus metrics; "" = off
     host_identity: str = ""  # NVMe host identity file for the nvme source kinds
+    tls_ca: str = ""  # CA bundle that signed the aggregator's certificate ("" = system CAs)
+    tls_cert: str = ""  # this node's client certificate for mTLS (with tls_key)
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together (the node's mTLS client certificate and its key)")
         if self.channel not in CHANNELS:
             raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
         if self.aggregator and not self.aggregator.startswith(("http://", "https://")):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +15,7 @@ from typing import Any
 
 
 class DocServer:
-    def __init__(self) -> None:
+    def __init__(self, tls: "ssl.SSLContext | None" = None) -> None:
         self.snapshot: dict | None = None
         self.manifests: dict[tuple[str, int], dict] = {}
         self.blobs: dict[str, bytes] = {}
@@ -75,7 +76,9 @@ class DocServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        if tls is not None:  # e.g. mTLS: a server context with verify_mode = CERT_REQUIRED
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self._httpd.server_address[1]}"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
 
