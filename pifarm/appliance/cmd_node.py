@@ -66,6 +66,7 @@ def pull(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = False, echo=cl
                                TransferSpeedColumn)
 
     from pifarm.appliance.node import trusted_keys
+    from pifarm.cache.nodestate import read_state
     from pifarm.initiator.chain import build_sources, close_all, default_specs
     from pifarm.initiator.http_source import tls_context
     from pifarm.initiator.metadata import AggregatorClient
@@ -89,7 +90,9 @@ def pull(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = False, echo=cl
     t0 = time.monotonic()
     give_up = t0 + retry_for
     try:
-        snap, via = docs.snapshot(trusted)
+        # a node's own highest revision guards a manual pull against a replayed old snapshot too
+        prior = read_state(cfg.node.state_dir)
+        snap, via = docs.snapshot(trusted, highest_seen=prior.revision if prior else -1)
         ptr = pick(snap, name, channel, version)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                             TimeRemainingColumn(), TextColumn("[bold]{task.fields[source]}"),
