@@ -190,3 +190,20 @@ def test_pifarm_serve_refuses_bad_config_with_one_line(tmp_path):
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "runtime must be one of" in r.stderr
+
+
+def test_a_refused_version_is_retried_after_the_cache_repairs_it(tmp_path):
+    tc = make_cache(tmp_path / "cache")
+    tc.publish("lin", 1, sm.linear_model(16, 4, 1))
+    app = create_app(InferenceSettings(retry_failed_seconds=0.3, state_poll_seconds=0.2), tc.root, None)
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        wait_for(c, "/health", lambda r: r.status_code == 200)
+        v2 = sm.linear_model(16, 4, 2)
+        ref = tc.publish("lin", 2, v2, activate=False)
+        good = tc.blob_path(v2).read_bytes()
+        tc.tamper(v2, good[:-1] + bytes([good[-1] ^ 1]))
+        tc.cache.set_ref("lin", "active", ref)
+        wait_for(c, "/health", lambda r: "corrupt" in (r.json()["models"]["lin"].get("error") or ""), what="refusal")
+        tc.blob_path(v2).write_bytes(good)  # what a scrub + re-pull does
+        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 after repair")
+        assert c.get("/health").json()["models"]["lin"]["error"] is None
