@@ -125,3 +125,15 @@ def test_cache_rollback_and_gc_cli(aggregator, tmp_path):
     assert c.layout.read_ref("gcm", "active").version == 2 and c.layout.read_ref("gcm", "previous").version == 3
     r = pifarm("cache", "rollback", "nosuch", "--cache", str(cache))
     assert r.returncode == 1 and "has no previous version" in r.stderr
+
+
+def test_pull_refuses_snapshot_older_than_node_has_seen(aggregator, tmp_path):
+    from pifarm.cache.nodestate import NodeState, write_state
+
+    f = tmp_path / "m.bin"
+    f.write_bytes(os.urandom(1000))
+    publish(aggregator, f, "old")
+    write_state(tmp_path / "state", NodeState(revision=99))
+    r = pifarm("pull", "old", "--registry", aggregator.url, "--cache", str(tmp_path / "c"), "--trust",
+               str(aggregator.pubkey), env={"PIFARM_NODE_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode == 1 and "older than revision 99" in r.stderr and "rollback refused" in r.stderr
