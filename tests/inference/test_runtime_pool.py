@@ -126,17 +126,30 @@ def make_pool(model: bytes, **settings):
     return WorkerPool("m", mv.new_session, first, ms, policy, on_batch=batches.append), batches
 
 
-def test_concurrent_requests_are_batched_and_each_gets_its_own_rows():
-    pool, batches = make_pool(sm.linear_model(16, 4, 5), batching="on", max_batch=8, max_delay_ms=50.0,
-                              batch_max_mean_wait_ms=1000.0, min_workers=1, max_workers=1)
+BIG = dict(in_features=1024, out_features=1220)
+
+
+def occupy(pool) -> concurrent.futures.Future:
+    """Keep the pool's only worker busy (8000 rows through ~5 MB of weights) so jobs queue up."""
+    busy = pool.submit([np.ones((8000, 1024), np.float32)], 8000)
+    deadline = time.monotonic() + 10
+    while pool.queue_depth and time.monotonic() < deadline:  # until the worker has taken it
+        time.sleep(0.001)
+    return busy
+
+
+def test_queued_requests_are_batched_and_each_gets_its_own_rows():
+    pool, batches = make_pool(sm.large_model(0), batching="on", max_batch=8, max_delay_ms=50.0,
+                              batch_max_mean_wait_ms=60_000.0, min_workers=1, max_workers=1)
     try:
-        xs = [np.full((1, 16), i, np.float32) for i in range(24)]
+        busy = occupy(pool)
+        xs = [np.full((1, 1024), i / 24, np.float32) for i in range(24)]
         futs = [pool.submit([x], 1) for x in xs]
-        outs = [f.result(timeout=30) for f in futs]
+        outs = [f.result(timeout=60) for f in futs]
+        busy.result(timeout=60)
         for x, (y,) in zip(xs, outs):
-            assert np.allclose(y, sm.expected("linear", x, 5, **LIN), atol=1e-4)
-        assert max(batches) > 1, f"no batch was gathered: {batches}"
-        assert sum(batches) == 24
+            assert np.allclose(y, sm.expected("linear", x, 0, **BIG), atol=1e-3)
+        assert batches[1:] == [8, 8, 8], f"24 queued rows should go as three batches of 8: {batches}"
     finally:
         pool.close()
 
@@ -151,16 +164,17 @@ def test_a_lone_request_is_never_batched():
 
 
 def test_pool_grows_to_max_workers_under_load_and_shrinks_back():
-    pool, _ = make_pool(sm.nobatch_model(8), min_workers=1, max_workers=3, idle_seconds=0.2)
+    pool, _ = make_pool(sm.large_model(0), batching="off", min_workers=1, max_workers=3, idle_seconds=0.2)
     try:
-        futs = [pool.submit([np.ones(8, np.float32)], None) for _ in range(200)]
-        concurrent.futures.wait(futs, timeout=30)
+        x = np.ones((1, 1024), np.float32)
+        futs = [pool.submit([x], None) for _ in range(60)]
+        grown = pool.workers  # spawned synchronously by submit() while the queue outgrew the idle workers
+        concurrent.futures.wait(futs, timeout=60)
         assert all(f.exception() is None for f in futs)
-        grown = pool.workers
-        deadline = time.monotonic() + 10
+        assert grown == 3, f"the pool grew to {grown} workers under a queue of 60"
+        deadline = time.monotonic() + 30
         while pool.workers > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert grown >= 2, "the pool did not grow under a queue of 200"
         assert pool.workers == 1, "idle workers above min_workers did not exit"
     finally:
         pool.close()
@@ -170,10 +184,7 @@ def test_full_queue_is_refused_and_closed_pool_retires():
     pool, _ = make_pool(sm.large_model(0), batching="on", min_workers=1, max_workers=1, queue_limit=2)
     try:
         # One job of 8000 rows through ~5 MB of weights keeps the only worker busy while we fill the queue.
-        busy = pool.submit([np.ones((8000, 1024), np.float32)], 8000)
-        deadline = time.monotonic() + 10
-        while pool.queue_depth and time.monotonic() < deadline:  # until the worker has taken it
-            time.sleep(0.001)
+        busy = occupy(pool)
         queued = [pool.submit([np.ones((1, 1024), np.float32)], 1) for _ in range(2)]
         with pytest.raises(Overloaded, match="already queued"):
             for _ in range(10):
