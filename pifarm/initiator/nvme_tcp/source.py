@@ -34,7 +34,9 @@ from pifarm.initiator.nvme_tcp._controller import ConnectParams, NamespaceInfo, 
 
 log = logging.getLogger(__name__)
 NAME = "nvme-tcp-userspace"
-CHUNK = 4 << 20  # one chunk = four 1 MiB Reads in flight
+CHUNK = 4 << 20  # one chunk = four 1 MiB Reads
+AHEAD = 4  # chunks in flight: 16 MiB keeps a link busy while the cache hashes and writes
+IO_QUEUES = 2  # measured best of 1/2 queues x 2/4 chunks ahead against the kernel target (bench P7)
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,10 @@ class _Extent:
 class NvmeTcpUserspaceSource:
     name = NAME
 
-    def __init__(self, clients: list[NvmeTcpClient], chunk: int = CHUNK):
+    def __init__(self, clients: list[NvmeTcpClient], chunk: int = CHUNK, ahead: int = AHEAD):
         self.clients = clients
         self.chunk = chunk
+        self.ahead = ahead
         self._index: dict[str, _Extent] | None = None
 
     def volume(self, manifest_digest: str) -> VolumeReader:
@@ -105,7 +108,7 @@ class NvmeTcpUserspaceSource:
         ext = self._locate(ref)
         if start >= ref.size:
             return
-        it = ext.client.iter_read(ext.ns, ext.offset + start, ref.size - start, self.chunk)
+        it = ext.client.iter_read(ext.ns, ext.offset + start, ref.size - start, self.chunk, self.ahead)
         try:
             while True:
                 with _as_source_error():
@@ -151,14 +154,14 @@ def make_source(spec: Any, ctx: Any) -> NvmeTcpUserspaceSource:
                   ddgst=bool(opts.get("ddgst", False)), timeout=timeout)
     try:
         subnqns = [opts["subnqn"]] if opts.get("subnqn") else discover_subsystems(ConnectParams(**common, kato_ms=0))
-        clients = [NvmeTcpClient(ConnectParams(**common, subnqn=s, io_queues=int(opts.get("io_queues", 1)),
+        clients = [NvmeTcpClient(ConnectParams(**common, subnqn=s, io_queues=int(opts.get("io_queues", IO_QUEUES)),
                                                queue_depth=int(opts.get("queue_depth", 32))))
                    for s in subnqns]
     except ValueError as e:
         raise ConfigError(f"[[sources]] nvme-tcp-userspace options: {e}") from e
     if not clients:
         raise SourceError(f"the discovery controller at {host}:{port} lists no subsystem for host {hostnqn}", NAME)
-    return NvmeTcpUserspaceSource(clients)
+    return NvmeTcpUserspaceSource(clients, ahead=int(opts.get("read_ahead", AHEAD)))
 
 
 def discover_subsystems(params: ConnectParams) -> list[str]:
