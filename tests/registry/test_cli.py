@@ -99,6 +99,11 @@ def test_http_mode_against_the_real_daemon(capsys, aggregator, face_model):
     # the daemon holds the data dir: direct mode says so instead of corrupting it
     code, _, err = run(capsys, "publish", str(face_model), "--name", "x", "--data-dir", str(aggregator.data_dir))
     assert code == 1 and "in use by another pifarm process" in one_line_error(err)
+    # ...while reading beside the running daemon is fine
+    code, out, _ = run(capsys, "models", "--data-dir", str(aggregator.data_dir), "--json")
+    assert code == 0 and json.loads(out)["face"]["channels"] == {"canary": 1}
+    code, out, _ = run(capsys, "show", "face", "1", "--registry", url)
+    assert code == 0 and json.loads(out)["signed"]["name"] == "face"
 
 
 def test_token_from_environment_and_config_errors(aggregator_factory, tmp_path, face_model):
