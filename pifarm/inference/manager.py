@@ -218,7 +218,12 @@ class ModelManager:
             mv.batch = BatchDecision(True, False, f"calibration failed ({e}); not gathering batches")
             return
         mv.batch = decision
-        pool.policy = BatchPolicy(decision.enabled, ms.max_batch, ms.max_delay_ms / 1e3, ms.batch_min_queue,
+        # Waiting longer for a batch than one single-row invoke takes can only lose throughput
+        # (closed-loop clients wait too), so the measured invoke time caps max_delay.
+        delay = ms.max_delay_ms / 1e3
+        if decision.single_ms:
+            delay = min(delay, decision.single_ms / 1e3)
+        pool.policy = BatchPolicy(decision.enabled, ms.max_batch, delay, ms.batch_min_queue,
                                   ms.batch_max_mean_wait_ms / 1e3)
         log.info("model %s v%d: %s", mv.name, mv.version, decision.reason)
 
