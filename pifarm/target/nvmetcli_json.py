@@ -32,7 +32,7 @@ _DEFAULTS = {
     "attr_cntlid_min": "1", "attr_cntlid_max": "65519", "attr_model": "Linux", "attr_pi_enable": "0",
     "attr_qid_max": "128", "attr_version": "1.3", "attr_ieee_oui": "0x000000",
     "addr_treq": "not specified", "addr_tsas": ("none", "reserved"), "param_inline_data_size": ("-1", "16384"),
-    "param_max_queue_size": "-1", "param_pi_enable": "0",
+    "param_max_queue_size": ("-1", "1024"), "param_pi_enable": "0",
     "dhchap_key": "", "dhchap_ctrl_key": "", "dhchap_hash": "hmac(sha256)", "dhchap_dhgroup": ("null", "none"),
 }
 
