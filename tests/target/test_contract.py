@@ -30,7 +30,7 @@ import pytest
 
 from pifarm.errors import ConfigfsError, Conflict, NotFound, UsageError
 from pifarm.registry.integrity import digest_bytes
-from pifarm.target.configfs import Mode, Root
+from pifarm.target.configfs import Mode
 from pifarm.target.dhchap import gen_dhchap_key
 from pifarm.target.nvmetcli_json import dump, restore
 from pifarm.target.reconciler import apply, diff
