@@ -263,3 +263,27 @@ def test_a_cancelled_read_leaves_the_queue_usable(target, volume):
             await c.close()
 
     assert asyncio.run(run()) == volume.path.read_bytes()[8192:108192]
+
+
+def test_source_notices_a_namespace_that_now_holds_another_volume(tmp_path):
+    """nsid 1 is retired and reused for a new version: the stale index must not be trusted."""
+    from pifarm.target.userspace import NamespaceExport, SubsystemExport, TargetConfig
+
+    a, b = make_volume(tmp_path / "a", "alpha", 1, (5000,)), make_volume(tmp_path / "b", "alpha", 2, (7000,))
+    cfg = TargetConfig((SubsystemExport(SUBNQN, (NamespaceExport.from_volume(1, a.path),), frozenset({HOSTNQN})),),
+                       port=0)
+    with ThreadedTarget(cfg) as t:
+        spec = SourceSpec("nvme-tcp-userspace", address=f"127.0.0.1:{t.port}",
+                          options={"subnqn": SUBNQN, "hostnqn": HOSTNQN})
+        src = make_source(spec, SourceContext(trusted=TrustedKeys()))
+        try:
+            fa, fb = a.manifest.files[0], b.manifest.files[0]
+            assert b"".join(src.chunks(fa.ref)) == a.blobs[fa.digest]
+            swapped = TargetConfig((SubsystemExport(SUBNQN, (NamespaceExport.from_volume(1, b.path),),
+                                                    frozenset({HOSTNQN})),), port=0)
+            t.loop.call_soon_threadsafe(t.target.set_config, swapped)
+            assert b"".join(src.chunks(fb.ref)) == b.blobs[fb.digest]
+            with pytest.raises(SourceError, match="on no volume"):
+                list(src.chunks(fa.ref))  # alpha v1 is gone: no bytes from the volume now at nsid 1
+        finally:
+            src.close()

@@ -91,11 +91,14 @@ class NvmeTcpUserspaceSource:
         return index
 
     def _locate(self, ref: BlobRef) -> _Extent:
+        """Where the blob lies. The index is rebuilt when the blob is unknown (a new version) or
+        when its namespace no longer carries the UUID it was indexed under (a retired version
+        whose nsid now holds another volume), so a stale index never feeds the wrong bytes."""
         for refresh in (False, True):
             if self._index is None or refresh:
                 self._index = self._build_index()
             ext = self._index.get(ref.digest)
-            if ext is not None:
+            if ext is not None and self._still_there(ext):
                 break
         else:
             raise SourceError(f"blob {ref.digest} is on no volume exported by "
@@ -103,6 +106,15 @@ class NvmeTcpUserspaceSource:
         if ext.size != ref.size:
             raise SourceError(f"blob {ref.digest}: volume says {ext.size} bytes, manifest says {ref.size}", NAME)
         return ext
+
+    @staticmethod
+    def _still_there(ext: _Extent) -> bool:
+        try:
+            with _as_source_error():
+                now = ext.client.call(lambda c: c.namespace(ext.ns.nsid))
+        except (w.NvmeStatusError, NotFound):
+            return False
+        return now.uuid == ext.ns.uuid and now.size == ext.ns.size
 
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
         ext = self._locate(ref)
