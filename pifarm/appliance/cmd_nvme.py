@@ -103,7 +103,7 @@ def read(address: str, subnqn: str, nsid: int, offset: int, length: int | None, 
 
 @click.command("serve-userspace")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True,
-              help="Directory holding the volume files to export (searched recursively).")
+              help="Directory holding the volume files to export (searched recursively, rescanned every 2 s).")
 @click.option("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--subnqn", default=None, help="Subsystem NQN (default: derived from the host name).")
 @click.option("--allow-host", "allow_hosts", multiple=True, help="Host NQN allowed to connect (repeatable).")
@@ -117,8 +117,10 @@ def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts
     host, port = parse_address(listen, DEFAULT_PORT)
     if not allow_hosts and not allow_any_host:
         raise UsageError("no host may connect: pass --allow-host NQN (repeatable) or --allow-any-host")
-    if not data_dir.is_dir():
+    if data_dir.exists() and not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} is not a directory")
+    if not data_dir.exists():
+        click.echo(f"warning: {data_dir} does not exist yet; its volumes are exported once it does", err=True)
     nqn = subnqn or default_nqn()
     config = directory_exports(data_dir, nqn, frozenset(allow_hosts), allow_any_host=allow_any_host,
                                host=host, port=port)

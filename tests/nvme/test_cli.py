@@ -49,8 +49,7 @@ def test_bad_input_gets_one_line_and_the_right_exit_code(target, capsys):
 
 
 def test_serve_userspace_exports_volumes_published_while_it_runs(tmp_path, capsys):
-    data = tmp_path / "volumes"
-    data.mkdir()
+    data = tmp_path / "volumes"  # created only at the first publish, after the target started
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -66,7 +65,7 @@ def test_serve_userspace_exports_volumes_published_while_it_runs(tmp_path, capsy
                 assert proc.poll() is None, proc.stderr.read().decode()
                 time.sleep(0.05)
         vol = make_volume(tmp_path / "pub", "late", 3, (5000,))
-        (data / "late").mkdir()
+        (data / "late").mkdir(parents=True)
         (data / "late" / "3.vol").write_bytes(vol.path.read_bytes())
         want = str(namespace_uuid(vol.manifest.digest))
         for _ in range(100):  # the target rescans every 2 s

@@ -138,6 +138,8 @@ class VolumeDirectory:
         self._cache: dict[tuple[str, int, int], NamespaceExport] = {}
 
     def scan(self) -> tuple[NamespaceExport, ...]:
+        if not self.directory.is_dir():
+            return ()  # not created yet (nothing published): export nothing until it is
         out = []
         for p in scan_volumes(self.directory):
             try:
