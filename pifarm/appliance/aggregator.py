@@ -14,6 +14,7 @@ import logging
 import os
 import pkgutil
 import signal
+import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
+from pifarm.errors import PifarmError
 from pifarm.appliance.config import AGGREGATOR_SECTIONS, DEFAULT_AGGREGATOR_CONFIG, load_role
 from pifarm.registry.api import create_app
 from pifarm.registry.service import Registry, ensure_api_token
@@ -120,11 +122,25 @@ def _include(app, router, what: str) -> None:
     app.openapi_schema = None
 
 
+def _check_listen(host: str, port: int) -> None:
+    """Fail with one clear line before start-up when the address cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PifarmError(f"aggregator cannot listen on {host}:{port}: {e.strerror or e} "
+                              "(another process there? set [api] listen or --listen)") from e
+
+
 def run(config=None, data_dir=None, listen=None) -> int:
     import uvicorn
 
     sections = load_settings(config, data_dir, listen)
     api: ApiSettings = sections["api"]
+    host, port = parse_listen(api.listen)
+    _check_listen(host, port)
     d = Path(sections["registry"].data_dir)
     registry = Registry.open(d, sections)
     try:
@@ -137,22 +153,28 @@ def run(config=None, data_dir=None, listen=None) -> int:
         for router in ctx.routers:
             _include(app, router, f"extension router {getattr(router, 'tags', '')}")
         _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll)")
-        host, port = parse_listen(api.listen)
-        for hook in ctx.on_start:
-            hook()
-        scheme = "https" if api.tls_cert else "http"
-        log.warning("pifarm aggregator: %s://%s:%d data dir %s, store %s, revision %d%s", scheme, host, port, d,
-                    registry.store.location, registry.revision,
-                    f", READ-ONLY: {registry.read_only_reason}" if registry.read_only_reason else "")
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
             access_log=False, **uvicorn_ssl_kwargs(api)))
-        server.run()
-        for hook in reversed(ctx.on_stop):
-            try:
+        try:
+            for hook in ctx.on_start:
                 hook()
-            except Exception:
-                log.exception("aggregator stop hook %r failed", hook)
+            scheme = "https" if api.tls_cert else "http"
+            log.warning("pifarm aggregator: %s://%s:%d data dir %s, store %s, revision %d%s", scheme, host, port,
+                        d, registry.store.location, registry.revision,
+                        f", READ-ONLY: {registry.read_only_reason}" if registry.read_only_reason else "")
+            try:
+                server.run()  # returns on SIGTERM/SIGINT
+            except SystemExit:  # uvicorn exits (code 3) when it cannot bind; it logged why
+                raise PifarmError(f"aggregator could not serve on {api.listen} (see the error above)") from None
+        finally:
+            # stop hooks run newest first even when start-up or the server failed (so they must
+            # tolerate a part that never started)
+            for hook in reversed(ctx.on_stop):
+                try:
+                    hook()
+                except Exception:
+                    log.exception("aggregator stop hook %r failed", hook)
         return 0 if server.started else 1
     finally:
         registry.close()

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import click
 
-from pifarm.errors import Conflict, UsageError
+from pifarm.errors import Conflict, PifarmError, UsageError
 
 REGISTRY_ENV = "PIFARM_REGISTRY"
 TOKEN_ENV = "PIFARM_API_TOKEN"
@@ -125,9 +125,8 @@ def register(cli: click.Group) -> None:
         """Serve the registry API (creates keys and token in an empty data dir)."""
         from pifarm.appliance.aggregator import run
 
-        code = run(config, data_dir, listen)
-        if code:
-            raise click.exceptions.Exit(code)
+        if run(config, data_dir, listen):
+            raise PifarmError("aggregator stopped before it served (see the log above)")
 
     @cli.command("publish")
     @click.argument("path", type=click.Path())

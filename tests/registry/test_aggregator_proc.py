@@ -34,3 +34,22 @@ def test_publish_survives_restart_on_same_port(aggregator, tmp_path):
     with aggregator.client() as c:
         models = c.models()
     assert models["face"]["channels"] == {"stable": 1}
+
+
+def test_port_in_use_exits_1_with_the_reason(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    try:
+        port = s.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "pifarm", "aggregator", "run", "--data-dir", str(tmp_path / "d"),
+                            "--listen", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60)
+    finally:
+        s.close()
+    assert p.returncode == 1 and "cannot listen on" in p.stderr and "address already in use" in p.stderr.lower()
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "Traceback" not in p.stderr
