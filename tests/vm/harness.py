@@ -88,7 +88,8 @@ def vm_available() -> tuple[bool, str]:
 @dataclass
 class Vm:
     """One booted VM. Scripts run one after another; a script that overruns its timeout kills the
-    VM (the next `run` boots a fresh one), so no call can hang past its bound."""
+    VM (the next `run` boots a fresh one), so no call can hang past its bound. qemu dies with the
+    thread that started it (PR_SET_PDEATHSIG): start VMs from a thread that outlives their use."""
 
     kernel: str = "bookworm"
     memory_mb: int = 1536
@@ -158,18 +159,22 @@ class Vm:
             "-nic", "none",
         ]
         t0 = time.monotonic()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(d / "qemu.log", "wb"),
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        with open(d / "qemu.log", "wb") as log:
+            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True, preexec_fn=_die_with_parent)
         self._n = 0
         self.boots += 1
         ready = d / "results" / "ready"
-        while not ready.exists():
-            self._check_alive("while booting")
-            if time.monotonic() - t0 > self.boot_timeout:
-                self._kill()
-                raise VmError(f"{self.kernel} VM did not come up within {self.boot_timeout:.0f}s: {self._tail()}")
-            time.sleep(POLL)
-        self.release = ready.read_text().split()[-1]
+        try:
+            while not ready.exists():
+                self._check_alive("while booting")
+                if time.monotonic() - t0 > self.boot_timeout:
+                    raise VmError(f"{self.kernel} VM did not come up within {self.boot_timeout:.0f}s: {self._tail()}")
+                time.sleep(POLL)
+            self.release = ready.read_text().split()[-1]
+        except BaseException:
+            self._kill()  # never leave a VM behind a failed start (it would poll its share forever)
+            raise
 
     def close(self) -> None:
         """Power the VM off (bounded), then remove its files."""
@@ -263,6 +268,18 @@ class Vm:
     def _output(q: Path, n: int) -> str:
         p = q / f"{n}.out"
         return p.read_text(errors="replace") if p.exists() else ""
+
+
+def _die_with_parent() -> None:
+    """In the qemu child: SIGKILL it when the harness process dies (a killed pytest must not
+    leave VMs running). Linux prctl(PR_SET_PDEATHSIG); a no-op elsewhere."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_in_vm(script: str, *, kernel: Kernel = "bookworm", timeout: float = 300,
