@@ -13,6 +13,7 @@ import logging
 import random
 import re
 import secrets
+import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -21,7 +22,7 @@ import blake3
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -84,6 +85,10 @@ class Metrics:
         self.writes = Counter("pifarm_registry_writes", "Write requests by operation and outcome",
                               ["op", "outcome"], registry=registry)
         self.blob_bytes = Counter("pifarm_blob_bytes_served", "Blob bytes sent", registry=registry)
+        self.notify = Histogram("pifarm_metadata_notify_seconds", "Revision change to a parked long-poll answered",
+                                buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5), registry=registry)
+        self.fanout = Gauge("pifarm_metadata_last_fanout_seconds",
+                            "Revision change to the last parked long-poll answered, latest change", registry=registry)
 
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -235,6 +240,8 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
         if not write_token or not secrets.compare_digest(value.strip().encode(), write_token.encode()):
             raise Forbidden("the bearer token is not valid for writes on this registry")
 
+    fanout: dict[int, float] = {}  # revision -> slowest wake-up so far
+
     async def long_poll(since: int | None, wait: float | None) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body) of a metadata request; the one implementation of its rules."""
         notifier: RevisionNotifier = state["notifier"]
@@ -246,6 +253,12 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
             rev, data = notifier.payload
             if rev <= since:
                 return 304, {"X-Pifarm-Revision": str(rev), "ETag": f'"r{rev}"'}, b""
+            took = time.monotonic() - notifier.changed_at
+            metrics.notify.observe(took)
+            if fanout.get(rev, 0.0) < took:
+                fanout.clear()
+                fanout[rev] = took
+                metrics.fanout.set(took)
         headers = {"X-Pifarm-Revision": str(rev), "ETag": f'"r{rev}"', "Cache-Control": "no-cache",
                    "Content-Type": "application/json"}
         if since is not None and since > rev:

@@ -8,6 +8,7 @@ changes happen in worker threads, which hand the revision to the loop thread-saf
 from __future__ import annotations
 
 import asyncio
+import time
 
 
 class RevisionNotifier:
@@ -15,6 +16,7 @@ class RevisionNotifier:
         self.revision = revision
         #: whatever the owner attaches to the current revision (the API: the response body)
         self.payload = None
+        self.changed_at = time.monotonic()  # when the current revision arrived (fan-out metrics)
         self._loop = loop or asyncio.get_running_loop()
         self._event = asyncio.Event()
         self.waiters = 0
@@ -27,6 +29,7 @@ class RevisionNotifier:
         if revision <= self.revision and self.payload is not None:
             return
         self.revision, self.payload = revision, payload
+        self.changed_at = time.monotonic()
         event, self._event = self._event, asyncio.Event()
         event.set()
 
