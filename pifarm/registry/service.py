@@ -113,8 +113,11 @@ class Registry:
         """
         reg_settings, store_settings = _settings(settings)
         d = Path(data_dir)
+        if readonly and not (d / "registry.db").is_file():
+            raise NotFound(f"no registry in {d} (no registry.db); run `pifarm aggregator run --data-dir {d}` "
+                           "or publish into it with --data-dir first")
         try:
-            for sub in (d, d / "keys", d / "tmp"):
+            for sub in () if readonly else (d, d / "keys", d / "tmp"):
                 sub.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"data dir {d}: {e.strerror or e}") from e

@@ -123,3 +123,9 @@ def test_token_from_environment_and_config_errors(aggregator_factory, tmp_path, 
     bad.write_text('[store]\nurl = "ftp://nope"\n')
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "[store] url" in p.stderr
+
+
+def test_reading_a_data_dir_without_a_registry_says_so(capsys, tmp_path):
+    code, _, err = run(capsys, "models", "--data-dir", str(tmp_path / "nothing"))
+    assert code == 1 and "no registry in" in one_line_error(err)
+    assert not (tmp_path / "nothing").exists()
