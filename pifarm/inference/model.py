@@ -1,10 +1,11 @@
 """A loaded model version: verified bytes, its tensors, and whether batching it pays off.
 
-`prepare()` runs once per version in the background loader: build an interpreter, read the
+`prepare()` runs once per version on the background loader: build an interpreter, read the
 tensor details, probe whether the leading dimension can be resized to a batch (and that a batch
-gives the same answers as single rows), and, for `batching = "auto"`, time batch-1 against
-batch-`max_batch` so that a model is batched only when batching measurably raises throughput.
-Each worker thread then gets its own `Session` (TFLite interpreters are not thread-safe).
+gives the same answers as single rows), and warm up. For `batching = "auto"` the version then
+serves unbatched while `calibrate()` times single rows against batches, so a model is batched
+only when batching measurably raises throughput. Each worker thread gets its own `Session`
+(TFLite interpreters are not thread-safe).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pifarm.errors import InferenceError
-from pifarm.inference.codec import DATATYPES, TensorInfo, datatype_of
+from pifarm.inference.codec import TensorInfo, datatype_of
 from pifarm.inference.loader import VerifiedModel
 from pifarm.inference.runtime import DelegateSpec, Runtime, build_interpreter
 from pifarm.inference.settings import ModelSettings
@@ -254,6 +255,3 @@ class ModelVersion:
                 break
         return float(np.median(ones)), {b: float(np.median(r)) for b, r in ratios.items()}
 
-
-def element_bytes(datatype: str) -> int:
-    return DATATYPES[datatype].itemsize

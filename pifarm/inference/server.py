@@ -4,7 +4,7 @@
     GET  /v2/health/live | /v2/health/ready    liveness / readiness
     GET  /v2/models/{m}[/versions/{v}]         model metadata (tensors, datatypes, shapes)
     GET  /v2/models/{m}[/versions/{v}]/ready   model readiness
-    POST /v2/models/{m}[/versions/{v}]/infer   inference (JSON tensors)
+    POST /v2/models/{m}[/versions/{v}]/infer   inference (JSON tensors, or binary: see protocol.py)
     GET  /health                               for HAProxy: 200 when every model is loaded, else 503
     GET  /metrics                              Prometheus
 
@@ -29,12 +29,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from pifarm import __version__
-from pifarm.errors import InferenceError, NotFound, PifarmError, UsageError
+from pifarm.errors import NotFound, PifarmError, UsageError
 from pifarm.inference.codec import BadInput, fit_inputs
 from pifarm.inference.manager import ModelManager, NotReady
 from pifarm.inference.metrics import ServerMetrics
 from pifarm.inference.pool import Overloaded, Retired
-from pifarm.inference.protocol import HEADER_LENGTH, InferenceRequest, parse_request, build_response
+from pifarm.inference.protocol import HEADER_LENGTH, InferenceRequest, build_response, parse_request
 from pifarm.inference.settings import InferenceSettings
 
 PLATFORM = "tensorflow_lite"
@@ -135,7 +135,7 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
     # -- server ----------------------------------------------------------------------------
     @app.get("/v2")
     async def server_metadata() -> dict:
-        return {"name": "pifarm", "version": __version__, "extensions": []}
+        return {"name": "pifarm", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     @app.get("/v2/health/live")
     async def live() -> dict:

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from pifarm.appliance import samplemodel as sm
-from pifarm.cache.layout import RefValue
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
 from tests.conftest import require
