@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import ssl
+import stat
 from pathlib import Path
 
 import httpx
@@ -27,8 +28,7 @@ def _ctx(tls: NodeTls | None, ca: Path) -> ssl.SSLContext:
     return ctx
 
 
-@pytest.fixture
-def farm(tmp_path):
+def _start_farm(tmp_path: Path, enroll_extra: str = "") -> AggregatorProc:
     data = tmp_path / "agg"
     pki = AggregatorPki(data)
     pki.init(dns_names=["localhost"], ips=["127.0.0.1"])
@@ -44,12 +44,19 @@ tls_key = "{pki.server_key}"
 tls_client_ca = "{pki.bundle}"
 [enroll]
 listen = "127.0.0.1:{eport}"
+{enroll_extra}
 """)
     admin = pki.issue_client("admin", tmp_path / "admin")
     agg = AggregatorProc(data, port, config=cfg, scheme="https")
     agg.start(verify=_ctx(admin, pki.bundle))
     agg.enroll_url = f"https://127.0.0.1:{eport}"
     agg.pki, agg.admin = pki, admin
+    return agg
+
+
+@pytest.fixture
+def farm(tmp_path):
+    agg = _start_farm(tmp_path)
     yield agg
     agg.stop()
 
@@ -162,3 +169,20 @@ def test_doctor_on_the_aggregator_reaches_its_own_mtls_api(farm, tmp_path):
     assert agg.status == "pass", agg.detail
     (cert,) = doctor.check_certificates(env)
     assert cert.status == "pass"
+
+
+def test_enrollment_issues_a_dhchap_secret_when_auth_is_on(tmp_path):
+    agg = _start_farm(tmp_path, "dhchap = true")
+    try:
+        root, r = _setup_node(tmp_path, agg, "pi1")
+        assert r.returncode == 0, r.stdout + r.stderr
+        nqn = (root / "etc/nvme/hostnqn").read_text().strip()
+        key = (root / "etc/nvme/dhchap-key").read_text().strip()
+        assert key.startswith("DHHC-1:") and stat.S_IMODE((root / "etc/nvme/dhchap-key").stat().st_mode) == 0o600
+        allowed = json.loads((agg.data_dir / "target" / "hosts.json").read_text())
+        assert allowed[nqn]["dhchap_key"] == key  # the target requires exactly what the node holds
+        # a renewal keeps the host's secret: only the certificate changes
+        renew_node(agg.enroll_url, root / "etc/pifarm/tls")
+        assert json.loads((agg.data_dir / "target" / "hosts.json").read_text())[nqn]["dhchap_key"] == key
+    finally:
+        agg.stop()
