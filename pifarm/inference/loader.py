@@ -26,6 +26,10 @@ from pifarm.registry.signing import TrustedKeys
 TFLITE_IDENTIFIER = b"TFL3"
 
 
+class NotServable(InferenceError):
+    """The version is not a model this server runs (e.g. format "raw"): not an error to fix."""
+
+
 @dataclass(frozen=True)
 class VerifiedModel:
     """A model version whose bytes were hashed against its manifest on the way into memory."""
@@ -60,7 +64,7 @@ def read_manifest(layout: CacheLayout, name: str, ref: RefValue, trusted: Truste
     if m.name != name or m.version != ref.version:
         raise IntegrityError(f"{what} at {path} describes {m.name} v{m.version}")
     if m.format != "tflite":
-        raise InferenceError(f"{what} is format {m.format!r}; the inference server runs tflite models only")
+        raise NotServable(f"{what} is format {m.format!r}; the inference server runs tflite models only")
     return m
 
 

@@ -25,7 +25,7 @@ from pifarm.cache.layout import CacheLayout, RefValue
 from pifarm.cache.nodestate import read_state
 from pifarm.errors import ConfigError, InferenceError, NotFound, PifarmError
 from pifarm.inference.batching import BatchPolicy
-from pifarm.inference.loader import load_verified
+from pifarm.inference.loader import NotServable, load_verified
 from pifarm.inference.metrics import ServerMetrics
 from pifarm.inference.model import BatchDecision, ModelVersion
 from pifarm.inference.pool import WorkerPool
@@ -53,6 +53,7 @@ class Slot:
     loading: str | None = None          # manifest digest on the loader thread right now
     error: str | None = None            # why the newest active ref is not the one served
     failed: dict[str, float] = field(default_factory=dict)  # digest -> monotonic time it failed
+    ignored: str | None = None          # not a servable model (raw files); left out of /health
 
 
 class _RefEvents(FileSystemEventHandler):
@@ -183,8 +184,12 @@ class ModelManager:
             with self._lock:
                 slot = self._slots.setdefault(name, Slot(name))
                 slot.loading = None
-                slot.error = reason
                 slot.failed[ref.manifest_digest] = time.monotonic()
+                if isinstance(e, NotServable) and name not in self.settings.configured and slot.active is None:
+                    # A cache also holds non-model files; unless configured they are not ours to wait for.
+                    slot.ignored, slot.error = msg, None
+                else:
+                    slot.error = reason
             return
         with self._lock:
             slot = self._slots.setdefault(name, Slot(name))
@@ -192,6 +197,7 @@ class ModelManager:
             slot.active = Active(mv, pool)  # the swap: new requests see the new version from here on
             slot.loading = None
             slot.error = None
+            slot.ignored = None
             slot.failed.pop(ref.manifest_digest, None)
         self.metrics.load_seconds.labels(name).observe(time.perf_counter() - t0)
         self.metrics.active_version.labels(name).set(mv.version)
@@ -237,6 +243,8 @@ class ModelManager:
             with self._lock:
                 slot = self._slots.setdefault(name, Slot(name))
         active = slot.active
+        if active is None and slot.ignored:
+            raise NotFound(f"model {name!r} is not served here: {slot.ignored}")
         if active is None:
             raise NotReady(f"model {name} is not loaded yet: {slot.error or 'loading'}")
         if version is not None and version != str(active.version.version):
@@ -255,7 +263,10 @@ class ModelManager:
         models: dict[str, Any] = {}
         with self._lock:
             slots = {n: self._slots.get(n) or Slot(n) for n in names}
+        ignored = {n: s.ignored for n, s in slots.items() if s.ignored and s.active is None}
         for n, slot in slots.items():
+            if n in ignored:
+                continue
             a = slot.active
             entry: dict[str, Any] = {"ready": a is not None, "version": a.version.version if a else None,
                                      "manifest_digest": a.version.manifest_digest if a else None,
@@ -287,4 +298,5 @@ class ModelManager:
             "revision": state.revision if state and state.revision >= 0 else None,
             "runtime": f"{self.runtime.name} {self.runtime.version}" if self.runtime else None,
             "models": models,
+            "ignored": ignored,
         }

@@ -53,11 +53,11 @@ class CacheBuilder:
     def cache(self) -> Cache:
         return Cache(self.root)
 
-    def publish(self, name: str, version: int, model: bytes, activate: bool = True) -> RefValue:
+    def publish(self, name: str, version: int, model: bytes, activate: bool = True, fmt: str = "tflite") -> RefValue:
         """Install `model` as name vN (signed manifest + blob) and, by default, make it active."""
         digest = digest_bytes(model)
-        m = Manifest(name=name, version=version, format="tflite",
-                     files=(FileEntry("model.tflite", len(model), digest),),
+        m = Manifest(name=name, version=version, format=fmt,
+                     files=(FileEntry("model.tflite" if fmt == "tflite" else "data.bin", len(model), digest),),
                      created=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
         doc = self.key.sign(m.to_json())
         cache = self.cache

@@ -24,6 +24,7 @@ def served(tmp_path_factory):
     tc.publish("lin", 1, sm.linear_model(16, 4, 1))
     tc.publish("nb", 3, sm.nobatch_model(8, 2))
     tc.publish("i64", 1, sm.add_model("int64", 4, 3))
+    tc.publish("notes", 1, b"a raw file that shares the cache", fmt="raw")
     state = root / "state"
     write_state(state, NodeState(revision=7))
     app = create_app(InferenceSettings(max_body=64 * 1024), tc.root, state)
@@ -245,3 +246,12 @@ def test_calibration_reaches_the_live_pool(served):
     assert lin["batchable"] is True
     pool = c.app.state.manager.get("lin").pool
     assert pool.policy.enabled == lin["enabled"]
+
+
+def test_non_model_files_in_the_cache_are_left_out_not_waited_for(served):
+    c, _ = served
+    h = c.get("/health")
+    assert h.status_code == 200 and "notes" not in h.json()["models"]
+    assert "format 'raw'" in h.json()["ignored"]["notes"]
+    r = c.get("/v2/models/notes")
+    assert r.status_code == 404 and "format 'raw'" in r.json()["error"]
