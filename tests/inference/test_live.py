@@ -206,3 +206,19 @@ def test_a_refused_version_is_retried_after_the_cache_repairs_it(tmp_path):
         tc.blob_path(v2).write_bytes(good)  # what a scrub + re-pull does
         wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 after repair")
         assert c.get("/health").json()["models"]["lin"]["error"] is None
+
+
+def test_a_truncated_first_version_never_reaches_the_runtime_and_health_says_why(tmp_path):
+    tc = make_cache(tmp_path / "cache")
+    model = sm.linear_model(16, 4, 1)
+    tc.publish("lin", 1, model)
+    tc.tamper(model, model[: len(model) - 7])  # a runtime handed this may crash the process
+    app = create_app(InferenceSettings(models={"lin": {}}), tc.root, None)
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        r = wait_for(c, "/health", lambda r: r.json()["models"]["lin"]["error"] and not r.json()["models"]["lin"]["loading"],
+                     what="refusal of v1")
+        assert r.status_code == 503
+        assert "bytes on disk, manifest says" in r.json()["models"]["lin"]["error"]
+        r = c.post("/v2/models/lin/infer", json=infer_body("x", np.ones((1, 16), np.float32)))
+        assert r.status_code == 503 and "bytes on disk" in r.json()["error"]
+        assert c.get("/v2/health/live").status_code == 200  # the process is alive and answering
