@@ -222,3 +222,24 @@ def test_a_truncated_first_version_never_reaches_the_runtime_and_health_says_why
         r = c.post("/v2/models/lin/infer", json=infer_body("x", np.ones((1, 16), np.float32)))
         assert r.status_code == 503 and "bytes on disk" in r.json()["error"]
         assert c.get("/v2/health/live").status_code == 200  # the process is alive and answering
+
+
+def test_concurrent_requests_through_a_batching_server_each_get_their_own_answer(tmp_path):
+    tc = make_cache(tmp_path / "cache")
+    tc.publish("lin", 1, sm.linear_model(16, 4, 6))
+    settings = InferenceSettings(models={"lin": {"batching": "on", "max_batch": 8, "max_delay_ms": 20.0,
+                                                 "max_workers": 1}})
+    with LiveServer(create_app(settings, tc.root, None)) as srv:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            wait_for(c, "/health", lambda r: r.status_code == 200)
+
+        def ask(i: int) -> tuple[np.ndarray, np.ndarray]:
+            x = np.random.default_rng(i).standard_normal((1 + i % 3, 16)).astype(np.float32)
+            with httpx.Client(base_url=srv.url, timeout=30) as hc:
+                return x, y_of(hc.post("/v2/models/lin/infer", json=infer_body("x", x)))
+
+        with concurrent.futures.ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(ask, range(48)))
+    for x, y in answers:
+        assert y.shape == (x.shape[0], 4)
+        assert np.allclose(y, sm.expected("linear", x, 6, **LIN), atol=1e-5)
