@@ -15,7 +15,7 @@ DEFAULT_PORT = 4420
 
 
 def _params(address: str, hostnqn: str, subnqn: str | None, hostid: str | None, digest: tuple[bool, bool],
-            timeout: float, **extra):
+            timeout: float, dhchap_secret: str | None = None, **extra):
     from pifarm.initiator.nvme_tcp import ConnectParams, parse_address
     from pifarm.registry.nvme_wire import DISCOVERY_NQN
 
@@ -25,10 +25,12 @@ def _params(address: str, hostnqn: str, subnqn: str | None, hostid: str | None, 
     except ValueError as e:
         raise UsageError(f"--hostid {hostid!r} is not a UUID") from e
     return ConnectParams(host=host, port=port, subnqn=subnqn or DISCOVERY_NQN, hostnqn=hostnqn, hostid=hid,
-                         hdgst=digest[0], ddgst=digest[1], timeout=timeout, **extra)
+                         hdgst=digest[0], ddgst=digest[1], timeout=timeout, dhchap_secret=dhchap_secret, **extra)
 
 
 def _common(f):
+    f = click.option("--dhchap-secret", "-S", default=None, envvar="PIFARM_NVME_DHCHAP_SECRET",
+                     help="This host's DH-HMAC-CHAP secret (DHHC-1:..:..:), used if the target asks.")(f)
     f = click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds allowed per exchange.")(f)
     f = click.option("-G", "--data-digest", "ddgst", is_flag=True, help="Negotiate CRC32C data digests.")(f)
     f = click.option("-g", "--hdr-digest", "hdgst", is_flag=True, help="Negotiate CRC32C header digests.")(f)
@@ -44,13 +46,15 @@ def nvme() -> None:
 
 @nvme.command("discover")
 @_common
-def discover(address: str, hostnqn: str, hostid: str | None, hdgst: bool, ddgst: bool, timeout: float) -> None:
+def discover(address: str, hostnqn: str, hostid: str | None, hdgst: bool, ddgst: bool, timeout: float,
+             dhchap_secret: str | None) -> None:
     """List the discovery log of the controller at HOST[:PORT]."""
     from pifarm.initiator.nvme_tcp import NvmeTcpClient
     from pifarm.registry.nvme_wire import SUBTYPE_CURRENT_DISCOVERY, SUBTYPE_NVME
 
     kinds = {SUBTYPE_NVME: "nvme subsystem", SUBTYPE_CURRENT_DISCOVERY: "current discovery subsystem"}
-    with NvmeTcpClient(_params(address, hostnqn, None, hostid, (hdgst, ddgst), timeout, kato_ms=0), retries=1) as c:
+    with NvmeTcpClient(_params(address, hostnqn, None, hostid, (hdgst, ddgst), timeout, dhchap_secret, kato_ms=0),
+                       retries=1) as c:
         log = c.discovery_log()
     click.echo(f"Discovery Log Number of Records {len(log.entries)}, Generation counter {log.genctr}")
     for i, e in enumerate(log.entries):
@@ -67,11 +71,13 @@ def discover(address: str, hostnqn: str, hostid: str | None, hdgst: bool, ddgst:
 @nvme.command("ls")
 @click.option("--subnqn", required=True, help="NQN of the NVM subsystem.")
 @_common
-def ls(address: str, subnqn: str, hostnqn: str, hostid: str | None, hdgst: bool, ddgst: bool, timeout: float) -> None:
+def ls(address: str, subnqn: str, hostnqn: str, hostid: str | None, hdgst: bool, ddgst: bool, timeout: float,
+       dhchap_secret: str | None) -> None:
     """List the namespaces of SUBNQN at HOST[:PORT]: nsid, size, UUID, NGUID."""
     from pifarm.initiator.nvme_tcp import NvmeTcpClient
 
-    with NvmeTcpClient(_params(address, hostnqn, subnqn, hostid, (hdgst, ddgst), timeout), retries=1) as c:
+    with NvmeTcpClient(_params(address, hostnqn, subnqn, hostid, (hdgst, ddgst), timeout, dhchap_secret),
+                       retries=1) as c:
         nss = c.namespaces()
     click.echo(f"{'nsid':>6}  {'size':>14}  {'uuid':36}  {'nguid':32}  mode")
     for ns in nss:
@@ -86,11 +92,12 @@ def ls(address: str, subnqn: str, hostnqn: str, hostid: str | None, hdgst: bool,
 @click.option("--length", type=click.IntRange(0), default=None, help="Bytes to read (default: to the end).")
 @_common
 def read(address: str, subnqn: str, nsid: int, offset: int, length: int | None, hostnqn: str, hostid: str | None,
-         hdgst: bool, ddgst: bool, timeout: float) -> None:
+         hdgst: bool, ddgst: bool, timeout: float, dhchap_secret: str | None) -> None:
     """Copy namespace bytes to stdout: pifarm nvme read HOST --subnqn S --hostnqn N --nsid K > FILE."""
     from pifarm.initiator.nvme_tcp import NvmeTcpClient
 
-    with NvmeTcpClient(_params(address, hostnqn, subnqn, hostid, (hdgst, ddgst), timeout, io_queues=2)) as c:
+    with NvmeTcpClient(_params(address, hostnqn, subnqn, hostid, (hdgst, ddgst), timeout, dhchap_secret,
+                               io_queues=2)) as c:
         ns = c.call(lambda ctrl: ctrl.namespace(nsid))
         end = ns.size if length is None else offset + length
         if end > ns.size or offset > ns.size:

@@ -87,15 +87,19 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
     assert out["refused_rc"] != 0, out
 
 
-def test_pifarm_initiator_refuses_dh_hmac_chap_clearly(vm_pool, tmp_path):
+def test_pifarm_initiator_does_dh_hmac_chap_with_the_kernel_target(vm_pool, tmp_path):
     from pifarm.initiator.nvme_tcp import AUTH_MESSAGE
+    from pifarm.registry.manifest import namespace_uuid
 
     vm = vm_pool.get("trixie")  # 6.12: the kernel target can demand DH-HMAC-CHAP
-    vol = make_volume(tmp_path, "auth", 1, (4096,))
+    vol = make_volume(tmp_path, "auth", 1, (300000,))
     shutil.copy(vol.path, vm.share / vol.path.name)
     try:
-        out = _run(vm, "initiator-vs-auth", vol.path.name, timeout=120)
+        out = _run(vm, "initiator-vs-auth", vol.path.name, timeout=180)
     finally:
         (vm.share / vol.path.name).unlink(missing_ok=True)
     assert out["key_prefix"].startswith("DHHC-1:"), out
-    assert AUTH_MESSAGE in out["result"], out
+    assert AUTH_MESSAGE in out["none"]["error"], out  # no secret: one clear sentence, no hang
+    right = out["right"]
+    assert right == {"uuid": str(namespace_uuid(vol.manifest.digest)), "equal": True, "queues": 2}, out
+    assert "refused DH-HMAC-CHAP" in out["wrong"]["error"] or "authentication" in out["wrong"]["error"], out

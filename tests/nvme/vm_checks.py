@@ -91,7 +91,9 @@ def initiator_vs_kernel(args: argparse.Namespace) -> dict:
 
 
 def initiator_vs_auth(args: argparse.Namespace) -> dict:
-    """The kernel target demands DH-HMAC-CHAP for our host: the initiator must refuse clearly."""
+    """The kernel target demands DH-HMAC-CHAP for our host: without a secret the initiator
+    refuses clearly; with the right one it authenticates every queue and reads; a wrong one is
+    refused by the target."""
     from pifarm.initiator.nvme_tcp import ConnectParams, NvmeTcpClient
     from pifarm.registry import nvme_wire as w
     from pifarm.registry.manifest import namespace_nguid, namespace_uuid
@@ -102,13 +104,19 @@ def initiator_vs_auth(args: argparse.Namespace) -> dict:
     kernel_target(Path(args.volume), args.subnqn, [args.hostnqn], str(namespace_uuid(digest)),
                   namespace_nguid(digest).hex())
     key = _nvme("gen-dhchap-key", f"--nqn={args.hostnqn}", "--hmac=1").stdout.strip()
+    wrong = _nvme("gen-dhchap-key", f"--nqn={args.hostnqn}", "--hmac=1").stdout.strip()
     _w(CFS / "hosts" / args.hostnqn / "dhchap_key", key)
     out: dict = {"key_prefix": key[:8]}
-    try:
-        with NvmeTcpClient(ConnectParams("127.0.0.1", 4420, args.subnqn, args.hostnqn, timeout=5), retries=0):
-            out["result"] = "connected"
-    except w.NvmeStatusError as e:
-        out["result"], out["status"] = str(e), e.status
+    for name, secret in (("none", None), ("right", key), ("wrong", wrong)):
+        params = ConnectParams("127.0.0.1", 4420, args.subnqn, args.hostnqn, timeout=5, io_queues=2,
+                               dhchap_secret=secret)
+        try:
+            with NvmeTcpClient(params, retries=0) as c:
+                [ns] = c.namespaces()
+                same = c.read(ns, 0, ns.size) == Path(args.volume).read_bytes()[: ns.size]
+                out[name] = {"uuid": str(ns.uuid), "equal": same, "queues": len(c.controller.io)}
+        except w.NvmeStatusError as e:
+            out[name] = {"error": str(e), "status": e.status}
     return out
 
 

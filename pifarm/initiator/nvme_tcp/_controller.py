@@ -12,13 +12,16 @@ from dataclasses import dataclass
 
 from pifarm.errors import NotFound, SourceError, SourceTimeout, UsageError
 from pifarm.registry import nvme_wire as w
+from pifarm.initiator.nvme_tcp import _auth
 from pifarm.initiator.nvme_tcp._driver import SOURCE
 from pifarm.initiator.nvme_tcp._queue import HostQueue
 
 log = logging.getLogger(__name__)
 
-AUTH_MESSAGE = "authentication required, not supported by this initiator"
-AUTHREQ_MASK = 0x3 << 17  # Connect response dw0: ATR (bit 17) / ASCR (bit 18)
+AUTH_MESSAGE = ("authentication required: the target demands DH-HMAC-CHAP and no secret was given "
+                "(pass this host's DHHC-1 secret: --dhchap-secret / options.dhchap_secret)")
+AUTHREQ_ATR = 1 << 17  # Connect response dw0: authentication transaction required
+AUTHREQ_ASCR = 1 << 18  # ... secure channel concatenation (TLS) required
 CC_ENABLE_FIELDS = 4 << 20 | 6 << 16  # IOCQES 16 B, IOSQES 64 B, MPS 4 KiB, NVM command set
 CC_SHN_NORMAL = 1 << 14
 MAX_READ = 1 << 20  # even without an MDTS, one command moves at most 1 MiB
@@ -55,12 +58,15 @@ class ConnectParams:
     io_queues: int = 1
     queue_depth: int = 32
     timeout: float = 10.0
+    dhchap_secret: str | None = None  # DHHC-1 host secret, used only if the target asks for it
 
     def __post_init__(self) -> None:
         if not self.hostnqn.startswith("nqn."):
             raise UsageError(f"host NQN {self.hostnqn!r} must start with 'nqn.' (e.g. nqn.2014-08.org.nvmexpress:uuid:<uuid>)")
         if not self.subnqn.startswith("nqn."):
             raise UsageError(f"subsystem NQN {self.subnqn!r} must start with 'nqn.'")
+        if self.dhchap_secret:
+            _auth.DhchapKey.parse(self.dhchap_secret)  # a malformed key is a config error now, not at connect
         if not 1 <= self.io_queues <= 64 or not 2 <= self.queue_depth <= 1024 or self.timeout <= 0:
             raise UsageError("io_queues must be 1-64, queue_depth 2-1024, timeout > 0")
 
@@ -124,10 +130,38 @@ class Controller:
         hostid = p.hostid or host_id_for(p.hostnqn)
         sqe, data = w.connect_cmd(q.qid, sqsize, kato_ms, w.ConnectData(hostid, cntlid, p.subnqn, p.hostnqn))
         cqe, _ = await q.submit(sqe, data, "Fabrics Connect")
-        if cqe.status & 0x7FF == w.status.AUTH_REQUIRED or (cqe.status == 0 and cqe.dw0 & AUTHREQ_MASK):
+        needs_auth = cqe.status & 0x7FF == w.status.AUTH_REQUIRED or (cqe.status == 0 and cqe.dw0 & AUTHREQ_ATR)
+        if needs_auth and not p.dhchap_secret:
             raise w.NvmeStatusError(f"connect to {p.where} as {p.hostnqn}: {AUTH_MESSAGE}", w.status.AUTH_REQUIRED | w.DNR)
+        if cqe.status == 0 and cqe.dw0 & AUTHREQ_ASCR:
+            raise w.NvmeStatusError(f"connect to {p.where}: the target requires a TLS secure channel, "
+                                    "which this initiator does not support", w.status.AUTH_REQUIRED | w.DNR)
         w.check_status(cqe.status, f"connect queue {q.qid} to {p.where} as {p.hostnqn}")
+        if needs_auth:
+            await self._authenticate(q)
         return cqe.dw0 & 0xFFFF
+
+    async def _authenticate(self, q: HostQueue) -> None:
+        """DH-HMAC-CHAP on one queue (see `_auth`); any refusal is one clear NvmeStatusError."""
+        p = self.params
+        key = _auth.DhchapKey.parse(p.dhchap_secret or "")
+        t_id, where = q.qid, f"DH-HMAC-CHAP on queue {q.qid} of {p.where} as {p.hostnqn}"
+
+        async def send(msg: bytes, what: str) -> None:
+            sqe, data = w.auth_send(msg)
+            cqe, _ = await q.submit(sqe, data, f"Authentication Send ({what})")
+            w.check_status(cqe.status, f"{where}: sending {what}")
+
+        async def receive(what: str) -> bytes:
+            cqe, data = await q.submit(w.auth_receive(4096), what=f"Authentication Receive ({what})")
+            w.check_status(cqe.status, f"{where}: receiving {what}")
+            return bytes(data)
+
+        await send(_auth.negotiate(t_id), "negotiate")
+        ch = _auth.parse_challenge(await receive("challenge"), t_id, where)
+        await send(_auth.reply(key, ch, t_id, p.hostnqn, p.subnqn), "reply")
+        _auth.check_success1(await receive("success1"), t_id, where)
+        log.info("%s: authenticated (hash %s, NULL DH group)", where, _auth.HASHES[ch.hashid])
 
     async def _connect(self) -> None:
         p = self.params

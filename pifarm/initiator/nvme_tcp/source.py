@@ -9,7 +9,8 @@ cache (this source never verifies, per the Source contract).
 
     kind = "nvme-tcp-userspace"
     address = "aggregator.local:4420"
-    options = { subnqn = "nqn....", hostnqn = "nqn....", hdgst = false, ddgst = false }
+    options = { subnqn = "nqn....", hostnqn = "nqn....", hdgst = false, ddgst = false,
+                dhchap_secret = "DHHC-1:01:...:" }   # only if the target demands DH-HMAC-CHAP
 
 `subnqn` may be omitted: the discovery controller then names the subsystems to look in.
 `hostnqn` defaults to the node's host identity (`[node] host_identity`, else /etc/nvme/hostnqn,
@@ -23,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from pifarm.errors import ConfigError, IntegrityError, NotFound, ProtocolError, SourceError
+from pifarm.errors import ConfigError, IntegrityError, NotFound, ProtocolError, SourceError, UsageError
 from pifarm.registry import nvme_wire as w
 from pifarm.registry.integrity import BlobRef
 from pifarm.registry.manifest import namespace_uuid
@@ -162,14 +163,14 @@ def make_source(spec: Any, ctx: Any) -> NvmeTcpUserspaceSource:
         ident = ensure_identity(getattr(ctx, "host_identity_path", None))
         hostnqn, hostid = ident.hostnqn, uuid.UUID(ident.hostid)
     timeout = float(opts.get("timeout", min(10.0, float(getattr(spec, "deadline", 10.0)))))
-    common = dict(host=host, port=port, hostnqn=hostnqn, hostid=hostid, hdgst=bool(opts.get("hdgst", False)),
+    common = dict(host=host, port=port, hostnqn=hostnqn, hostid=hostid, dhchap_secret=opts.get("dhchap_secret"), hdgst=bool(opts.get("hdgst", False)),
                   ddgst=bool(opts.get("ddgst", False)), timeout=timeout)
     try:
         subnqns = [opts["subnqn"]] if opts.get("subnqn") else discover_subsystems(ConnectParams(**common, kato_ms=0))
         clients = [NvmeTcpClient(ConnectParams(**common, subnqn=s, io_queues=int(opts.get("io_queues", IO_QUEUES)),
                                                queue_depth=int(opts.get("queue_depth", 32))))
                    for s in subnqns]
-    except ValueError as e:
+    except (ValueError, UsageError) as e:
         raise ConfigError(f"[[sources]] nvme-tcp-userspace options: {e}") from e
     if not clients:
         raise SourceError(f"the discovery controller at {host}:{port} lists no subsystem for host {hostnqn}", NAME)

@@ -14,15 +14,15 @@ from pifarm.registry.nvme_wire._pdu import (
     C2HData, CapsuleCmd, CapsuleResp, Fes, Flag, H2CData, ICReq, ICResp, Pdu, PduType, R2T, TermReq,
 )
 from pifarm.registry.nvme_wire._sqe import (
-    DISCOVERY_NQN, DNR, SGL_INCAPSULE, SGL_TRANSPORT, Cns, ConnectData, Cqe, FcType, Feature, Lid, Opcode, Prop,
-    Sgl, Sqe, connect_cmd, connect_fields, get_log_page, identify, keep_alive, log_page_fields, property_get,
+    AUTH_SECP_DHCHAP, DISCOVERY_NQN, DNR, SGL_INCAPSULE, SGL_TRANSPORT, Cns, ConnectData, Cqe, FcType, Feature, Lid, Opcode, Prop,
+    Sgl, Sqe, auth_receive, auth_send, connect_cmd, connect_fields, get_log_page, identify, keep_alive, log_page_fields, property_get,
     property_set, read_cmd, rw_fields, set_features, write_cmd,
 )
 from pifarm.registry.nvme_wire._status import MESSAGES, check_status, status_message
 from pifarm.registry.nvme_wire import _status as status
 
 __all__ = [
-    "ADRFAM_IPV4", "ADRFAM_IPV6", "C2HData", "CapsuleCmd", "CapsuleResp", "Cns", "Codec", "ConnectData", "Cqe",
+    "ADRFAM_IPV4", "ADRFAM_IPV6", "AUTH_SECP_DHCHAP", "auth_receive", "auth_send", "C2HData", "CapsuleCmd", "CapsuleResp", "Cns", "Codec", "ConnectData", "Cqe",
     "DISCOVERY_NQN", "DNR", "DiscoveryEntry", "DiscoveryLog", "FcType", "Feature", "Fes", "Flag", "H2CData",
     "ICReq", "ICResp", "IdentifyController", "IdentifyNamespace", "Lid", "LocalProtocolError", "MESSAGES",
     "NEED_DATA", "NsDescriptors", "NvmeStatusError", "Opcode", "Pdu", "PduType", "Prop", "R2T",

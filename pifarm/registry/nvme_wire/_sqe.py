@@ -263,3 +263,20 @@ def write_cmd(nsid: int, slba: int, nlb: int, lba_size: int) -> Sqe:
 def rw_fields(sqe: Sqe) -> tuple[int, int]:
     """(slba, nlb) of a Read or Write SQE (nlb 1-based)."""
     return sqe.cdw10 | sqe.cdw11 << 32, (sqe.cdw12 & 0xFFFF) + 1
+
+
+# ---- in-band authentication (Fabrics Authentication Send / Receive) ---------------------------
+
+AUTH_SECP_DHCHAP = 0xE9  # security protocol: NVMe DH-HMAC-CHAP
+_AUTH_CDW10 = 0x01 << 8 | 0x01 << 16 | AUTH_SECP_DHCHAP << 24  # byte 40 rsvd, SPSP0=1, SPSP1=1, SECP
+
+
+def auth_send(data: bytes) -> tuple[Sqe, bytes]:
+    """Authentication Send carrying one DH-HMAC-CHAP message in the capsule."""
+    return Sqe(Opcode.FABRICS, nsid=FcType.AUTH_SEND, cdw10=_AUTH_CDW10, cdw11=len(data),
+               sgl=Sgl(0, len(data), SGL_INCAPSULE)), data
+
+
+def auth_receive(length: int = 4096) -> Sqe:
+    """Authentication Receive: the controller's next DH-HMAC-CHAP message (C2H data)."""
+    return Sqe(Opcode.FABRICS, nsid=FcType.AUTH_RECEIVE, cdw10=_AUTH_CDW10, cdw11=length, sgl=Sgl(0, length))

@@ -66,7 +66,7 @@ MESSAGES = {
     CONNECT_RESTART_DISC: "connect: restart discovery",
     CONNECT_INVALID_HOST: "connect: host NQN is not allowed on this subsystem (add it to the subsystem's allowed hosts)",
     0x190: "authentication failed",
-    AUTH_REQUIRED: "authentication required, not supported by this initiator",
+    AUTH_REQUIRED: "authentication required (the host must complete DH-HMAC-CHAP first)",
     0x280: "write fault",
     UNRECOVERED_READ: "unrecovered read error",
     0x282: "end-to-end guard check error",
