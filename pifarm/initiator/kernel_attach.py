@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LIVE, UNREACHABLE, NOTHING_OFFERED, DISABLED = "live", "unreachable", "nothing-offered", "disabled"
 SOURCE = "nvme-kernel"
+DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 _DHCHAP_RE = re.compile(r"^DHHC-1:0[0-3]:[A-Za-z0-9+/]+={0,2}:$")
 
 
@@ -146,7 +147,7 @@ class KernelAttacher:
         argv = [self.s.nvme, "discover", *self._common(), "-o", "json"]
         try:
             rc, out = self._run(argv, self.s.command_timeout)
-        except SourceTimeout as e:
+        except SourceError as e:  # stuck in the kernel, or no nvme-cli: either way nobody answered
             raise DiscoveryUnreachable(f"discovery at {self.s.address}:{self.s.port}: {e}", SOURCE) from e
         if rc != 0:
             raise DiscoveryUnreachable(
@@ -154,7 +155,8 @@ class KernelAttacher:
         return tuple(n for n in parse_discovery(out) if not self.s.subsystems or n in self.s.subsystems)
 
     def controllers(self) -> dict[str, str]:
-        """Our TCP controllers to this address and port: {subsystem NQN: "nvmeN"}, any state."""
+        """Our I/O controllers to this address and port: {subsystem NQN: "nvmeN"}, any state
+        (the short-lived controllers `nvme discover` creates are not ours to count)."""
         found: dict[str, str] = {}
         base = self.sys_root / "class" / "nvme"
         if not base.is_dir():
@@ -168,8 +170,11 @@ class KernelAttacher:
                 nqn = (c / "subsysnqn").read_text().strip()
             except OSError:
                 continue  # a controller being deleted right now
-            if want <= addr:
-                found[nqn] = c.name
+            if not want <= addr or not nqn.startswith("nqn.") or nqn == DISCOVERY_NQN:
+                continue  # another target; a controller still being set up; a discovery one
+            if _attr(c / "cntrltype") == "discovery":  # 5.18+: also unique discovery NQNs
+                continue
+            found[nqn] = c.name
         return found
 
     def controller_state(self, ctrl: str) -> str:
@@ -262,6 +267,13 @@ class KernelAttacher:
         rc, out = self._run([self.s.nvme, "disconnect", "-n", subnqn], self.s.command_timeout)
         if rc != 0:
             raise SourceError(f"nvme disconnect {subnqn}: {' '.join(out.split())[:200]}", SOURCE)
+
+
+def _attr(p: Path) -> str:
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return ""
 
 
 def parse_discovery(text: str) -> list[str]:
