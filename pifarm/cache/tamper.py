@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class _Events(FileSystemEventHandler):
-    def __init__(self, q: "queue.Queue[str]"):
+    def __init__(self, q: "queue.Queue[tuple[str, bool]]"):
         self._q = q
 
     def on_any_event(self, event: FileSystemEvent) -> None:
@@ -35,7 +35,10 @@ class _Events(FileSystemEventHandler):
         # a move *out of* blobs/ (src) is a deletion; a move *into* it (dest) is our own install
         name = os.path.basename(os.fsdecode(event.src_path))
         if HEX_RE.match(name):
-            self._q.put(name)
+            # The cache never opens an installed blob for writing, so a close-after-write is
+            # always foreign: re-hash it even if inode/size/ctime look like ours (ctime ticks
+            # are coarse, so a write right after our own touch can leave them unchanged).
+            self._q.put((name, event.event_type == "closed"))
 
 
 class TamperWatch:
@@ -43,7 +46,7 @@ class TamperWatch:
         self.cache = cache
         self.on_damage = on_damage  # (digest, what happened)
         self.detected: list[tuple[str, str]] = []
-        self._q: "queue.Queue[str]" = queue.Queue()
+        self._q: "queue.Queue[tuple[str, bool]]" = queue.Queue()
         self._observer: Observer | None = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
@@ -57,7 +60,7 @@ class TamperWatch:
 
     def stop(self) -> None:
         self._stop.set()
-        self._q.put("")
+        self._q.put(("", False))
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -66,22 +69,22 @@ class TamperWatch:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            hexd = self._q.get()
+            hexd, written = self._q.get()
             if not hexd:
                 continue
             try:
-                self.check(hexd)
+                self.check(hexd, force=written)
             except Exception:  # one odd file must not end the watch
                 log.exception("tamper check of %s failed", hexd)
 
-    def check(self, hexd: str) -> str | None:
+    def check(self, hexd: str, force: bool = False) -> str | None:
         """Examine one blob now; returns what was wrong (None if it is fine)."""
         path = self.cache.layout.blobs / hexd
         try:
             st = os.stat(path)
         except FileNotFoundError:
             st = None
-        if self.cache.is_own_state(hexd, st):
+        if self.cache.is_own_state(hexd, st) and not (force and st is not None):
             return None
         digest = make_digest(hexd)
         if st is None:

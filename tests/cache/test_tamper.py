@@ -67,3 +67,25 @@ def test_deleted_blob_is_reported_but_own_eviction_is_not(tmp_path):
         assert watch.detected == [(blob(b).digest, "deleted")]
     finally:
         watch.stop()
+
+
+def test_write_right_after_own_touch_is_still_caught(tmp_path):
+    """Regression: ctime ticks are coarse; a foreign write in the same tick as our touch leaves
+    (inode, size, ctime) unchanged, so a close-after-write must always be re-hashed."""
+    cache = Cache(tmp_path / "c")
+    data = os.urandom(50_000)
+    ref = blob(data)
+    cache.install(ref, [MemSource({ref.digest: data})])
+    p = cache.layout.blob(ref.digest)
+    os.chmod(p, 0o644)
+    seen: list[str] = []
+    watch = TamperWatch(cache, lambda digest, what: seen.append(what))
+    watch.start()
+    try:
+        cache.touch(ref.digest)  # records the fingerprint ...
+        with open(p, "r+b") as f:  # ... and this write may land in the same tick
+            f.write(bytes([data[0] ^ 0xFF]))
+        assert wait_for(lambda: bool(seen))
+        assert "modified" in seen[0]
+    finally:
+        watch.stop()
