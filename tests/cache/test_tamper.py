@@ -82,9 +82,10 @@ def test_write_right_after_own_touch_is_still_caught(tmp_path):
     watch = TamperWatch(cache, lambda digest, what: seen.append(what))
     watch.start()
     try:
-        cache.touch(ref.digest)  # records the fingerprint ...
-        with open(p, "r+b") as f:  # ... and this write may land in the same tick
-            f.write(bytes([data[0] ^ 0xFF]))
+        with cache._lock:  # the watch thread waits here, so it sees the state after _remember
+            with open(p, "r+b") as f:
+                f.write(bytes([data[0] ^ 0xFF]))
+            cache._remember(p)  # as if our own touch had landed in the same tick: fingerprint matches
         assert wait_for(lambda: bool(seen))
         assert "modified" in seen[0]
     finally:
