@@ -54,6 +54,8 @@ class Slot:
     error: str | None = None            # why the newest active ref is not the one served
     failed: dict[str, float] = field(default_factory=dict)  # digest -> monotonic time it failed
     ignored: str | None = None          # not a servable model (raw files); left out of /health
+    standby: Active | None = None       # the `prefetched` version, loaded and warm, not yet serving
+    standby_error: str | None = None
 
 
 class _RefEvents(FileSystemEventHandler):
@@ -113,7 +115,7 @@ class ModelManager:
         if self._loader is not None:
             self._loader.shutdown(wait=True, cancel_futures=True)
         with self._lock:
-            pools = [s.active.pool for s in self._slots.values() if s.active]
+            pools = [a.pool for s in self._slots.values() for a in (s.active, s.standby) if a]
         for p in pools:
             p.close(timeout=5)
 
@@ -136,35 +138,52 @@ class ModelManager:
             return sorted(set(found) | set(self._slots))
 
     def reconcile(self) -> None:
-        """Schedule a load for every model whose active ref differs from what is served."""
+        """Schedule a load for every model whose active (or prefetched) ref is not yet loaded."""
         if self._loader is None or self._stop.is_set():
             return
         for name in self.names():
             try:
                 ref = self.layout.read_ref(name, "active")
+                pre = self.layout.read_ref(name, "prefetched")
             except (PifarmError, OSError) as e:
                 with self._lock:
                     self._slots.setdefault(name, Slot(name)).error = str(e)
                 continue
+            jobs: list[tuple[RefValue, bool]] = []
+            retired: Active | None = None
             with self._lock:
                 slot = self._slots.setdefault(name, Slot(name))
                 if ref is None:
                     if slot.active is None:
                         slot.error = f"no active version of {name} in cache {self.layout.root} yet"
-                    continue
-                served = slot.active.version.manifest_digest if slot.active else None
-                if ref.manifest_digest in (served, slot.loading):
-                    continue
-                failed_at = slot.failed.get(ref.manifest_digest)
-                if failed_at is not None and time.monotonic() - failed_at < self.settings.retry_failed_seconds:
-                    continue
-                slot.loading = ref.manifest_digest
+                elif slot.standby is not None and slot.standby.version.manifest_digest == ref.manifest_digest:
+                    retired = self._promote(slot, slot.standby, ref)  # prefetched and warm: swap now
+                elif self._wants(slot, ref):
+                    slot.loading = ref.manifest_digest
+                    jobs.append((ref, False))
+                if pre is not None and ref is not None and pre.manifest_digest != ref.manifest_digest \
+                        and (slot.standby is None or slot.standby.version.manifest_digest != pre.manifest_digest) \
+                        and self._wants(slot, pre):
+                    slot.loading = pre.manifest_digest
+                    jobs.append((pre, True))
             try:
-                self._loader.submit(self._load, name, ref)
+                if retired is not None:
+                    # Its queued requests may take a while to finish: close it on the loader thread.
+                    self._loader.submit(retired.pool.close)
+                for job_ref, standby in jobs:
+                    self._loader.submit(self._load, name, job_ref, standby)
             except RuntimeError:  # shutting down
                 return
 
-    def _load(self, name: str, ref: RefValue) -> None:
+    def _wants(self, slot: Slot, ref: RefValue) -> bool:
+        """Whether `ref` still needs a load (not served, not loading, not refused just now)."""
+        served = slot.active.version.manifest_digest if slot.active else None
+        if ref.manifest_digest in (served, slot.loading):
+            return False
+        failed_at = slot.failed.get(ref.manifest_digest)
+        return failed_at is None or time.monotonic() - failed_at >= self.settings.retry_failed_seconds
+
+    def _load(self, name: str, ref: RefValue, standby: bool = False) -> None:
         t0 = time.perf_counter()
         try:
             verified = load_verified(self.layout, name, ref, self._trusted)
@@ -185,29 +204,56 @@ class ModelManager:
                 slot = self._slots.setdefault(name, Slot(name))
                 slot.loading = None
                 slot.failed[ref.manifest_digest] = time.monotonic()
-                if isinstance(e, NotServable) and name not in self.settings.configured and slot.active is None:
+                if standby:
+                    slot.standby_error = reason
+                elif isinstance(e, NotServable) and name not in self.settings.configured and slot.active is None:
                     # A cache also holds non-model files; unless configured they are not ours to wait for.
                     slot.ignored, slot.error = msg, None
                 else:
                     slot.error = reason
             return
-        with self._lock:
-            slot = self._slots.setdefault(name, Slot(name))
-            old = slot.active
-            slot.active = Active(mv, pool)  # the swap: new requests see the new version from here on
-            slot.loading = None
-            slot.error = None
-            slot.ignored = None
-            slot.failed.pop(ref.manifest_digest, None)
         self.metrics.load_seconds.labels(name).observe(time.perf_counter() - t0)
-        self.metrics.active_version.labels(name).set(mv.version)
         if mv.delegate_warning:
             self.metrics.delegate_fallback.labels(name).inc()
-        log.info("model %s: serving version %d", name, mv.version)
-        if old is not None:
-            old.pool.close()  # queued requests of the old version finish first
+        new = Active(mv, pool)
+        if mv.needs_calibration:
+            # A standby has time to decide before it serves; an active version serves unbatched meanwhile.
+            if standby:
+                self._calibrate(mv, pool)
+        retired: Active | None = None
+        with self._lock:
+            slot = self._slots.setdefault(name, Slot(name))
+            slot.loading = None
+            slot.failed.pop(ref.manifest_digest, None)
+            if standby:
+                try:
+                    now_active = self.layout.read_ref(name, "active")
+                except (PifarmError, OSError):
+                    now_active = None
+                if now_active is not None and now_active.manifest_digest == ref.manifest_digest:
+                    retired = self._promote(slot, new, ref)  # activated while it was loading
+                else:
+                    retired, slot.standby, slot.standby_error = slot.standby, new, None
+                    log.info("model %s: version %d prefetched and warm", name, mv.version)
+            else:
+                retired = self._promote(slot, new, ref)
+        if retired is not None:
+            retired.pool.close()  # queued requests of the old version finish first
         if mv.needs_calibration:
             self._calibrate(mv, pool)
+
+    def _promote(self, slot: Slot, new: Active, ref: RefValue) -> Active | None:
+        """Make `new` the served version (caller holds the lock); returns the one the caller must
+        retire (close its pool) once the lock is released."""
+        old = slot.active
+        slot.active = new  # the swap: new requests see the new version from here on
+        if slot.standby is new:
+            slot.standby = None
+        slot.error = None
+        slot.ignored = None
+        self.metrics.active_version.labels(slot.name).set(new.version.version)
+        log.info("model %s: serving version %d", slot.name, new.version.version)
+        return old
 
     def _calibrate(self, mv: ModelVersion, pool: WorkerPool) -> None:
         """Decide batching for a live version (it serves unbatched meanwhile, which is never slower)."""
@@ -270,7 +316,10 @@ class ModelManager:
             a = slot.active
             entry: dict[str, Any] = {"ready": a is not None, "version": a.version.version if a else None,
                                      "manifest_digest": a.version.manifest_digest if a else None,
-                                     "loading": slot.loading, "error": slot.error}
+                                     "loading": slot.loading, "error": slot.error,
+                                     "prefetched": slot.standby.version.version if slot.standby else None}
+            if slot.standby_error:
+                entry["prefetch_error"] = slot.standby_error
             if a is not None:
                 self.metrics.workers.labels(n).set(a.pool.workers)
                 self.metrics.queue_depth.labels(n).set(a.pool.queue_depth)

@@ -243,3 +243,27 @@ def test_concurrent_requests_through_a_batching_server_each_get_their_own_answer
     for x, y in answers:
         assert y.shape == (x.shape[0], 4)
         assert np.allclose(y, sm.expected("linear", x, 6, **LIN), atol=1e-5)
+
+
+def test_a_prefetched_version_is_loaded_warm_and_swapped_in_without_a_new_load(tmp_path):
+    tc = make_cache(tmp_path / "cache")
+    tc.publish("lin", 1, sm.linear_model(16, 4, 1))
+    app = create_app(InferenceSettings(), tc.root, None)
+    x = np.ones((1, 16), np.float32)
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        wait_for(c, "/health", lambda r: r.status_code == 200)
+        ref = tc.publish("lin", 2, sm.linear_model(16, 4, 2), activate=False)
+        tc.cache.set_ref("lin", "prefetched", ref)  # what the watcher does before a switch
+        h = wait_for(c, "/health", lambda r: r.json()["models"]["lin"]["prefetched"] == 2, what="v2 warm").json()
+        assert h["models"]["lin"]["version"] == 1  # still serving v1
+        assert np.allclose(y_of(c.post("/v2/models/lin/infer", json=infer_body("x", x))),
+                           sm.expected("linear", x, 1, **LIN), atol=1e-5)
+        loads = 'pifarm_inference_model_load_seconds_count{model="lin"} 2.0'
+        assert loads in c.get("/metrics").text
+        tc.cache.activate("lin", ref)
+        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 served")
+        r = c.post("/v2/models/lin/infer", json=infer_body("x", x))
+        assert r.json()["model_version"] == "2"
+        assert np.allclose(y_of(r), sm.expected("linear", x, 2, **LIN), atol=1e-5)
+        assert loads in c.get("/metrics").text, "activating a warm prefetched version loaded it again"
+        assert c.get("/health").json()["models"]["lin"]["prefetched"] is None
