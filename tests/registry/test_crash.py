@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -21,16 +22,23 @@ from pifarm.registry.snapshot import verify_manifest, verify_snapshot
 from pifarm.registry.store import SNAPSHOT_KEY, manifest_key
 
 TRIALS = 50
-FILES = 6
-FILE_SIZE = 1 << 20
+FILES = 4
+FILE_SIZE = 512 << 10
 
-# imports first, then waits for the go line, so the kill lands in the publish itself
-CHILD = """
-import sys
+# A fork server imports pifarm once and forks one `pifarm publish` per request, so a trial costs
+# the publish itself and the kill lands inside it rather than in interpreter start-up.
+FORK_SERVER = r"""
+import os, sys
 from pifarm.appliance.cli import main
 print("ready", flush=True)
-sys.stdin.readline()
-sys.exit(main(sys.argv[1:]))
+for line in sys.stdin:
+    argv = line.rstrip("\n").split("\0")
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        os._exit(main(argv))
+    print("pid", pid, flush=True)
+    print("exit", os.waitpid(pid, 0)[1], flush=True)
 """
 
 
@@ -40,34 +48,29 @@ def _write_version(d: Path, rng: random.Random) -> None:
         (d / f"part{i}.bin").write_bytes(rng.randbytes(FILE_SIZE))
 
 
-def _publish(data_dir: Path, src: Path, kill_after: float | None) -> tuple[bool, float]:
-    """Run one publish; kill it `kill_after` s after go. (finished on its own, seconds to finish)."""
-    argv = [sys.executable, "-c", CHILD, "publish", str(src), "--name", "m", "--channel", "stable",
-            "--data-dir", str(data_dir), "--json"]
-    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert p.stdout.readline().strip() == b"ready"
+class Publisher:
+    def __init__(self):
+        self.p = subprocess.Popen([sys.executable, "-c", FORK_SERVER], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert self.p.stdout.readline().strip() == "ready"
+
+    def publish(self, data_dir: Path, src: Path, kill_after: float | None) -> float:
+        """One publish, SIGKILLed `kill_after` s in unless done by then; returns the seconds it ran."""
+        argv = ["publish", str(src), "--name", "m", "--channel", "stable", "--data-dir", str(data_dir), "--json"]
+        self.p.stdin.write("\0".join(argv) + "\n")
+        self.p.stdin.flush()
+        pid = int(self.p.stdout.readline().split()[1])
         t0 = time.monotonic()
-        p.stdin.write(b"go\n")
-        p.stdin.flush()
-        if kill_after is None:
-            p.wait(timeout=120)
-            assert p.returncode == 0, p.stderr.read()
-            return True, time.monotonic() - t0
-        try:
-            p.wait(timeout=kill_after)
-            return True, time.monotonic() - t0
-        except subprocess.TimeoutExpired:
-            os.kill(p.pid, signal.SIGKILL)
-            p.wait(timeout=30)
-            return False, time.monotonic() - t0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-        p.stdout.close()
-        p.stderr.close()
-        p.stdin.close()
+        ready, _, _ = select.select([self.p.stdout], [], [], 120 if kill_after is None else kill_after)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        status = int(self.p.stdout.readline().split()[1])
+        assert kill_after is not None or status == 0, f"publish failed (wait status {status})"
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait(timeout=30)
 
 
 def _check_consistent(data_dir: Path, src: Path) -> int:
@@ -79,12 +82,16 @@ def _check_consistent(data_dir: Path, src: Path) -> int:
         assert reg.store.get_document(SNAPSHOT_KEY) == reg.snapshot_bytes()[1]
         served = reg.served_versions()
         live_digests: set[str] = set()
-        for s in served:
+        for i, s in enumerate(served):
             m = verify_manifest(json.loads(reg.store.get_document(manifest_key(s.name, s.version))), keys,
                                 expected_digest=s.manifest_digest)
             assert len(m.files) == FILES
             for f in m.files:
-                verify_file(reg.store.local_blob_path(f.digest), f.ref)
+                # the newest version is re-hashed; older ones were on earlier trials (blobs are immutable)
+                if i == len(served) - 1:
+                    verify_file(reg.store.local_blob_path(f.digest), f.ref)
+                else:
+                    assert reg.store.has_blob(f.ref)
                 live_digests.add(f.digest)
         assert sorted(live_digests) == reg.store.list_blobs()
         assert reg.store.list_documents("models/") == sorted(manifest_key(s.name, s.version) for s in served)
@@ -101,16 +108,20 @@ def _check_consistent(data_dir: Path, src: Path) -> int:
 def test_kill_minus_9_during_publish_never_leaves_a_partial_version(tmp_path):
     rng = random.Random(20261127)
     data_dir, src = tmp_path / "agg", tmp_path / "src"
-    _write_version(src, rng)
-    _, full = _publish(data_dir, src, None)  # calibration: how long one complete publish takes
-    count = _check_consistent(data_dir, src)
-    assert count == 1
-    outcomes = {"old": 0, "new": 0}
-    for _ in range(TRIALS):
+    pub = Publisher()
+    try:
         _write_version(src, rng)
-        _publish(data_dir, src, rng.uniform(0, full * 1.3))
-        after = _check_consistent(data_dir, src)
-        assert after in (count, count + 1)
-        outcomes["new" if after == count + 1 else "old"] += 1
-        count = after
+        full = pub.publish(data_dir, src, None)  # calibration: how long one complete publish takes
+        count = _check_consistent(data_dir, src)
+        assert count == 1
+        outcomes = {"old": 0, "new": 0}
+        for _ in range(TRIALS):
+            _write_version(src, rng)
+            pub.publish(data_dir, src, rng.uniform(0, full * 1.2))
+            after = _check_consistent(data_dir, src)
+            assert after in (count, count + 1)
+            outcomes["new" if after == count + 1 else "old"] += 1
+            count = after
+    finally:
+        pub.close()
     assert outcomes["old"] and outcomes["new"], outcomes
