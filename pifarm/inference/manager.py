@@ -50,12 +50,13 @@ class Active:
 class Slot:
     name: str
     active: Active | None = None
-    loading: str | None = None          # manifest digest on the loader thread right now
+    loading: set[str] = field(default_factory=set)  # manifest digests queued on the loader thread
     error: str | None = None            # why the newest active ref is not the one served
     failed: dict[str, float] = field(default_factory=dict)  # digest -> monotonic time it failed
     ignored: str | None = None          # not a servable model (raw files); left out of /health
     standby: Active | None = None       # the `prefetched` version, loaded and warm, not yet serving
     standby_error: str | None = None
+    standby_failed: dict[str, float] = field(default_factory=dict)  # kept apart: never blocks activation
 
 
 class _RefEvents(FileSystemEventHandler):
@@ -159,12 +160,12 @@ class ModelManager:
                 elif slot.standby is not None and slot.standby.version.manifest_digest == ref.manifest_digest:
                     retired = self._promote(slot, slot.standby, ref)  # prefetched and warm: swap now
                 elif self._wants(slot, ref):
-                    slot.loading = ref.manifest_digest
+                    slot.loading.add(ref.manifest_digest)
                     jobs.append((ref, False))
                 if pre is not None and ref is not None and pre.manifest_digest != ref.manifest_digest \
                         and (slot.standby is None or slot.standby.version.manifest_digest != pre.manifest_digest) \
-                        and self._wants(slot, pre):
-                    slot.loading = pre.manifest_digest
+                        and self._wants(slot, pre, slot.standby_failed):
+                    slot.loading.add(pre.manifest_digest)
                     jobs.append((pre, True))
             try:
                 if retired is not None:
@@ -175,12 +176,12 @@ class ModelManager:
             except RuntimeError:  # shutting down
                 return
 
-    def _wants(self, slot: Slot, ref: RefValue) -> bool:
+    def _wants(self, slot: Slot, ref: RefValue, failed: dict[str, float] | None = None) -> bool:
         """Whether `ref` still needs a load (not served, not loading, not refused just now)."""
         served = slot.active.version.manifest_digest if slot.active else None
-        if ref.manifest_digest in (served, slot.loading):
+        if ref.manifest_digest == served or ref.manifest_digest in slot.loading:
             return False
-        failed_at = slot.failed.get(ref.manifest_digest)
+        failed_at = (slot.failed if failed is None else failed).get(ref.manifest_digest)
         return failed_at is None or time.monotonic() - failed_at >= self.settings.retry_failed_seconds
 
     def _load(self, name: str, ref: RefValue, standby: bool = False) -> None:
@@ -195,35 +196,48 @@ class ModelManager:
             pool = WorkerPool(f"{name}-v{mv.version}", mv.new_session, first, ms, policy,
                               on_batch=self.metrics.batch_size.labels(name).observe,
                               on_queue=self.metrics.queue_depth.labels(name).set)
-        except Exception as e:  # anything the runtime throws must not take the server down
-            msg = str(e) if isinstance(e, PifarmError) else f"{type(e).__name__}: {e}"
-            reason = f"version {ref.version} ({ref.manifest_digest[:19]}…) refused: {msg}"
-            log.warning("model %s: %s", name, reason)
-            self.metrics.load_failures.labels(name).inc()
-            with self._lock:
-                slot = self._slots.setdefault(name, Slot(name))
-                slot.loading = None
-                slot.failed[ref.manifest_digest] = time.monotonic()
-                if standby:
-                    slot.standby_error = reason
-                elif isinstance(e, NotServable) and name not in self.settings.configured and slot.active is None:
-                    # A cache also holds non-model files; unless configured they are not ours to wait for.
-                    slot.ignored, slot.error = msg, None
-                else:
-                    slot.error = reason
+        except NotFound as e:
+            if standby:
+                # `prefetched` is set while the blobs are still arriving: try again on a later
+                # rescan, and record nothing (this is not a failure).
+                with self._lock:
+                    self._slots.setdefault(name, Slot(name)).loading.discard(ref.manifest_digest)
+                self.reconcile()  # it may have become active meanwhile; that event was skipped
+                return
+            self._refused(name, ref, standby, e)
             return
+        except Exception as e:  # anything the runtime throws must not take the server down
+            self._refused(name, ref, standby, e)
+            return
+        self._loaded(name, ref, standby, mv, pool, t0)
+
+    def _refused(self, name: str, ref: RefValue, standby: bool, e: Exception) -> None:
+        msg = str(e) if isinstance(e, PifarmError) else f"{type(e).__name__}: {e}"
+        reason = f"version {ref.version} ({ref.manifest_digest[:19]}…) refused: {msg}"
+        log.warning("model %s: %s", name, reason)
+        self.metrics.load_failures.labels(name).inc()
+        with self._lock:
+            slot = self._slots.setdefault(name, Slot(name))
+            slot.loading.discard(ref.manifest_digest)
+            (slot.standby_failed if standby else slot.failed)[ref.manifest_digest] = time.monotonic()
+            if standby:
+                slot.standby_error = reason
+            elif isinstance(e, NotServable) and name not in self.settings.configured and slot.active is None:
+                # A cache also holds non-model files; unless configured they are not ours to wait for.
+                slot.ignored, slot.error = msg, None
+            else:
+                slot.error = reason
+
+    def _loaded(self, name: str, ref: RefValue, standby: bool, mv: ModelVersion, pool: WorkerPool,
+                t0: float) -> None:
         self.metrics.load_seconds.labels(name).observe(time.perf_counter() - t0)
         if mv.delegate_warning:
             self.metrics.delegate_fallback.labels(name).inc()
         new = Active(mv, pool)
-        if mv.needs_calibration:
-            # A standby has time to decide before it serves; an active version serves unbatched meanwhile.
-            if standby:
-                self._calibrate(mv, pool)
         retired: Active | None = None
         with self._lock:
             slot = self._slots.setdefault(name, Slot(name))
-            slot.loading = None
+            slot.loading.discard(ref.manifest_digest)
             slot.failed.pop(ref.manifest_digest, None)
             if standby:
                 try:
@@ -240,6 +254,8 @@ class ModelManager:
         if retired is not None:
             retired.pool.close()  # queued requests of the old version finish first
         if mv.needs_calibration:
+            # After the swap (or while standing by): a version that must serve now serves unbatched
+            # meanwhile, which is never slower; a standby promoted meanwhile picks the result up too.
             self._calibrate(mv, pool)
 
     def _promote(self, slot: Slot, new: Active, ref: RefValue) -> Active | None:
@@ -316,7 +332,7 @@ class ModelManager:
             a = slot.active
             entry: dict[str, Any] = {"ready": a is not None, "version": a.version.version if a else None,
                                      "manifest_digest": a.version.manifest_digest if a else None,
-                                     "loading": slot.loading, "error": slot.error,
+                                     "loading": sorted(slot.loading), "error": slot.error,
                                      "prefetched": slot.standby.version.version if slot.standby else None}
             if slot.standby_error:
                 entry["prefetch_error"] = slot.standby_error

@@ -267,3 +267,21 @@ def test_a_prefetched_version_is_loaded_warm_and_swapped_in_without_a_new_load(t
         assert np.allclose(y_of(r), sm.expected("linear", x, 2, **LIN), atol=1e-5)
         assert loads in c.get("/metrics").text, "activating a warm prefetched version loaded it again"
         assert c.get("/health").json()["models"]["lin"]["prefetched"] is None
+
+
+def test_prefetched_before_its_blob_arrives_is_not_a_failure_and_activation_is_not_delayed(tmp_path):
+    tc = make_cache(tmp_path / "cache")
+    tc.publish("lin", 1, sm.linear_model(16, 4, 1))
+    app = create_app(InferenceSettings(state_poll_seconds=0.1), tc.root, None)
+    with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        wait_for(c, "/health", lambda r: r.status_code == 200)
+        v2 = sm.linear_model(16, 4, 2)
+        ref = tc.publish("lin", 2, v2, activate=False)
+        tc.blob_path(v2).unlink()  # the watcher names `prefetched` while the blob is still arriving
+        tc.cache.set_ref("lin", "prefetched", ref)
+        time.sleep(0.5)  # several rescans try it
+        h = c.get("/health").json()["models"]["lin"]
+        assert h["version"] == 1 and h["prefetched"] is None and "prefetch_error" not in h and h["error"] is None
+        assert 'pifarm_inference_model_load_failures_total{model="lin"}' not in c.get("/metrics").text
+        tc.publish("lin", 2, v2)  # blob lands, version activated
+        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 served")
