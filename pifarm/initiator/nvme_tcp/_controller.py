@@ -264,7 +264,7 @@ class Controller:
         for _ in range(3):  # the generation counter must not move between header and entries
             _, head = await self._admin(w.get_log_page(w.Lid.DISCOVERY, 1024), "Get Log Page (discovery)")
             first = w.DiscoveryLog.unpack(bytes(head))
-            n = min(first.numrec, 1024)
+            n = min(first.numrec, 1023)  # header + entries stay within one 1 MiB transfer
             if n == 0:
                 return first
             _, full = await self._admin(w.get_log_page(w.Lid.DISCOVERY, 1024 * (n + 1)), "Get Log Page (discovery)")
