@@ -209,7 +209,7 @@ def _node_sections() -> dict[str, type]:
 
     @dataclass(frozen=True)
     class S3Config(S3Settings):
-        part_size: ByteSize = ByteSize(8 * 2**20)
+        part_size: ByteSize = ByteSize(16 * 2**20)
 
     return {"node": NodeSettings, "cache": CacheConfig, "s3": S3Config, "watcher": WatcherSettings,
             "inference": InferenceSettings}
