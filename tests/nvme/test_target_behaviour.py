@@ -123,3 +123,25 @@ def test_public_api_is_pinned():
             "TermReq", "LocalProtocolError", "RemoteProtocolError", "NvmeStatusError"} <= set(w.__all__)
     for mod in (ini, tgt, w):
         assert all(hasattr(mod, n) for n in mod.__all__)
+
+
+def test_io_queues_outlive_idle_periods_but_not_their_controller(volume, monkeypatch):
+    import uuid
+
+    from pifarm.target.userspace import _server
+
+    monkeypatch.setattr(_server, "IO_QUEUE_CHECK", 0.05)
+    cfg = dataclasses.replace(target_config(volume), idle_timeout=0.1)
+    with ThreadedTarget(cfg) as t:
+        admin = RawHost(t.port)
+        admin.admin_connect(kato_ms=10000)  # the admin queue is kept by keep-alive, not idle_timeout
+        [cntlid] = t.target.controllers.ctrls
+        io = RawHost(t.port)
+        sqe, data = w.connect_cmd(1, 31, 0, w.ConnectData(uuid.uuid4(), cntlid, SUBNQN, HOSTNQN))
+        assert io.command(sqe, data)[0].status == 0
+        asyncio.run(asyncio.sleep(0.5))  # idle far longer than idle_timeout: the I/O queue stays
+        cqe, [c2h] = io.command(w.read_cmd(1, 0, 1, 4096))
+        assert cqe.status == 0 and bytes(c2h.data) == volume.path.read_bytes()[:4096]
+        admin.sock.close()  # controller gone: its I/O queue follows
+        io.sock.settimeout(10)
+        assert io.sock.recv(1) == b""

@@ -106,6 +106,10 @@ class QueueSession:
             return self.ctrl.kato_ms / 1000 + self.shared.config.kato_grace
         return None
 
+    def orphaned(self) -> bool:
+        """An I/O queue whose controller is gone (its admin queue closed or timed out)."""
+        return self.ctrl is None or self.shared.ctrls.get(self.ctrl.cntlid) is not self.ctrl
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)

@@ -16,6 +16,7 @@ from pifarm.target.userspace._exports import TargetConfig
 
 log = logging.getLogger(__name__)
 IC_TIMEOUT = 10.0  # a connection that sends no ICReq this long is dropped
+IO_QUEUE_CHECK = 5.0  # how often an idle I/O queue checks that its controller still exists
 READ_SIZE = 1 << 18
 
 
@@ -90,12 +91,20 @@ class UserspaceTarget:
         session = QueueSession(self.controllers, writer.get_extra_info("sockname")[:2])
         try:
             while True:
-                timeout = IC_TIMEOUT if codec.state is w.State.IDLE else (session.kato or self.config.idle_timeout)
+                io_queue = bool(session.qid)
+                if codec.state is w.State.IDLE:
+                    timeout = IC_TIMEOUT
+                elif io_queue:  # I/O queues may idle for hours; they live as long as their controller
+                    timeout = IO_QUEUE_CHECK
+                else:
+                    timeout = session.kato or self.config.idle_timeout
                 try:
                     data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
                 except asyncio.TimeoutError:
-                    log.warning("queue %s from %s: no traffic for %.0f s (keep-alive expired), closing",
-                                session.qid, peer, timeout)
+                    if io_queue and not session.orphaned():
+                        continue
+                    log.warning("queue %s from %s: no traffic for %.0f s (keep-alive expired or controller gone), "
+                                "closing", session.qid, peer, timeout)
                     return
                 if not data:
                     return
