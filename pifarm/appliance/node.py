@@ -113,6 +113,7 @@ class NodeDaemon:
         self.watcher: Watcher | None = None
         self.tamper: TamperWatch | None = None
         self.sources: list = []
+        self._metrics_server: Any = None  # (httpd, thread) of [node] metrics_listen
 
     def start(self) -> None:
         c = self.cfg
@@ -144,7 +145,7 @@ class NodeDaemon:
             from prometheus_client import start_http_server
 
             host, port = parse_listen(c.node.metrics_listen)
-            start_http_server(port, addr=host, registry=self.metrics.registry)
+            self._metrics_server = start_http_server(port, addr=host, registry=self.metrics.registry)
         self._spawn("watcher", self.watcher.run, self.stop_event)
         if c.cache.tamper_watch:
             self.tamper = TamperWatch(self.cache, on_damage=self._refetch)
@@ -187,6 +188,10 @@ class NodeDaemon:
         if self.watcher is not None:
             self.watcher.close()
         close_all(self.sources)
+        if self._metrics_server is not None:
+            httpd, _thread = self._metrics_server
+            httpd.shutdown()
+            httpd.server_close()
 
 
 def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event) -> None:

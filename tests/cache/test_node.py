@@ -120,3 +120,43 @@ def test_daemon_refetches_a_damaged_active_blob(tmp_path, catcher):
     finally:
         daemon.stop()
         srv.stop()
+
+
+def test_daemon_metrics_show_source_and_degraded(tmp_path):
+    import httpx
+
+    from tests.support.aggregator import free_port
+
+    key = SigningKey.generate()
+    pub = tmp_path / "signing.pub"
+    pub.write_bytes(public_pem(key.public))
+    m = manifest_doc(key, "met", 1, {"f": b"m" * 1000})
+    srv = DocServer()
+    srv.manifests[("met", 1)] = m
+    srv.blobs[digest_bytes(b"m" * 1000)] = b"m" * 1000
+    srv.snapshot = snapshot_doc(key, 1, {"met": {"stable": m}})
+    port = free_port()
+    cfg = NodeConfig(
+        node=NodeSettings(aggregator=srv.url, trusted_keys=[str(pub)], state_dir=str(tmp_path / "state"),
+                          metrics_listen=f"127.0.0.1:{port}"),
+        cache=CacheSettings(root=str(tmp_path / "cache"), scrub_interval=0),
+        watcher=WatcherSettings(poll_wait=1, backoff_base=0.05, backoff_max=0.3),
+    )
+    daemon = NodeDaemon(cfg)
+    daemon.start()
+    try:
+        def scrape() -> str:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+        end = time.monotonic() + 20
+        while 'pifarm_cache_blobs_installed_total{source="http"} 1.0' not in scrape() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert 'pifarm_cache_blobs_installed_total{source="http"} 1.0' in scrape()
+        assert "pifarm_node_degraded 0.0" in scrape()
+        srv.stop()
+        end = time.monotonic() + 10
+        while "pifarm_node_degraded 1.0" not in scrape() and time.monotonic() < end:
+            time.sleep(0.1)
+        assert "pifarm_node_degraded 1.0" in scrape()
+    finally:
+        daemon.stop()
