@@ -17,7 +17,7 @@ class S3Settings:
     endpoint_url: str = ""  # e.g. http://127.0.0.1:8333 for SeaweedFS; "" = AWS
     region: str = "us-east-1"
     part_size: int = 16 * 2**20  # ranged GET size (botocore costs CPU per request: not too small)
-    concurrency: int = 4  # ranged GETs in flight per blob
+    concurrency: int = 2  # ranged GETs in flight per blob (more threads cost a small CPU more than they gain)
     connect_timeout: float = 2.0
     read_timeout: float = 20.0
 
