@@ -174,6 +174,9 @@ class KernelAttacher:
                 continue  # another target; a controller still being set up; a discovery one
             if _attr(c / "cntrltype") == "discovery":  # 5.18+: also unique discovery NQNs
                 continue
+            host = _attr(c / "hostnqn")
+            if host and host != self.identity.hostnqn:
+                continue  # another identity's controller (nvme-cli calls it "already connected")
             found[nqn] = c.name
         return found
 
