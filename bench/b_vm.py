@@ -89,7 +89,7 @@ def guest(size: int, rounds: int) -> dict:
         extents = [(d, r.extent(d)) for _p, d, _o, _s in r.entries]
     first = min(o for _d, (o, _s) in extents)
     last = max(o + n for _d, (o, n) in extents)
-    span = last - first
+    span = (last - first + 4095) // 4096 * 4096  # O_DIRECT: whole blocks (the volume is block padded)
     blobs = [BlobRef(digest_bytes(b), len(b)) for b in vol.files.values()]
     src = BlockDeviceSource(trusted(key), lambda: [(dev, found)], self_check=False)
     src.refresh()

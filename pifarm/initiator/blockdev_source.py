@@ -112,22 +112,53 @@ class DirectFile:
             pos += len(piece)
         return bytes(out)
 
-    def _bounded(self, n: int, offset: int) -> int:
+    def stream(self, offset: int, length: int) -> Iterator[bytes]:
+        """[offset, offset+length) in pieces of up to 1 MiB, the next read already in flight while
+        the caller hashes and writes the current piece (I/O overlaps verification)."""
+        end = offset + length
+        bufs = (mmap.mmap(-1, CHUNK + BLOCK), mmap.mmap(-1, CHUNK + BLOCK))  # per stream: a stuck
+        pos, i = offset, 0  # read of an abandoned stream cannot scribble on anyone else's buffer
+
+        def submit(p: int, buf: mmap.mmap) -> tuple[int, concurrent.futures.Future]:
+            a0 = p // BLOCK * BLOCK
+            return a0, self._submit(buf, min(align(end) - a0, CHUNK), a0)
+
+        pending = submit(pos, bufs[0]) if pos < end else None
+        while pending is not None:
+            a0, fut = pending
+            got = self._wait(fut, a0)
+            piece = bytes(bufs[i][pos - a0:min(got, end - a0)])
+            if not piece:
+                return
+            pos += len(piece)
+            i ^= 1
+            pending = submit(pos, bufs[i]) if pos < end else None
+            yield piece
+
+    def _submit(self, buf: mmap.mmap, n: int, offset: int) -> concurrent.futures.Future:
         if self._stalled is not None:
             if not self._stalled.done():
                 raise SourceError(f"{self.path}: an earlier read is still stuck in the kernel (path lost?)", NAME)
             self._stalled = None
-        fut = self._pool.submit(self._pread, self._buf, n, offset)
+        return self._pool.submit(self._pread, buf, n, offset)
+
+    def _wait(self, fut: concurrent.futures.Future, offset: int) -> int:
         try:
             return fut.result(timeout=self.read_timeout)
         except concurrent.futures.TimeoutError:
             self._stalled = fut
-            # the stuck read still owns the buffer: give the next reads a fresh one
-            self._buf = mmap.mmap(-1, CHUNK + BLOCK)
             raise SourceTimeout(f"{self.path}: read at {offset} took longer than {self.read_timeout:g}s "
                                 "(NVMe path lost? the kernel is reconnecting)", NAME) from None
         except OSError as e:
             raise SourceError(f"{self.path}: read at {offset} failed: {e.strerror}", NAME) from e
+
+    def _bounded(self, n: int, offset: int) -> int:
+        fut = self._submit(self._buf, n, offset)
+        try:
+            return self._wait(fut, offset)
+        except SourceTimeout:
+            self._buf = mmap.mmap(-1, CHUNK + BLOCK)  # the stuck read still owns the old buffer
+            raise
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -296,19 +327,17 @@ class BlockDeviceSource:
             raise SourceError(f"blob {ref.digest}: volume {vol.path} says {size} bytes, manifest {ref.size}", NAME)
         check = StreamVerifier(ref, f"{NAME}:{vol.path}") if self.self_check and start == 0 else None
         pos = start
-        while pos < size:
-            n = min(CHUNK, size - pos)
-            try:
-                data = vol.file.read_at(off + pos, n)
-            except SourceError:
-                self._forget_if_gone(vol)
-                raise
-            if len(data) != n:
-                raise SourceError(f"{vol.path}: short read at {off + pos} ({len(data)} of {n} bytes)", NAME)
-            if check is not None:
-                check.update(data)
-            pos += n
-            yield data
+        try:
+            for data in vol.file.stream(off + start, size - start):
+                if check is not None:
+                    check.update(data)
+                pos += len(data)
+                yield data
+        except SourceError:
+            self._forget_if_gone(vol)
+            raise
+        if pos != size:
+            raise SourceError(f"{vol.path}: short read at {off + pos} ({pos - start} of {size - start} bytes)", NAME)
         if check is not None:
             try:
                 check.finish()
