@@ -9,6 +9,10 @@ STAMP  := $(VENV)/.installed
 .PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv clean
 
 $(STAMP): pyproject.toml
+	@# Debian's python3 ships venv/ensurepip separately: install them when root and missing
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip; } || \
+	  { echo "python3 venv support missing: apt-get install python3-venv" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip
 	$(PIP) install -q -e '.[test]'
@@ -19,6 +23,7 @@ venv: $(STAMP)
 # qemu, kmod, cpio ... for the vm tier (needs root for apt-get; prints what is missing otherwise)
 system-deps:
 	bash tests/vm/install-host-deps.sh
+	bash tests/appliance/install-deps.sh
 
 # tflite-runtime needs numpy<2, so it gets a small venv of its own for its runtime tests
 tflite-runtime-venv:
