@@ -110,12 +110,13 @@ def _enroll_router(d: Path, ctx: AggregatorContext):
 def _include(app, router, what: str) -> None:
     """Mount an extension's router. A router whose schema cannot be generated must not turn
     /openapi.json into a 500: it is then mounted outside the schema (its routes still work)."""
+    before = len(app.router.routes)
     app.include_router(router)
     app.openapi_schema = None
     try:
         app.openapi()
     except Exception as e:
-        app.router.routes.pop()
+        del app.router.routes[before:]
         app.include_router(router, include_in_schema=False)
         log.warning("%s left out of /openapi.json: its schema cannot be generated (%s)", what,
                     str(e).splitlines()[0][:160])

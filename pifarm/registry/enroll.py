@@ -427,8 +427,8 @@ def enroll_router(data_dir: str | os.PathLike, *, cert_days: int = CLIENT_DAYS,
     def _unavailable() -> HTTPException:
         return HTTPException(503, "enrollment is not set up on this aggregator; run `pifarm setup aggregator`")
 
-    @router.get("/v1/enroll/ca")
-    def enroll_ca() -> Response:
+    @router.get("/v1/enroll/ca", response_class=Response)
+    def enroll_ca():
         if not (enr.pki / BUNDLE).is_file():
             raise _unavailable()
         return Response(enr.bundle_pem(), media_type="application/x-pem-file")
