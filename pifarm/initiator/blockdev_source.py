@@ -213,7 +213,8 @@ class BlockDeviceSource:
 
     def __init__(self, trusted: TrustedKeys, candidates: Candidates, *, attacher: KernelAttacher | None = None,
                  index: NamespaceIndex | None = None, status_path: Path | None = None, read_timeout: float = 10.0,
-                 direct: bool = True, self_check: bool = True, rediscover_interval: float = 30.0):
+                 direct: bool = True, self_check: bool = True, rediscover_interval: float = 30.0,
+                 namespace_wait: float = 5.0):
         self.trusted = trusted
         self._candidates = candidates
         self.attacher = attacher
@@ -223,6 +224,7 @@ class BlockDeviceSource:
         self.direct = direct
         self.self_check = self_check
         self.rediscover_interval = rediscover_interval
+        self.namespace_wait = namespace_wait
         self._lock = threading.RLock()
         self._open: dict[str, OpenVolume] = {}
         self._blobs: dict[str, OpenVolume] = {}
@@ -312,10 +314,20 @@ class BlockDeviceSource:
             if vol is None:
                 self.refresh()
                 vol = self._blobs.get(ref.digest)
-            if vol is None:
-                raise SourceError(f"no attached NVMe volume holds blob {ref.digest} (nvme path {self.path_state}; "
-                                  f"{len(self._open)} volume(s) attached)", NAME)
-            return vol
+        # The metadata long-poll can announce a version a moment before the target's namespace
+        # event reaches us: while the path is live, give the namespace a short while to appear.
+        end = time.monotonic() + (self.namespace_wait if self.attacher is not None and self.path_state == LIVE else 0)
+        while vol is None and time.monotonic() < end and not self._stop.is_set():
+            self._stop.wait(0.1)
+            with self._lock:
+                vol = self._blobs.get(ref.digest)
+                if vol is None and (self.index is None or self.index._thread is None):
+                    self.refresh()  # no uevents to trigger it
+                    vol = self._blobs.get(ref.digest)
+        if vol is None:
+            raise SourceError(f"no attached NVMe volume holds blob {ref.digest} (nvme path {self.path_state}; "
+                              f"{len(self._open)} volume(s) attached)", NAME)
+        return vol
 
     # ------------------------------------------------------------------ Source
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
@@ -445,18 +457,20 @@ def make_source(spec, ctx) -> BlockDeviceSource:
     """Factory for `[[sources]] kind = "nvme-kernel"` (see pifarm.initiator.chain).
 
     options: subsystems, ctrl_loss_tmo, reconnect_delay, fast_io_fail_tmo, dhchap_secret[_file],
-    dhchap_ctrl_secret[_file], command_timeout, read_timeout, rediscover_interval, nvme (binary),
+    dhchap_ctrl_secret[_file], command_timeout, read_timeout, rediscover_interval, namespace_wait, nvme (binary),
     volumes (paths of volume files/devices to serve without attaching), sys_root, dev_root.
     """
     o = dict(spec.options or {})
     known = {"subsystems", "ctrl_loss_tmo", "reconnect_delay", "fast_io_fail_tmo", "dhchap_secret",
              "dhchap_secret_file", "dhchap_ctrl_secret", "dhchap_ctrl_secret_file", "command_timeout",
-             "read_timeout", "rediscover_interval", "nvme", "volumes", "sys_root", "dev_root", "direct_io"}
+             "read_timeout", "rediscover_interval", "nvme", "volumes", "sys_root", "dev_root", "direct_io",
+             "namespace_wait"}
     bad = set(o) - known
     if bad:
         raise ConfigError(f"[[sources]] nvme-kernel: unknown option {sorted(bad)[0]}; known: {', '.join(sorted(known))}")
     status = Path(ctx.state_dir) / STATUS_FILE if getattr(ctx, "state_dir", None) else None
     common = dict(status_path=status, read_timeout=float(o.get("read_timeout", 10.0)),
+                  namespace_wait=float(o.get("namespace_wait", 5.0)),
                   direct=bool(o.get("direct_io", True)), rediscover_interval=float(o.get("rediscover_interval", 30.0)))
     volumes = [str(p) for p in o.get("volumes") or []]
     if volumes and not spec.address:
