@@ -204,6 +204,26 @@ def open_volume(path: str | os.PathLike, trusted: TrustedKeys, namespace: Namesp
 
 
 Candidates = Callable[[], Iterable[tuple[str, Namespace | None]]]
+PATH_STATES = ("live", "unreachable", "nothing-offered", "disabled")
+
+
+class NvmeMetrics:
+    """The NVMe path on the node's /metrics: `pifarm_nvme_path{state}` (1 for the current
+    state), volumes served, corrupt blobs seen (served by the next source instead)."""
+
+    def __init__(self, registry):
+        from prometheus_client import Gauge
+
+        self.path = Gauge("pifarm_nvme_path", "NVMe path state of the nvme-kernel source (1 = current)",
+                          ["state"], registry=registry)
+        self.volumes = Gauge("pifarm_nvme_volumes", "Model volumes served from NVMe block devices", registry=registry)
+        self.corrupt = Gauge("pifarm_nvme_corrupt_blobs", "Blobs an NVMe volume delivered corrupt", registry=registry)
+
+    def update(self, state: str, volumes: int, corrupt: int) -> None:
+        for s in PATH_STATES:
+            self.path.labels(s).set(1 if s == state else 0)
+        self.volumes.set(volumes)
+        self.corrupt.set(corrupt)
 
 
 class BlockDeviceSource:
@@ -233,6 +253,7 @@ class BlockDeviceSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.served = 0  # blobs streamed completely (tests, bench)
+        self.metrics: NvmeMetrics | None = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -257,6 +278,8 @@ class BlockDeviceSource:
             }
 
     def _write_status(self) -> None:
+        if self.metrics is not None:
+            self.metrics.update(self.path_state, len(self._open), len(self.corrupt))
         if self.status_path is None:
             return
         try:
@@ -505,5 +528,11 @@ def make_source(spec, ctx) -> BlockDeviceSource:
         return [(str(ns.dev), ns) for ns in index.namespaces() if ns.subsysnqn in subs and ns.dev.exists()]
 
     src = BlockDeviceSource(ctx.trusted, candidates, attacher=attacher, index=index, **common)
+    registry = getattr(getattr(ctx, "metrics", None), "registry", None)
+    if registry is not None:
+        try:
+            src.metrics = NvmeMetrics(registry)
+        except ValueError:  # a second nvme-kernel source in one registry: the first one reports
+            pass
     src.start()
     return src

@@ -166,3 +166,21 @@ def test_the_chain_loads_this_factory_by_its_dotted_path():
     from pifarm.initiator.chain import load_factory
 
     assert load_factory("nvme-kernel") is make_source
+
+
+def test_path_state_volumes_and_corrupt_blobs_are_metrics(tmp_path, vol, key):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from pifarm.initiator.blockdev_source import NvmeMetrics
+
+    reg = CollectorRegistry()
+    src = files_source([vol.path], key)
+    src.metrics = NvmeMetrics(reg)
+    data = vol.files["part2.bin"]
+    ref = BlobRef(digest_bytes(data), len(data))
+    off, _ = src._find(ref).reader.extent(ref.digest)
+    flip_byte(vol.path, off)
+    list(src.chunks(ref))
+    text = generate_latest(reg).decode()
+    assert 'pifarm_nvme_path{state="live"} 1.0' in text and 'pifarm_nvme_path{state="unreachable"} 0.0' in text
+    assert "pifarm_nvme_volumes 1.0" in text and "pifarm_nvme_corrupt_blobs 1.0" in text
