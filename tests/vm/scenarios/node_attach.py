@@ -28,7 +28,7 @@ from pifarm.initiator.chain import Deadlined  # noqa: E402
 from pifarm.initiator.http_source import HttpSource  # noqa: E402
 from pifarm.initiator.identity import ensure_identity  # noqa: E402
 from pifarm.initiator.settings import SourceContext, SourceSpec  # noqa: E402
-from pifarm.registry.integrity import BlobRef, digest_bytes, digest_hex  # noqa: E402
+from pifarm.registry.integrity import BlobRef, digest_bytes  # noqa: E402
 from pifarm.registry.manifest import namespace_nguid, namespace_uuid  # noqa: E402
 from pifarm.registry.signing import SigningKey  # noqa: E402
 from tests.initiator_kernel.helpers import build_volume, flip_byte, model_files, trusted  # noqa: E402
@@ -157,7 +157,6 @@ def main() -> None:
 
     # -- a new version published while connected; one of its blobs altered on the target
     victim = v2.files["part1.bin"]
-    off, _ = src._open[str(ns1.dev)].reader.extent(digest_bytes(v1.files["part0.bin"]))  # sanity: reader works
     flip_byte(v2.path, _blob_offset(v2.path, digest_bytes(victim)) + 4242)
     export(2, v2.path, v2.digest)
     ns2 = src.index.wait_for(v2.digest, WAIT)
@@ -209,5 +208,4 @@ def _blob_offset(path: Path, digest: str) -> int:
 
 
 if __name__ == "__main__":
-    digest_hex  # imported for readers who print digests while debugging
     main()
