@@ -425,7 +425,7 @@ def enroll_router(data_dir: str | os.PathLike, *, cert_days: int = CLIENT_DAYS,
     router = APIRouter(tags=["enroll"])
 
     def _unavailable() -> HTTPException:
-        return HTTPException(503, "enrollment is not set up on this aggregator; run `pifarm setup aggregator`")
+        return HTTPException(404, "enrollment is not set up on this aggregator; run `pifarm setup aggregator`")
 
     @router.get("/v1/enroll/ca", response_class=Response)
     def enroll_ca():
