@@ -115,6 +115,12 @@ class Watcher:
                     entry["source"] = "cache"
                 entry.update(version=active.version, manifest_digest=active.manifest_digest,
                              previous=prev.version if prev else None)
+            for src in self.sources:
+                # NVMe sources know their path (live / unreachable / nothing-offered) themselves
+                inner = getattr(src, "inner", src)
+                path = getattr(inner, "path_state", None)
+                if isinstance(path, str):
+                    self.state.paths[inner.name] = path
             write_state(self.state_dir, self.state)
         self.metrics.degraded.set(1 if self.state.degraded else 0)
         self.metrics.revision.set(self.revision)

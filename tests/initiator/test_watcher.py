@@ -231,3 +231,29 @@ def test_highest_revision_survives_a_restart_and_bad_manifest_path_is_refused(tm
         assert not (cache.root / "manifests" / "m" / "2.json").exists()
     finally:
         srv.stop()
+
+
+def test_state_file_names_the_nvme_path_state_and_the_source_that_served(tmp_path):
+    """An NVMe source that offers nothing is reported as "nothing-offered" (not unreachable) in
+    node.json, and the model is recorded as served by the next source in the chain."""
+    from pifarm.initiator.nvme_tcp.source import NvmeTcpUserspaceSource
+    from pifarm.registry.integrity import digest_bytes
+
+    key = SigningKey.generate()
+    srv = DocServer()
+    nvme = NvmeTcpUserspaceSource(clients=[])
+    try:
+        m = manifest_doc(key, "a", 1, {"f": b"n" * 64})
+        srv.manifests[("a", 1)] = m
+        srv.blobs[digest_bytes(b"n" * 64)] = b"n" * 64
+        srv.snapshot = snapshot_doc(key, 1, {"a": {"stable": m}})
+        cache = Cache(tmp_path / "c")
+        w = Watcher(cache=cache, sources=[nvme, HttpSource(srv.url)], trusted=TrustedKeys([key.public]),
+                    state_dir=tmp_path / "s", aggregator=AggregatorClient(srv.url), settings=FAST)
+        w.cycle()
+        state = read_state(tmp_path / "s")
+        assert state.paths["nvme-tcp-userspace"] == "nothing-offered"
+        assert state.models["a"]["source"] == "http"
+        assert active(cache, "a").version == 1
+    finally:
+        srv.stop()

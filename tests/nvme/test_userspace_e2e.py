@@ -78,6 +78,7 @@ def test_source_delivers_every_blob_and_cache_installs_them(target, volume, tmp_
     src = make_source(spec, SourceContext(trusted=TrustedKeys()))
     try:
         assert src.name == "nvme-tcp-userspace"
+        assert src.path_state == "unknown"
         for f in volume.manifest.files:
             v = StreamVerifier(f.ref)
             for chunk in src.chunks(f.ref):
@@ -92,8 +93,10 @@ def test_source_delivers_every_blob_and_cache_installs_them(target, volume, tmp_
             res = cache.install(f.ref, [src])
             assert res.path.read_bytes() == volume.blobs[f.digest]
         missing = BlobRef("blake3:" + "0" * 64, 10)
+        assert src.path_state == "live"
         with pytest.raises(SourceError, match="on no volume"):
             list(src.chunks(missing))
+        assert src.path_state == "nothing-offered"  # the node state tells this apart from unreachable
     finally:
         src.close()
 

@@ -56,6 +56,9 @@ class NvmeTcpUserspaceSource:
         self.chunk = chunk
         self.ahead = ahead
         self._index: dict[str, _Extent] | None = None
+        #: what the node state file shows for this path: unknown until the first read, then
+        #: "live" after a successful read and "unreachable" after a failed one
+        self.path_state = "unknown"
 
     def volume(self, manifest_digest: str) -> VolumeReader:
         """The volume of one model version, found by its namespace UUID."""
@@ -100,8 +103,10 @@ class NvmeTcpUserspaceSource:
                 self._index = self._build_index()
             ext = self._index.get(ref.digest)
             if ext is not None and self._still_there(ext):
+                self.path_state = "live"
                 break
         else:
+            self.path_state = "nothing-offered"
             raise SourceError(f"blob {ref.digest} is on no volume exported by "
                               + ", ".join(c.params.where for c in self.clients), NAME)
         if ext.size != ref.size:
@@ -118,15 +123,25 @@ class NvmeTcpUserspaceSource:
         return now.uuid == ext.ns.uuid and now.size == ext.ns.size
 
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
-        ext = self._locate(ref)
+        try:
+            ext = self._locate(ref)
+        except SourceError:
+            if self.path_state != "nothing-offered":
+                self.path_state = "unreachable"
+            raise
         if start >= ref.size:
             return
         it = ext.client.iter_read(ext.ns, ext.offset + start, ref.size - start, self.chunk, self.ahead)
         try:
             while True:
-                with _as_source_error():
-                    data = next(it, None)
+                try:
+                    with _as_source_error():
+                        data = next(it, None)
+                except SourceError:
+                    self.path_state = "unreachable"
+                    raise
                 if data is None:
+                    self.path_state = "live"
                     return
                 yield data
         finally:
