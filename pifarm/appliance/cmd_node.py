@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from pifarm.errors import IntegrityError, NotFound, PifarmError, SourceError, UsageError
+from pifarm.errors import IntegrityError, NotFound, SourceError, UsageError
 
 SPEC_RE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<channel>stable|canary)|@(?P<version>[0-9]+))?$")
 

@@ -411,7 +411,7 @@ class Demo:
             raise StepFailed(f"v{version} answered {y.ravel()[:4]} but the model computes {want.ravel()[:4]}")
         for _ in range(20):
             self.f.infer(self.x)
-        return f"21 requests, outputs equal y = x·Wᵀ + b of v1"
+        return f"21 requests, outputs equal y = x·Wᵀ + b of v{version}"
 
     def hot_swap(self) -> str:
         stop = threading.Event()

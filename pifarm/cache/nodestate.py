@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pifarm.registry.durable import atomic_write_json
 
 STATE_NAME = "node.json"
 
@@ -52,15 +53,4 @@ def read_state(state_dir: str | os.PathLike) -> NodeState | None:
 
 
 def write_state(state_dir: str | os.PathLike, state: NodeState) -> None:
-    d = Path(state_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".node.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(state.to_json(), f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, d / STATE_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_json(Path(state_dir) / STATE_NAME, state.to_json())

@@ -14,18 +14,11 @@ from pathlib import Path
 from typing import Iterator
 
 from pifarm.errors import NotFound
+from pifarm.registry.durable import fsync_dir
 from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
 from pifarm.registry.store import BLOB_PREFIX, StoreUnavailable, blob_key
 
 PART = ".part"
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextmanager

@@ -40,6 +40,7 @@ import blake3
 
 from pifarm.errors import IntegrityError, NotFound, UsageError
 from pifarm.registry.canonical import canonical_bytes
+from pifarm.registry.durable import fsync_dir
 from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
 from pifarm.registry.manifest import Manifest, manifest_digest
 
@@ -196,11 +197,7 @@ def write_volume(out_path: str | os.PathLike, manifest_document: dict[str, Any],
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
-        dfd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return VolumeInfo(out, manifest.name, manifest.version, mdigest, size, len(toc), len(blobs))

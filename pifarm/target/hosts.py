@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid as uuidlib
 from pathlib import Path
 
 from pifarm.errors import ConfigError, NotFound, UsageError
+from pifarm.registry.durable import atomic_write_json
 from pifarm.target.dhchap import DHGROUPS, HASHES, KERNEL_HASH_NAMES, gen_dhchap_key, parse_dhchap_key
 
 __all__ = ["HostStore", "check_nqn"]
@@ -44,17 +44,7 @@ class HostStore:
         return d
 
     def _save(self, d: dict) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{uuidlib.uuid4().hex}.part")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(d, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_json(self.path, d, mode=0o600)  # holds DH-HMAC-CHAP secrets
 
     def allow(self, nqn: str, *, dhchap: bool = False, bidirectional: bool = False, hmac: int = 1,
               dhgroup: str = "null", key: str | None = None, ctrl_key: str | None = None) -> dict[str, str]:

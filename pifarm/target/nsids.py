@@ -11,11 +11,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import uuid as uuidlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from pifarm.errors import ConfigError, Conflict
+from pifarm.registry.durable import atomic_write_json
 
 __all__ = ["NsidTable", "MAX_NSID"]
 
@@ -39,15 +39,7 @@ class NsidTable:
         return d
 
     def _save(self, d: dict) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{uuidlib.uuid4().hex}.part")
-        try:
-            with open(tmp, "w") as f:
-                json.dump(d, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_json(self.path, d)
 
     def current(self) -> dict[str, int]:
         return {k: v["nsid"] for k, v in self._load()["assigned"].items()}

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
 from pifarm.errors import UsageError
+from pifarm.registry.durable import atomic_write_json
 from pifarm.target.configfs import Root
 from pifarm.target.reconciler import Op, apply, diff
 from pifarm.target.spec import (HostSpec, NamespaceSpec, PortSpec, Scope, SubsystemSpec, TargetSpec, observe,
@@ -153,23 +153,7 @@ def to_spec(doc: Any) -> TargetSpec:
 
 def save_file(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
     """Write atomically: a process-unique temp file, fsync, rename, fsync the directory."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{uuidlib.uuid4().hex}.part")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold DH-HMAC-CHAP secrets
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+    return atomic_write_json(path, doc, mode=0o600, indent=2)  # 0600: may hold DH-HMAC-CHAP secrets
 
 
 def load_file(path: str | os.PathLike) -> dict[str, Any]:

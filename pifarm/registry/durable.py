@@ -1,0 +1,53 @@
+"""Durable small-file writes, shared by every component that keeps state on disk.
+
+`atomic_write` is the one way pifarm replaces a small file: a process-unique temp file in the
+same directory (exclusive create), fsync, os.replace, fsync the directory. Readers see the old
+file or the new one, never a mix, and a crash leaves at most a dot-prefixed temp file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+    """Replace `path` with `data` atomically and durably; OSError propagates to the caller,
+    which knows what a failure means for it (disk full in the cache, a refused config, ...)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+        fsync_dir(p.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def atomic_write_json(path: str | os.PathLike, doc: Any, mode: int = 0o644, indent: int = 1) -> Path:
+    return atomic_write(path, (json.dumps(doc, indent=indent, sort_keys=True) + "\n").encode(), mode)
