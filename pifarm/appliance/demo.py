@@ -30,6 +30,8 @@ from typing import Any, Callable
 import httpx
 import numpy as np
 
+from pifarm.appliance.doctor import dir_size
+
 MODEL = "demo"
 DIMS = {"in_features": 16, "out_features": 4}
 DEGRADED_WITHIN = 20.0  # the node promises 5 s; allow for a loaded 2-core CI machine
@@ -201,14 +203,7 @@ class Farm:
             return {}
 
     def cache_bytes(self) -> int:
-        total = 0
-        for dirpath, _d, files in os.walk(self.cache_dir):
-            for f in files:
-                try:
-                    total += os.lstat(os.path.join(dirpath, f)).st_size
-                except OSError:
-                    pass
-        return total
+        return dir_size(self.cache_dir)
 
     def infer(self, x: np.ndarray, timeout: float = 10.0) -> tuple[str, np.ndarray]:
         body = {"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}

@@ -225,7 +225,8 @@ def check_bbr(env: Env) -> list[Result]:
 
 # -- storage ---------------------------------------------------------------------------------------
 
-def _dir_size(root: Path) -> int:
+def dir_size(root: Path) -> int:
+    """Bytes under root (lstat: links are not followed); files vanishing meanwhile count 0."""
     total = 0
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
@@ -253,7 +254,7 @@ def check_disk(env: Env) -> list[Result]:
         want = parse_size(budget)
     except ValueError as e:
         return [Result("disk", FAIL, f"[cache] max_bytes: {e}", "fix node.toml")]
-    used = _dir_size(root) if root.is_dir() else 0
+    used = dir_size(root) if root.is_dir() else 0
     room = free + used
     if room >= want:
         return [Result("disk", PASS, f"budget {want / 2**30:.1f} GiB fits: {free / 2**30:.1f} GiB free + "
