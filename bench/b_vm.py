@@ -34,7 +34,7 @@ def run(workdir: Path) -> dict:
         raise RuntimeError(f"b_vm in the VM failed:\n{r.output[-3000:]}")
     d = json.loads(r.output.strip().splitlines()[-1])
     return {
-        "P6": {
+        "K6": {
             "what": "VM: nvme-kernel source read+verify of volume blobs vs dd (O_DIRECT) of the same bytes",
             "ratio": round(d["source_MBps"] / d["dd_MBps"], 3),
             "goal": ">=0.5",
