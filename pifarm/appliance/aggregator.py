@@ -88,6 +88,13 @@ def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            # answer parked long-polls before uvicorn waits for (and then cancels) them
+            begin = getattr(self.config.app.state, "begin_shutdown", None) if hasattr(self.config.app, "state") else None
+            if begin is not None:
+                begin()
+            await super().shutdown(sockets=sockets)
+
         @contextlib.contextmanager
         def capture_signals(self):
             # uvicorn re-raises SIGTERM after a graceful stop (exit -15); a clean stop exits 0 here

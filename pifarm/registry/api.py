@@ -187,6 +187,7 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
     async def lifespan(app: FastAPI):
         notifier = RevisionNotifier(-1)
         state["notifier"] = notifier
+        app.state.begin_shutdown = notifier.close
         # the waiters all answer with the bytes fetched here once per revision
         unsubscribe = registry.subscribe(lambda _rev: notifier.changed(*_current()))
         notifier._set(*_current())
@@ -251,6 +252,11 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
             w += random.uniform(0, w / 16) if w else 0.0
             await notifier.wait_past(since, w)
             rev, data = notifier.payload
+            if rev <= since and notifier.closing:
+                # without this, uvicorn cancels parked requests at its shutdown timeout and the
+                # nodes see a bare 500; they get a reason and a retry hint instead
+                return 503, {"X-Pifarm-Revision": str(rev), "Retry-After": "1", "Content-Type": "application/json"}, \
+                    b'{"error": "aggregator is shutting down; retry shortly (nodes keep serving from cache)"}'
             if rev <= since:
                 return 304, {"X-Pifarm-Revision": str(rev), "ETag": f'"r{rev}"'}, b""
             took = time.monotonic() - notifier.changed_at

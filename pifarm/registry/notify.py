@@ -24,6 +24,16 @@ class RevisionNotifier:
         self._loop = loop or asyncio.get_running_loop()
         self._event = asyncio.Event()
         self.waiters = 0
+        #: set when the server stops: parked waiters return at once instead of being cancelled
+        self.closing = False
+
+    def close(self) -> None:
+        """Thread-safe: wake every waiter for good (the server is shutting down)."""
+        self._loop.call_soon_threadsafe(self._close)
+
+    def _close(self) -> None:
+        self.closing = True
+        self._event.set()
 
     def changed(self, revision: int, payload=None) -> None:
         """Thread-safe: called by the registry after each commit."""
@@ -53,7 +63,7 @@ class RevisionNotifier:
         self.waiters += 1
         try:
             async with asyncio.timeout(timeout):
-                while self.revision <= since:
+                while self.revision <= since and not self.closing:
                     await self._event.wait()
             return True
         except TimeoutError:

@@ -10,7 +10,8 @@ import pytest
 from pifarm.registry.settings import StoreSettings
 from tests.support.aggregator import aggregator, aggregator_factory  # noqa: F401  (fixtures)
 
-MODELS = Path("/work/shared/models")
+# the shared models sit beside the repository (CI lays a copy of shared/ beside its clone)
+MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
 FACE = MODELS / "face_detection_short_range.tflite"
 SELFIE = MODELS / "selfie_segmentation.tflite"
 

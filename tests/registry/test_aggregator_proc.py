@@ -8,7 +8,9 @@ import httpx
 from pifarm.registry.signing import TrustedKeys
 from pifarm.registry.snapshot import verify_snapshot
 
-MODEL = "/work/shared/models/face_detection_short_range.tflite"
+from tests.registry.conftest import FACE
+
+MODEL = str(FACE)
 
 
 def test_empty_data_dir_creates_keys_token_and_serves(aggregator):
@@ -53,3 +55,33 @@ def test_port_in_use_exits_1_with_the_reason(tmp_path):
     assert p.returncode == 1 and "cannot listen on" in p.stderr and "address already in use" in p.stderr.lower()
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "Traceback" not in p.stderr
+
+
+def test_stopping_answers_parked_long_polls_with_a_reason_not_a_500(aggregator):
+    """A node's parked long-poll must learn why the aggregator went away (503 + Retry-After and
+    a message), not get a bare 500 from the server cancelling it at its shutdown timeout."""
+    import threading
+
+    rev = int(httpx.get(aggregator.url + "/v1/metadata").headers["X-Pifarm-Revision"])
+    got: dict = {}
+
+    def park() -> None:
+        try:
+            got["r"] = httpx.get(aggregator.url + "/v1/metadata", params={"since": rev, "wait": 60}, timeout=30)
+        except httpx.HTTPError as e:  # pragma: no cover - reported by the assertion below
+            got["e"] = e
+
+    t = threading.Thread(target=park)
+    t.start()
+    import time
+
+    for _ in range(100):  # bounded: until the request is parked (the waiters gauge says so)
+        if "pifarm_metadata_waiters 1.0" in httpx.get(aggregator.url + "/metrics").text:
+            break
+        time.sleep(0.05)
+    aggregator.stop()
+    t.join(timeout=30)
+    assert "r" in got, got
+    assert got["r"].status_code == 503
+    assert got["r"].headers["Retry-After"] == "1"
+    assert "shutting down" in got["r"].json()["error"]
