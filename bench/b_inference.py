@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from tests.support.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO / ".." / "shared" / "models"
@@ -310,11 +311,7 @@ def p4(work: Path) -> dict:
                 time.sleep(0.002)
             e2e = time.perf_counter() - t0
     finally:
-        node.terminate()
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node)
         agg.stop()
         log.close()
     return {"P4": {"what": "publish 5 MB model -> first inference on a running node / raw load + one invoke",

@@ -21,6 +21,7 @@ from pathlib import Path
 from pifarm.registry.integrity import digest_bytes
 from pifarm.registry.manifest import FileEntry, Manifest
 from pifarm.registry.volume import write_volume
+from tests.support.procs import stop_process
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
 SUBNQN = "nqn.2024-01.io.pifarm:bench"
@@ -108,8 +109,7 @@ def _host_loopback(workdir: Path) -> dict:
             else:
                 dgst_dt, dgst_cpu, dgst_tcpu = dt, dc, tc
     finally:
-        target.terminate()
-        target.wait(timeout=20)
+        stop_process(target, timeout=20)
     raw = min(_raw_tcp(vol) for _ in range(2))
     return {
         "bytes": size,

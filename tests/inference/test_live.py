@@ -19,6 +19,7 @@ from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
 from tests.conftest import require
 from tests.inference.helpers import REPO, SHARED_MODELS, LiveServer, infer_body, make_cache, wait_for
+from tests.support.procs import stop_process
 
 LIN = dict(in_features=16, out_features=4)
 # ai-edge-litert's Delegate.__del__ raises on a delegate that never loaded; harmless noise.
@@ -177,8 +178,7 @@ def test_pifarm_serve_command_serves_the_cache(tmp_path):
             h = wait_for(c, "/health", lambda r: r.status_code == 200).json()
             assert h["runtime"].startswith("ai-edge-litert") and h["models"]["lin"]["version"] == 1
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)
 
 
 def test_pifarm_serve_refuses_bad_config_with_one_line(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from pifarm.appliance import samplemodel as sm
 from tests.inference.helpers import REPO, wait_for
 from tests.support.aggregator import aggregator, aggregator_factory, free_port  # noqa: F401 (fixtures)
+from tests.support.procs import stop_process
 
 
 @pytest.mark.slow
@@ -51,9 +52,5 @@ def test_node_run_serves_the_published_sample_model(aggregator, tmp_path):  # no
             y = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(2, 4)
             assert np.allclose(y, sm.expected("linear", x, 4, in_features=16, out_features=4), atol=1e-5)
     finally:
-        node.terminate()
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
+        stop_process(node)
         log.close()

@@ -19,6 +19,7 @@ from pifarm.errors import SourceError
 from pifarm.initiator.s3_source import S3Source, S3Store
 from pifarm.initiator.settings import S3Settings
 from pifarm.registry.integrity import BlobRef, digest_bytes, digest_hex
+from tests.support.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.s3
@@ -218,5 +219,4 @@ scrub_interval = 0.0
     finally:
         if seaweed._proc is None:
             seaweed.start()
-        node.terminate()
-        node.wait(timeout=30)
+        stop_process(node)

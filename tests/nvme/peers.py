@@ -8,17 +8,21 @@ import threading
 from typing import Callable
 
 
-class ScriptedTarget:
-    """Runs `script(conn)` for each accepted connection; records the bytes the host sent."""
+class _Listener:
+    """A loopback listener whose accept loop hands each connection to `_serve` on its own
+    thread; leaving the `with` block stops accepting and joins every thread (bounded)."""
 
-    def __init__(self, script: Callable[[socket.socket, "ScriptedTarget"], None]):
-        self.script = script
+    def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.received = bytearray()
         self._threads: list[threading.Thread] = []
         self._stop = False
         self._accept = threading.Thread(target=self._loop, daemon=True)
+
+    def _spawn(self, fn: Callable[[], None]) -> None:
+        t = threading.Thread(target=fn, daemon=True)
+        t.start()
+        self._threads.append(t)
 
     def _loop(self) -> None:
         self.sock.settimeout(0.2)
@@ -27,9 +31,33 @@ class ScriptedTarget:
                 conn, _ = self.sock.accept()
             except (TimeoutError, OSError):
                 continue
-            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
-            t.start()
-            self._threads.append(t)
+            self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._accept.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop = True
+        self._accept.join(timeout=5)
+        self.sock.close()
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+class ScriptedTarget(_Listener):
+    """Runs `script(conn)` for each accepted connection; records the bytes the host sent."""
+
+    def __init__(self, script: Callable[[socket.socket, "ScriptedTarget"], None]):
+        super().__init__()
+        self.script = script
+        self.received = bytearray()
+
+    def _serve(self, conn: socket.socket) -> None:
+        self._spawn(lambda: self._run(conn))
 
     def _run(self, conn: socket.socket) -> None:
         with conn:
@@ -57,46 +85,22 @@ class ScriptedTarget:
         except OSError:
             pass
 
-    def __enter__(self) -> "ScriptedTarget":
-        self._accept.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop = True
-        self._accept.join(timeout=5)
-        self.sock.close()
-        for t in self._threads:
-            t.join(timeout=10)
-
-
-class Proxy:
+class Proxy(_Listener):
     """Forwards 127.0.0.1:port to the real target. `mutate(conn_index, offset, chunk) -> bytes | None`
     sees each controller-to-host chunk with its offset in that connection's stream; returning
     None closes the connection right there."""
 
     def __init__(self, upstream_port: int, mutate: Callable[[int, int, bytes], bytes | None]):
+        super().__init__()
         self.upstream = upstream_port
         self.mutate = mutate
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.conns = 0
-        self._stop = False
-        self._threads: list[threading.Thread] = []
-        self._accept = threading.Thread(target=self._loop, daemon=True)
 
-    def _loop(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop:
-            try:
-                down, _ = self.sock.accept()
-            except (TimeoutError, OSError):
-                continue
-            up = socket.create_connection(("127.0.0.1", self.upstream))
-            idx, self.conns = self.conns, self.conns + 1
-            for fn in (lambda: self._pipe(down, up), lambda: self._c2h(idx, up, down)):
-                t = threading.Thread(target=fn, daemon=True)
-                t.start()
-                self._threads.append(t)
+    def _serve(self, down: socket.socket) -> None:
+        up = socket.create_connection(("127.0.0.1", self.upstream))
+        idx, self.conns = self.conns, self.conns + 1
+        self._spawn(lambda: self._pipe(down, up))
+        self._spawn(lambda: self._c2h(idx, up, down))
 
     @staticmethod
     def _close(*socks: socket.socket) -> None:
@@ -127,14 +131,3 @@ class Proxy:
         except OSError:
             pass
         self._close(up, down)
-
-    def __enter__(self) -> "Proxy":
-        self._accept.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop = True
-        self._accept.join(timeout=5)
-        self.sock.close()
-        for t in self._threads:
-            t.join(timeout=10)

@@ -10,6 +10,7 @@ import time
 from pifarm.appliance.cli import main
 from pifarm.registry.manifest import namespace_uuid
 from tests.nvme.conftest import HOSTNQN, OTHER_HOST, SUBNQN, make_volume
+from tests.support.procs import stop_process
 
 
 def test_discover_lists_the_subsystem(target, capsys):
@@ -76,5 +77,4 @@ def test_serve_userspace_exports_volumes_published_while_it_runs(tmp_path, capsy
         else:
             raise AssertionError("the new volume never appeared")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, timeout=10)
