@@ -38,7 +38,7 @@ def _p1(workdir: Path) -> dict:
     from pifarm.cache.store import Cache
     from pifarm.initiator.s3_source import S3Source
     from pifarm.initiator.settings import S3Settings
-    from pifarm.registry.integrity import BlobRef, digest_bytes, digest_hex
+    from pifarm.signed.integrity import BlobRef, digest_bytes, digest_hex
     from tests.support.seaweed import start_seaweed
 
     server = start_seaweed(workdir / "seaweed")

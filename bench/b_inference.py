@@ -27,10 +27,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from tests.support.models import fetch as fetch_models, model_path
 from tests.support.procs import stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO / ".." / "shared" / "models"
 ROUNDS = 3
 P6_ROUNDS = 2
 
@@ -59,13 +59,8 @@ def binary_body(name: str, x: np.ndarray, datatype: str = "FP32") -> tuple[bytes
 
 
 def pick_model() -> tuple[str, bytes]:
-    """A real model when the shared folder is there (face_landmark, ~1.2 ms/invoke), else the 5 MB sample."""
-    p = SHARED / "face_landmark.tflite"
-    if p.exists():
-        return "face-landmark", p.read_bytes()
-    from pifarm.appliance.samplemodel import large_model
-
-    return "sample-large", large_model(0)
+    """A real model (face_landmark, ~1.2 ms/invoke; `run` fetched it into the models cache)."""
+    return "face-landmark", model_path("face_landmark").read_bytes()
 
 
 def first_input(model: bytes, rows: int = 1) -> tuple[str, np.ndarray]:
@@ -174,9 +169,8 @@ def p6(work: Path) -> dict:
     from pifarm.inference.model import PENDING
 
     models = {"sample-linear": linear_model(16, 4, 0), "sample-large": large_model(0)}
-    for f, n in (("face_landmark.tflite", "face-landmark"), ("selfie_segmentation.tflite", "selfie-segmentation")):
-        if (SHARED / f).exists():
-            models[n] = (SHARED / f).read_bytes()
+    for f, n in (("face_landmark", "face-landmark"), ("selfie_segmentation", "selfie-segmentation")):
+        models[n] = model_path(f).read_bytes()
     detail: dict[str, str] = {}
     worst = float("inf")
     modes = ("off", "auto", "on")
@@ -321,6 +315,7 @@ def p4(work: Path) -> dict:
 
 def run(workdir: Path) -> dict[str, dict]:
     sys.path.insert(0, str(REPO))  # tests.inference.helpers / tests.support.aggregator
+    fetch_models()  # a no-op when `make models` already filled the cache
     out: dict[str, dict] = {}
     for part in (p5, p6, p8, p4):
         w = workdir / part.__name__

@@ -18,9 +18,9 @@ import threading
 import time
 from pathlib import Path
 
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.manifest import FileEntry, Manifest
-from pifarm.registry.volume import write_volume
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.manifest import FileEntry, Manifest
+from pifarm.volume.format import write_volume
 from tests.support.procs import stop_process
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"

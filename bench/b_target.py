@@ -15,10 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.manifest import FileEntry, Manifest
-from pifarm.registry.signing import SigningKey
-from pifarm.registry.volume import write_volume
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.manifest import FileEntry, Manifest
+from pifarm.signed.signing import SigningKey
+from pifarm.volume.format import write_volume
 from pifarm.target.configfs import Root
 from pifarm.target.fake_configfs import FakeConfigfs
 from pifarm.target.reconciler import apply, diff

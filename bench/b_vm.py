@@ -51,11 +51,11 @@ def guest(size: int, rounds: int) -> dict:
     from pifarm.initiator.identity import ensure_identity
     from pifarm.initiator.kernel_attach import AttachSettings, KernelAttacher
     from pifarm.initiator.namespaces import NamespaceIndex
-    from pifarm.registry.integrity import BlobRef, StreamVerifier, digest_bytes
-    from pifarm.registry.manifest import namespace_uuid
-    from pifarm.registry.volume import VolumeReader
+    from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_bytes
+    from pifarm.signed.manifest import namespace_uuid
+    from pifarm.volume.format import VolumeReader
     from tests.initiator_kernel.helpers import build_volume, trusted
-    from pifarm.registry.signing import SigningKey
+    from pifarm.signed.signing import SigningKey
 
     scratch = Path(os.environ.get("PIFARM_VM_SCRATCH", "/scratch"))
     rng = random.Random(6)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from pifarm.registry.enroll import CA_KEY, PKI_DIR, EnrollSettings, HostRecord, enroll_listen, enroll_router, enrollment_server
+from pifarm.pki.certs import CA_KEY, PKI_DIR, HostRecord
+from pifarm.pki.settings import EnrollSettings
+from pifarm.registry.enroll_api import enroll_listen, enroll_router, enrollment_server
 
 log = logging.getLogger(__name__)
 

@@ -109,7 +109,7 @@ def _server_class():
 
 
 def _enroll_router(d: Path, ctx: AggregatorContext):
-    from pifarm.registry.enroll import enroll_router
+    from pifarm.registry.enroll_api import enroll_router
 
     return enroll_router(d, register_host=ctx.register_host)
 
@@ -160,7 +160,7 @@ def run(config=None, data_dir=None, listen=None) -> int:
                          metrics_registry=ctx.metrics_registry)
         for router in ctx.routers:
             _include(app, router, f"extension router {getattr(router, 'tags', '')}")
-        _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll)")
+        _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll_api)")
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
             access_log=False, **uvicorn_ssl_kwargs(api)))

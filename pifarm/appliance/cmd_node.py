@@ -18,7 +18,7 @@ SPEC_RE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<channel>stable|canary)|@(?P<vers
 
 def parse_pull_spec(spec: str) -> tuple[str, str | None, int | None]:
     """NAME, NAME:CHANNEL or NAME@VERSION."""
-    from pifarm.registry.manifest import check_name
+    from pifarm.signed.manifest import check_name
 
     m = SPEC_RE.match(spec)
     if not m:

@@ -17,7 +17,7 @@ DEFAULT_PORT = 4420
 def _params(address: str, hostnqn: str, subnqn: str | None, hostid: str | None, digest: tuple[bool, bool],
             timeout: float, dhchap_secret: str | None = None, **extra):
     from pifarm.initiator.nvme_tcp import ConnectParams, parse_address
-    from pifarm.registry.nvme_wire import DISCOVERY_NQN
+    from pifarm.nvmewire import DISCOVERY_NQN
 
     host, port = parse_address(address, DEFAULT_PORT)
     try:
@@ -50,7 +50,7 @@ def discover(address: str, hostnqn: str, hostid: str | None, hdgst: bool, ddgst:
              dhchap_secret: str | None) -> None:
     """List the discovery log of the controller at HOST[:PORT]."""
     from pifarm.initiator.nvme_tcp import NvmeTcpClient
-    from pifarm.registry.nvme_wire import SUBTYPE_CURRENT_DISCOVERY, SUBTYPE_NVME
+    from pifarm.nvmewire import SUBTYPE_CURRENT_DISCOVERY, SUBTYPE_NVME
 
     kinds = {SUBTYPE_NVME: "nvme subsystem", SUBTYPE_CURRENT_DISCOVERY: "current discovery subsystem"}
     with NvmeTcpClient(_params(address, hostnqn, None, hostid, (hdgst, ddgst), timeout, dhchap_secret, kato_ms=0),

@@ -220,7 +220,7 @@ def register(cli: click.Group) -> None:
                   help="Directory for signing.key (0600) and signing.pub.")
     def keys_generate(out_dir) -> None:
         """Write a new Ed25519 signing key pair (never overwrites an existing key)."""
-        from pifarm.registry.signing import SigningKey
+        from pifarm.signed.signing import SigningKey
 
         key = SigningKey.generate()
         try:

@@ -102,7 +102,7 @@ def _data_dir_option(f):
 @click.option("--ip", "ips", multiple=True)
 def pki_init(data_dir, dns_names, ips) -> None:
     """Create the CA and the server certificate (idempotent)."""
-    from pifarm.appliance.pki import AggregatorPki
+    from pifarm.pki.farm import AggregatorPki
 
     made = AggregatorPki(Path(data_dir)).init(dns_names=list(dns_names) or None, ips=list(ips) or None)
     click.echo("\n".join(f"created {m}" for m in made) or "PKI exists (kept)")
@@ -113,7 +113,7 @@ def pki_init(data_dir, dns_names, ips) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pki_status(data_dir, as_json) -> None:
     """CA, bundle, server certificate, rotation phase."""
-    from pifarm.appliance.pki import AggregatorPki
+    from pifarm.pki.farm import AggregatorPki
 
     st = AggregatorPki(Path(data_dir)).status()
     if as_json:
@@ -139,7 +139,7 @@ def pki_status(data_dir, as_json) -> None:
 @click.option("--days", default=365, show_default=True, type=click.IntRange(1, 3650))
 def pki_issue_client(data_dir, name, out, days) -> None:
     """Issue a client certificate by hand (instead of enrollment)."""
-    from pifarm.appliance.pki import AggregatorPki
+    from pifarm.pki.farm import AggregatorPki
 
     tls = AggregatorPki(Path(data_dir)).issue_client(name, out, days=days)
     click.echo(f"wrote {tls.key}, {tls.cert}, {tls.bundle}")
@@ -152,7 +152,7 @@ def pki_issue_client(data_dir, name, out, days) -> None:
 @click.option("--force", is_flag=True, help="With --finish: cut off nodes still on the old CA.")
 def pki_rotate(data_dir, finish, server_only, force) -> None:
     """Rotate the CA in steps, so nodes move over one at a time (see `pifarm pki --help`)."""
-    from pifarm.appliance.pki import AggregatorPki
+    from pifarm.pki.farm import AggregatorPki
 
     p = AggregatorPki(Path(data_dir))
     if finish and server_only:
@@ -180,7 +180,7 @@ def pki_renew(aggregator, config_path, tls_dir) -> None:
     """Node: replace this node's client certificate with one from the current CA."""
     import tomllib
 
-    from pifarm.appliance.pki import renew_node
+    from pifarm.pki.farm import renew_node
     from pifarm.appliance.setup import default_enroll_url
 
     url = aggregator
@@ -202,8 +202,8 @@ def pki_renew(aggregator, config_path, tls_dir) -> None:
 @click.option("--listen", default="0.0.0.0:8471", show_default=True)
 def pki_serve_enroll(data_dir, listen) -> None:
     """Serve only the enrollment endpoints (server TLS, no client certificate needed)."""
-    from pifarm.appliance.pki import AggregatorPki
-    from pifarm.registry.enroll import enrollment_server
+    from pifarm.pki.farm import AggregatorPki
+    from pifarm.registry.enroll_api import enrollment_server
     from pifarm.registry.settings import parse_listen
 
     host, port = parse_listen(listen)

@@ -225,9 +225,9 @@ def register(cli: click.Group) -> None:
 
 
 def _inspect(file: str, keys, no_verify: bool, as_json: bool) -> None:
-    from pifarm.registry.manifest import namespace_uuid
-    from pifarm.registry.signing import TrustedKeys
-    from pifarm.registry.volume import VolumeReader
+    from pifarm.signed.manifest import namespace_uuid
+    from pifarm.signed.signing import TrustedKeys
+    from pifarm.volume.format import VolumeReader
 
     with VolumeReader.from_file(file) as r:
         signed = None

@@ -177,7 +177,7 @@ def _aggregator_sections() -> dict[str, type]:
 
 #: section name -> settings dataclass of /etc/pifarm/aggregator.toml
 AGGREGATOR_SECTIONS: dict[str, type] = _aggregator_sections()
-from pifarm.registry.enroll import EnrollSettings as _EnrollSettings  # noqa: E402  (issue 8: [enroll])
+from pifarm.pki.settings import EnrollSettings as _EnrollSettings  # noqa: E402  (issue 8: [enroll])
 AGGREGATOR_SECTIONS["enroll"] = _EnrollSettings
 DEFAULT_AGGREGATOR_CONFIG = "/etc/pifarm/aggregator.toml"
 

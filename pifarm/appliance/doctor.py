@@ -135,7 +135,7 @@ def check_configfs(env: Env) -> list[Result]:
 
 def check_identity(env: Env) -> list[Result]:
     from pifarm.errors import UsageError
-    from pifarm.registry.enroll import check_hostnqn
+    from pifarm.pki.certs import check_hostnqn
 
     nqn = env.read(env.etc_root / "nvme" / "hostnqn")
     hid = env.read(env.etc_root / "nvme" / "hostid")
@@ -299,7 +299,7 @@ def _tls_verify(env: Env):
     files = _node_tls(env)
     if files is None:
         return True
-    from pifarm.registry.enroll import client_ssl_context
+    from pifarm.pki.certs import client_ssl_context
 
     return client_ssl_context(*files)
 
@@ -324,7 +324,7 @@ def _aggregator_tls(env: Env):
     admin = data / "pki" / "admin"
     files = (admin / "node.crt", admin / "node.key", admin / "ca-bundle.pem")
     if ca and all(p.is_file() for p in files):
-        from pifarm.registry.enroll import client_ssl_context
+        from pifarm.pki.certs import client_ssl_context
 
         return client_ssl_context(*files)
     import ssl
@@ -426,7 +426,7 @@ def check_delegates(env: Env) -> list[Result]:
 
 
 def check_certificates(env: Env) -> list[Result]:
-    from pifarm.registry.enroll import read_cert, utcnow
+    from pifarm.pki.certs import read_cert, utcnow
 
     if env.role == "node":
         tls = _node_tls(env)

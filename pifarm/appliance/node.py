@@ -30,8 +30,8 @@ from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store, make_client
 from pifarm.initiator.settings import NodeSettings, S3Settings, SourceContext, SourceSpec, WatcherSettings
 from pifarm.initiator.watcher import Watcher
-from pifarm.registry.integrity import BlobRef
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.integrity import BlobRef
+from pifarm.signed.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 

@@ -259,7 +259,7 @@ def validate_config(text: str, role: str, origin: str) -> None:
 
 
 def plan_aggregator(o: AggregatorOptions, root: Root) -> list[Step]:
-    from pifarm.appliance.pki import AggregatorPki
+    from pifarm.pki.farm import AggregatorPki
 
     data = root.p(o.data_dir)
     text = aggregator_config_text(o)
@@ -396,8 +396,8 @@ def host_identity(root: Root) -> tuple[str, str, str]:
 
 
 def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any]] | None = None) -> list[Step]:
-    from pifarm.appliance.pki import NodeTls, enroll_node
-    from pifarm.registry.enroll import check_hostnqn, default_hostname
+    from pifarm.pki.farm import NodeTls, enroll_node
+    from pifarm.pki.certs import check_hostnqn, default_hostname
 
     if not o.enroll_secret:
         raise UsageError("--enroll SECRET is required (the aggregator's enroll-secret file)")
@@ -484,8 +484,8 @@ def run_plan(steps: list[Step], *, dry_run: bool, echo: Callable[[str], None]) -
 
 def enroll_command_hint(o: AggregatorOptions, root: Root) -> str:
     """The line an operator pastes on each node."""
-    from pifarm.appliance.pki import AggregatorPki
-    from pifarm.registry.enroll import fingerprint, read_cert
+    from pifarm.pki.farm import AggregatorPki
+    from pifarm.pki.certs import fingerprint, read_cert
 
     data = root.p(o.data_dir)
     pki = AggregatorPki(data)

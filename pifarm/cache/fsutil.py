@@ -6,8 +6,8 @@ import errno
 from pathlib import Path
 
 from pifarm.errors import ReadOnlyError
-from pifarm.registry import durable
-from pifarm.registry.durable import fsync_dir, write_all
+from pifarm import durable
+from pifarm.durable import fsync_dir, write_all
 
 __all__ = ["DISK_FULL", "DiskFullError", "atomic_write", "fsync_dir", "write_all"]
 

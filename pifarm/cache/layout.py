@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pifarm.errors import IntegrityError, NotFound
-from pifarm.registry.integrity import digest_hex
-from pifarm.registry.manifest import check_name
+from pifarm.signed.integrity import digest_hex
+from pifarm.signed.manifest import check_name
 
 REF_NAMES = ("active", "previous", "prefetched")
 

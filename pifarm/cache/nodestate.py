@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pifarm.registry.durable import atomic_write_json
+from pifarm.durable import atomic_write_json
 
 STATE_NAME = "node.json"
 

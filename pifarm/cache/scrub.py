@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from pifarm.errors import IntegrityError
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, verify_file
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, verify_file
 
 if TYPE_CHECKING:
     from pifarm.cache.store import Cache, ScrubReport

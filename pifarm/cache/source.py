@@ -1,13 +1,13 @@
 """The source interface every transport implements (S3, HTTP, NVMe block device, userspace
 NVMe/TCP). A source only delivers bytes; the cache verifies them with
-`registry.integrity.StreamVerifier` before anything is installed, so no source is trusted.
+`signed.integrity.StreamVerifier` before anything is installed, so no source is trusted.
 """
 
 from __future__ import annotations
 
 from typing import Iterator, Protocol, runtime_checkable
 
-from pifarm.registry.integrity import BlobRef
+from pifarm.signed.integrity import BlobRef
 
 
 @runtime_checkable

@@ -35,9 +35,9 @@ from pifarm.cache.layout import REF_NAMES, CacheLayout, RefValue
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.cache.source import Source
 from pifarm.errors import Conflict, IntegrityError, NotFound, PifarmError, ReadOnlyError, SourceError, UsageError
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, make_digest
-from pifarm.registry.manifest import Manifest, check_name, manifest_digest
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, make_digest
+from pifarm.signed.manifest import Manifest, check_name, manifest_digest
+from pifarm.signed.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from watchdog.observers import Observer
 
 from pifarm.cache.store import HEX_RE, Cache
 from pifarm.errors import IntegrityError
-from pifarm.registry.integrity import BlobRef, make_digest, verify_file
+from pifarm.signed.integrity import BlobRef, make_digest, verify_file
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import tflite
 
 from pifarm.cache.layout import CacheLayout, RefValue
 from pifarm.errors import IntegrityError, InferenceError, NotFound, SignatureError
-from pifarm.registry.integrity import BlobRef, StreamVerifier
-from pifarm.registry.manifest import Manifest, manifest_digest
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.integrity import BlobRef, StreamVerifier
+from pifarm.signed.manifest import Manifest, manifest_digest
+from pifarm.signed.signing import TrustedKeys
 
 TFLITE_IDENTIFIER = b"TFL3"
 

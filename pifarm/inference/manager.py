@@ -31,7 +31,7 @@ from pifarm.inference.model import BatchDecision, ModelVersion
 from pifarm.inference.pool import WorkerPool
 from pifarm.inference.runtime import Runtime, resolve
 from pifarm.inference.settings import InferenceSettings
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
     options = {dhchap_secret_file = "/etc/pifarm/nvme.key", ctrl_loss_tmo = 600}
 
 Nothing is mounted. Each namespace (found by pyudev, `namespaces.py`) holds one volume
-(`pifarm.registry.volume`): the superblock and table of contents are read and checked, the
+(`pifarm.volume.format`): the superblock and table of contents are read and checked, the
 namespace UUID must be the one derived from the volume's manifest digest, and the manifest must
 carry a trusted signature, before any blob of it is served. Blobs are read with O_DIRECT into
 page-aligned buffers (no page-cache copy of a model the cache is about to store anyway), each
@@ -44,10 +44,10 @@ from pifarm.initiator.kernel_attach import (
     DISABLED, LIVE, AttachSettings, KernelAttacher, parse_address,
 )
 from pifarm.initiator.namespaces import Namespace, NamespaceIndex
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier
-from pifarm.registry.manifest import namespace_uuid
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.volume import BLOCK, VolumeReader, align
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier
+from pifarm.signed.manifest import namespace_uuid
+from pifarm.signed.signing import TrustedKeys
+from pifarm.volume.format import BLOCK, VolumeReader, align
 
 log = logging.getLogger(__name__)
 

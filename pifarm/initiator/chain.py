@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 from pifarm.cache.source import Source
 from pifarm.errors import ConfigError, SourceError, SourceTimeout
 from pifarm.initiator.settings import SourceContext, SourceSpec
-from pifarm.registry.integrity import BlobRef
+from pifarm.signed.integrity import BlobRef
 
 SOURCE_KINDS: dict[str, str] = {
     "http": "pifarm.initiator.http_source:make_source",

@@ -14,7 +14,7 @@ import httpx
 
 from pifarm.errors import ConfigError, SourceError, SourceTimeout
 from pifarm.initiator.settings import SourceContext, SourceSpec
-from pifarm.registry.integrity import CHUNK, BlobRef
+from pifarm.signed.integrity import CHUNK, BlobRef
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ import httpx
 
 from pifarm.errors import NotFound, SourceError
 from pifarm.initiator.http_source import http_errors
-from pifarm.registry.manifest import check_name
+from pifarm.signed.manifest import check_name
 
 
 @dataclass(frozen=True)

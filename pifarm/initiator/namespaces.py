@@ -1,7 +1,7 @@
 """Which block device holds which model version: NVMe namespaces found by UUID.
 
 The aggregator exports each version under a namespace whose UUID (and NGUID) is derived from
-the manifest digest (`pifarm.registry.manifest.namespace_uuid`), so a node needs no other map:
+the manifest digest (`pifarm.signed.manifest.namespace_uuid`), so a node needs no other map:
 `/sys/block/nvmeXnY/uuid` (or `wwid` = "uuid.<UUID>") names the version. Devices are watched
 with pyudev on the kernel's own uevents (`Monitor.from_netlink(context, source="kernel")`), which
 work without udevd (a bare initramfs, a minimal Pi image); a namespace the target adds later is
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+from pifarm.signed.manifest import namespace_nguid, namespace_uuid
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any, Iterator
 
 from pifarm.errors import NotFound, SourceError, SourceTimeout
 from pifarm.initiator.settings import S3Settings, SourceContext, SourceSpec
-from pifarm.registry.integrity import CHUNK, BlobRef, digest_hex
-from pifarm.registry.manifest import check_name
+from pifarm.signed.integrity import CHUNK, BlobRef, digest_hex
+from pifarm.signed.manifest import check_name
 
 MAX_DOCUMENT = 64 * 2**20  # a snapshot of many models is large, but never this large
 

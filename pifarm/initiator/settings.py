@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.signing import TrustedKeys
 
 CHANNELS = ("stable", "canary")
 

@@ -17,9 +17,9 @@ from pifarm.cache.store import Cache, ProgressFn
 from pifarm.errors import IntegrityError, NotFound, PifarmError, SourceError, UsageError
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store
-from pifarm.registry.manifest import Manifest, manifest_digest
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import Snapshot, VersionPointer, verify_manifest, verify_snapshot
+from pifarm.signed.manifest import Manifest, manifest_digest
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import Snapshot, VersionPointer, verify_manifest, verify_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.versions import Documents, install_version
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import Snapshot, iso, utcnow, verify_snapshot
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import Snapshot, iso, utcnow, verify_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 from pifarm.errors import (Conflict, IntegrityError, NotFound, PifarmError, ReadOnlyError, SourceError,
                            UsageError)
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
-from pifarm.registry.manifest import FileEntry
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
+from pifarm.signed.manifest import FileEntry
 from pifarm.registry.notify import RevisionNotifier
 from pifarm.registry.service import Registry
 from pifarm.registry.settings import ApiSettings

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator, Mapping
 import httpx
 
 from pifarm import errors
-from pifarm.registry.files import collect_files
-from pifarm.registry.integrity import CHUNK, digest_file
+from pifarm.signed.files import collect_files
+from pifarm.signed.integrity import CHUNK, digest_file
 
 Progress = Callable[[str, int, int], None]
 

@@ -27,15 +27,15 @@ from typing import Any, Callable, Iterator, Mapping
 import blake3
 
 from pifarm.errors import Conflict, ConfigError, NotFound, ReadOnlyError, UsageError
-from pifarm.registry.canonical import canonical_bytes
+from pifarm.signed.canonical import canonical_bytes
 from pifarm.registry.datadir import ensure_api_token, lock_data_dir
 from pifarm.registry.db import Database, VersionRow
-from pifarm.registry.files import collect_files
-from pifarm.registry.integrity import BlobRef, StreamVerifier, digest_file
-from pifarm.registry.manifest import FileEntry, Manifest, TensorSpec, check_name
+from pifarm.signed.files import collect_files
+from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_file
+from pifarm.signed.manifest import FileEntry, Manifest, TensorSpec, check_name
 from pifarm.registry.settings import RegistrySettings, StoreSettings
-from pifarm.registry.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
-from pifarm.registry.snapshot import CHANNELS, ModelEntry, Snapshot, VersionPointer, iso, parse_iso, utcnow
+from pifarm.signed.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
+from pifarm.signed.snapshot import CHANNELS, ModelEntry, Snapshot, VersionPointer, iso, parse_iso, utcnow
 from pifarm.registry.store import SNAPSHOT_KEY, MODEL_PREFIX, Store, StoreUnavailable, manifest_key, open_store
 from pifarm.registry.tflite_info import read_signature
 

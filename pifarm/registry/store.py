@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from pifarm.errors import SourceError
-from pifarm.registry.integrity import BlobRef, digest_hex
-from pifarm.registry.manifest import check_name
+from pifarm.signed.integrity import BlobRef, digest_hex
+from pifarm.signed.manifest import check_name
 from pifarm.registry.settings import StoreSettings
 
 SNAPSHOT_KEY = "snapshot.json"

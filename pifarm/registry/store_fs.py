@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterator
 
 from pifarm.errors import NotFound
-from pifarm.registry.durable import fsync_dir
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
+from pifarm.durable import fsync_dir
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
 from pifarm.registry.store import BLOB_PREFIX, StoreUnavailable, blob_key
 
 PART = ".part"

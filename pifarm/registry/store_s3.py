@@ -16,7 +16,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pifarm.errors import NotFound
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier
 from pifarm.registry.settings import StoreSettings
 from pifarm.registry.store import BLOB_PREFIX, StoreUnavailable, blob_key
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import tflite
 
 from pifarm.errors import UsageError
-from pifarm.registry.manifest import TensorSpec
+from pifarm.signed.manifest import TensorSpec
 
 IDENTIFIER = b"TFL3"
 _DTYPES = {v: k.lower() for k, v in vars(tflite.TensorType).items() if not k.startswith("_") and isinstance(v, int)}

@@ -14,5 +14,5 @@
     settings.py        [target] section
     userspace/         the userspace NVMe/TCP target (its own engineer)
 
-The node side never imports this package; the volume format it reads is pifarm.registry.volume.
+The node side never imports this package; the volume format it reads is pifarm.volume.format.
 """

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from pifarm.registry.manifest import namespace_uuid
+from pifarm.signed.manifest import namespace_uuid
 from pifarm.target.configfs import Root
 from pifarm.target.hosts import HostStore
 from pifarm.target.nsids import NsidTable

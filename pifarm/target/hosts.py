@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from pifarm.errors import ConfigError, NotFound, UsageError
-from pifarm.registry.durable import atomic_write_json
+from pifarm.durable import atomic_write_json
 from pifarm.target.dhchap import DHGROUPS, HASHES, KERNEL_HASH_NAMES, gen_dhchap_key, parse_dhchap_key
 
 __all__ = ["HostStore", "check_nqn"]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from pifarm.errors import ConfigError, Conflict
-from pifarm.registry.durable import atomic_write_json
+from pifarm.durable import atomic_write_json
 
 __all__ = ["NsidTable", "MAX_NSID"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pifarm.errors import UsageError
-from pifarm.registry.durable import atomic_write_json
+from pifarm.durable import atomic_write_json
 from pifarm.target.configfs import Root
 from pifarm.target.reconciler import Op, apply, diff
 from pifarm.target.spec import (HostSpec, NamespaceSpec, PortSpec, Scope, SubsystemSpec, TargetSpec, observe,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from pifarm.errors import ConfigfsError, UsageError
-from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+from pifarm.signed.manifest import namespace_nguid, namespace_uuid
 from pifarm.target.configfs import Root
 
 __all__ = [

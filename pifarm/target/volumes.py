@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from pifarm.errors import IntegrityError, PifarmError
-from pifarm.registry.volume import VolumeReader, write_volume
+from pifarm.volume.format import VolumeReader, write_volume
 from pifarm.target.spec import Export
 
 __all__ = ["VolumeBuilder", "sync_volumes", "volume_name", "RegistryLike"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from pifarm.appliance import doctor as d
-from pifarm.appliance.pki import AggregatorPki
-from pifarm.registry import enroll as x
+from pifarm.pki.farm import AggregatorPki
+from pifarm.pki import certs as x
 from tests.appliance.procs import free_port, run_cli
 
 

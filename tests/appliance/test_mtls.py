@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pifarm.appliance.pki import AggregatorPki, NodeTls, renew_node
-from pifarm.registry import enroll as x
+from pifarm.pki.farm import AggregatorPki, NodeTls, renew_node
+from pifarm.pki import certs as x
 from tests.appliance.procs import free_port, run_cli
 from tests.support.aggregator import AggregatorProc
 

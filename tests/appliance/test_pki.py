@@ -12,9 +12,9 @@ import ssl
 import pytest
 from cryptography import x509
 
-from pifarm.appliance.pki import AggregatorPki, NodeTls, enroll_node, renew_node
+from pifarm.pki.farm import AggregatorPki, NodeTls, enroll_node, renew_node
 from pifarm.errors import Conflict, IntegrityError, PifarmError, UsageError
-from pifarm.registry import enroll as x
+from pifarm.pki import certs as x
 from tests.appliance.procs import free_port, start
 
 NQN = "nqn.2014-08.org.nvmexpress:uuid:6b1c1a3e-6a45-4a5e-9a55-7b8b1f0c2d11"

@@ -10,10 +10,10 @@ from datetime import timedelta
 from typing import Iterator
 
 from pifarm.errors import SourceError
-from pifarm.registry.integrity import BlobRef, digest_bytes
-from pifarm.registry.manifest import manifest_digest
-from pifarm.registry.signing import SigningKey
-from pifarm.registry.snapshot import iso, utcnow
+from pifarm.signed.integrity import BlobRef, digest_bytes
+from pifarm.signed.manifest import manifest_digest
+from pifarm.signed.signing import SigningKey
+from pifarm.signed.snapshot import iso, utcnow
 
 
 class MemSource:

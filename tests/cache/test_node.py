@@ -14,8 +14,8 @@ from pifarm.appliance.node import NodeConfig, NodeDaemon, load_node_config
 from pifarm.cache.settings import CacheSettings
 from pifarm.errors import ConfigError
 from pifarm.initiator.settings import NodeSettings, SourceSpec, WatcherSettings
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.signing import SigningKey, public_pem
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.signing import SigningKey, public_pem
 from tests.cache.helpers import manifest_doc, snapshot_doc
 from tests.initiator.docserver import DocServer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pifarm.cache.store import Cache
-from pifarm.registry.integrity import BlobRef, verify_file
+from pifarm.signed.integrity import BlobRef, verify_file
 from tests.support.aggregator import aggregator, aggregator_factory  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def _pull_forever(url: str, pubkey: str, root: str, versions: int) -> None:
     from pifarm.initiator.http_source import HttpSource
     from pifarm.initiator.metadata import AggregatorClient
     from pifarm.initiator.versions import Documents, install_version, pick
-    from pifarm.registry.signing import TrustedKeys
+    from pifarm.signed.signing import TrustedKeys
 
     trusted = TrustedKeys.from_files([pubkey])
     cache = Cache(root)

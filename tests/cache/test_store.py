@@ -17,8 +17,8 @@ from pifarm.cache.budget import BudgetExceeded
 from pifarm.cache.layout import RefValue
 from pifarm.cache.store import Cache
 from pifarm.errors import Conflict, IntegrityError, SourceError, UsageError
-from pifarm.registry.manifest import manifest_digest
-from pifarm.registry.signing import SigningKey, TrustedKeys
+from pifarm.signed.manifest import manifest_digest
+from pifarm.signed.signing import SigningKey, TrustedKeys
 from tests.cache.helpers import MemSource, blob, manifest_doc
 from tests.conftest import require
 

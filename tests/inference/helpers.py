@@ -2,7 +2,7 @@
 
 Models enter through the cache engineer's `pifarm.cache.store.Cache` (the same verified install
 a node performs), fed by `BytesSource`, a complete in-memory implementation of the Source
-protocol. Real TFLite models come from `<repo>/../shared/models`.
+protocol. Real TFLite models come from tests/support/models.py (`make models`).
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import httpx
 
 from pifarm.cache.layout import RefValue
 from pifarm.cache.store import Cache
-from pifarm.registry.integrity import BlobRef, digest_bytes
-from pifarm.registry.manifest import FileEntry, Manifest, manifest_digest
-from pifarm.registry.signing import SigningKey
+from pifarm.signed.integrity import BlobRef, digest_bytes
+from pifarm.signed.manifest import FileEntry, Manifest, manifest_digest
+from pifarm.signed.signing import SigningKey
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_MODELS = REPO / ".." / "shared" / "models"
 
 
 class BytesSource:

@@ -18,7 +18,8 @@ from pifarm.appliance import samplemodel as sm
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
 from tests.conftest import require
-from tests.inference.helpers import REPO, SHARED_MODELS, LiveServer, infer_body, make_cache, wait_for
+from tests.inference.helpers import REPO, LiveServer, infer_body, make_cache, wait_for
+from tests.support.models import require_models
 from tests.support.procs import stop_process
 
 LIN = dict(in_features=16, out_features=4)
@@ -129,9 +130,9 @@ def direct(path, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def test_real_models_answer_like_a_direct_interpreter_call(tmp_path):
-    require(SHARED_MODELS.is_dir(), f"real models folder {SHARED_MODELS} is missing")
-    files = sorted(SHARED_MODELS.glob("*.tflite"))
-    assert files, f"no .tflite files in {SHARED_MODELS}"
+    models = require_models()
+    files = sorted(models.glob("*.tflite"))
+    assert files, f"no .tflite files in {models}"
     tc = make_cache(tmp_path / "cache")
     names = {}
     for i, f in enumerate(files):

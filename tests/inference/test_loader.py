@@ -10,7 +10,7 @@ from pifarm.appliance import samplemodel as sm
 from pifarm.cache.layout import CacheLayout, RefValue
 from pifarm.errors import InferenceError, IntegrityError, NotFound, SignatureError
 from pifarm.inference.loader import check_flatbuffer, load_verified
-from pifarm.registry.signing import SigningKey, TrustedKeys
+from pifarm.signed.signing import SigningKey, TrustedKeys
 from tests.inference.helpers import make_cache
 
 MODEL = sm.linear_model(16, 4, 1)

@@ -16,7 +16,8 @@ import pytest
 from pifarm.appliance import samplemodel as sm
 from pifarm.inference.runtime import build_interpreter, resolve
 from tests.conftest import require
-from tests.inference.helpers import REPO, SHARED_MODELS
+from tests.inference.helpers import REPO
+from tests.support.models import model_path, require_models
 
 pytestmark = pytest.mark.tflite_runtime
 VENV_PY = REPO / ".venv-tflite-runtime" / "bin" / "python"
@@ -59,10 +60,10 @@ def test_sample_model_with_a_batch_agrees_across_runtimes(tmp_path):
 
 
 def test_real_models_agree_across_runtimes(tmp_path):
-    require(SHARED_MODELS.is_dir(), f"real models folder {SHARED_MODELS} is missing")
+    require_models()
     rng = np.random.default_rng(1)
     for name in ("face_detection_short_range", "face_landmark", "hand_landmark_full"):
-        model = SHARED_MODELS / f"{name}.tflite"
+        model = model_path(name)
         it = build_interpreter(resolve("ai-edge-litert"), model.read_bytes()).interpreter
         inputs = [rng.random(tuple(d["shape"]), dtype=np.float32) for d in it.get_input_details()]
         r, got = via_tflite_runtime(model, inputs, tmp_path)
@@ -75,8 +76,8 @@ def test_real_models_agree_across_runtimes(tmp_path):
 
 def test_a_model_tflite_runtime_cannot_run_is_refused_with_one_line(tmp_path):
     # selfie_segmentation needs a custom op that tflite-runtime 2.14 lacks (see the models README).
-    require(SHARED_MODELS.is_dir(), f"real models folder {SHARED_MODELS} is missing")
-    model = SHARED_MODELS / "selfie_segmentation.tflite"
+    require_models()
+    model = model_path("selfie_segmentation")
     r, _ = via_tflite_runtime(model, [np.zeros((1, 256, 256, 3), np.float32)], tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.startswith("refused: tflite-runtime refused the model") and r.stdout.count("\n") == 1

@@ -11,7 +11,7 @@ from pifarm.initiator import chain
 from pifarm.initiator.chain import SOURCE_KINDS, Deadlined, build_sources, load_factory
 from pifarm.initiator.http_source import HttpSource
 from pifarm.initiator.settings import SourceContext, SourceSpec
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.signing import TrustedKeys
 from tests.cache.helpers import blob
 
 

@@ -12,7 +12,7 @@ import pytest
 from pifarm.cache.store import Cache
 from pifarm.errors import SourceError
 from pifarm.initiator.http_source import HttpSource
-from pifarm.registry.integrity import BlobRef, digest_file
+from pifarm.signed.integrity import BlobRef, digest_file
 from tests.cache.helpers import MemSource, blob
 from tests.initiator.docserver import DocServer
 
@@ -64,7 +64,7 @@ def test_pull_cli_against_real_aggregator(aggregator, tmp_path):
     r = pifarm("pull", "Bad:Name", *base)
     assert r.returncode == 2 and "cannot parse" in r.stderr
     other = tmp_path / "other.pub"
-    from pifarm.registry.signing import SigningKey, public_pem
+    from pifarm.signed.signing import SigningKey, public_pem
 
     other.write_bytes(public_pem(SigningKey.generate().public))
     r = pifarm("pull", "pullme", "--registry", aggregator.url, "--cache", str(tmp_path / "c2"), "--trust", str(other))

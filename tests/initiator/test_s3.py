@@ -18,7 +18,7 @@ from pifarm.cache.store import Cache
 from pifarm.errors import SourceError
 from pifarm.initiator.s3_source import S3Source, S3Store
 from pifarm.initiator.settings import S3Settings
-from pifarm.registry.integrity import BlobRef, digest_bytes, digest_hex
+from pifarm.signed.integrity import BlobRef, digest_bytes, digest_hex
 from tests.support.procs import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import ssl
 import pytest
 
 from pifarm.appliance.node import NodeConfig, load_node_config
-from pifarm.appliance.pki import AggregatorPki, NodeTls
+from pifarm.pki.farm import AggregatorPki, NodeTls
 from pifarm.cache.nodestate import read_state
 from pifarm.cache.store import Cache
 from pifarm.errors import ConfigError
@@ -15,8 +15,8 @@ from pifarm.initiator.http_source import HttpSource, tls_context
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.watcher import Watcher
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.signing import SigningKey, TrustedKeys
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.signing import SigningKey, TrustedKeys
 from tests.cache.helpers import manifest_doc, snapshot_doc
 from tests.initiator.docserver import DocServer
 

@@ -16,7 +16,7 @@ from pifarm.initiator.http_source import HttpSource
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.watcher import Watcher
-from pifarm.registry.signing import SigningKey, TrustedKeys
+from pifarm.signed.signing import SigningKey, TrustedKeys
 from tests.cache.helpers import manifest_doc, snapshot_doc
 from tests.initiator.docserver import DocServer
 
@@ -96,7 +96,7 @@ def test_canary_channel_and_model_filter(tmp_path):
         for d in (m_st, m_ca, m_b):
             srv.manifests[(d["signed"]["name"], d["signed"]["version"])] = d
         for data in (b"s" * 100, b"c" * 100, b"b" * 100):
-            from pifarm.registry.integrity import digest_bytes
+            from pifarm.signed.integrity import digest_bytes
 
             srv.blobs[digest_bytes(data)] = data
         srv.snapshot = snapshot_doc(key, 3, {"a": {"stable": m_st, "canary": m_ca}, "b": {"stable": m_b}})
@@ -116,7 +116,7 @@ def test_bad_snapshots_are_refused(tmp_path, case):
     srv = DocServer()
     try:
         m1, m2 = manifest_doc(key, "m", 1, {"f": b"1" * 64}), manifest_doc(key, "m", 2, {"f": b"2" * 64})
-        from pifarm.registry.integrity import digest_bytes
+        from pifarm.signed.integrity import digest_bytes
 
         for d, data in ((m1, b"1" * 64), (m2, b"2" * 64)):
             srv.manifests[("m", d["signed"]["version"])] = d
@@ -150,7 +150,7 @@ def test_degraded_within_5s_when_nothing_answers_and_recovers(tmp_path):
     srv = DocServer()
     url = srv.url
     m1 = manifest_doc(key, "m", 1, {"f": b"1" * 64})
-    from pifarm.registry.integrity import digest_bytes
+    from pifarm.signed.integrity import digest_bytes
 
     srv.manifests[("m", 1)] = m1
     srv.blobs[digest_bytes(b"1" * 64)] = b"1" * 64
@@ -207,7 +207,7 @@ def test_highest_revision_survives_a_restart_and_bad_manifest_path_is_refused(tm
     try:
         m1 = manifest_doc(key, "m", 1, {"f": b"1" * 64})
         srv.manifests[("m", 1)] = m1
-        from pifarm.registry.integrity import digest_bytes
+        from pifarm.signed.integrity import digest_bytes
 
         srv.blobs[digest_bytes(b"1" * 64)] = b"1" * 64
         srv.snapshot = snapshot_doc(key, 5, {"m": {"stable": m1}})
@@ -236,7 +236,7 @@ def test_state_file_names_the_nvme_path_state_and_the_source_that_served(tmp_pat
     """An NVMe source that offers nothing is reported as "nothing-offered" (not unreachable) in
     node.json, and the model is recorded as served by the next source in the chain."""
     from pifarm.initiator.nvme_tcp.source import NvmeTcpUserspaceSource
-    from pifarm.registry.integrity import digest_bytes
+    from pifarm.signed.integrity import digest_bytes
 
     key = SigningKey.generate()
     srv = DocServer()

@@ -6,10 +6,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.manifest import FileEntry, Manifest, manifest_digest
-from pifarm.registry.signing import SigningKey, TrustedKeys
-from pifarm.registry.volume import VolumeInfo, manifest_body, write_volume
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.manifest import FileEntry, Manifest, manifest_digest
+from pifarm.signed.signing import SigningKey, TrustedKeys
+from pifarm.volume.format import VolumeInfo, manifest_body, write_volume
 
 
 @dataclass

@@ -13,9 +13,9 @@ from pifarm.errors import ConfigError, SourceError
 from pifarm.initiator.blockdev_source import BlockDeviceSource, DirectFile, make_source, open_volume
 from pifarm.initiator.namespaces import Namespace
 from pifarm.initiator.settings import SourceContext, SourceSpec
-from pifarm.registry.integrity import BlobRef, digest_bytes
-from pifarm.registry.manifest import namespace_uuid
-from pifarm.registry.signing import SigningKey
+from pifarm.signed.integrity import BlobRef, digest_bytes
+from pifarm.signed.manifest import namespace_uuid
+from pifarm.signed.signing import SigningKey
 from tests.initiator_kernel.helpers import build_volume, flip_byte, model_files, trusted
 
 

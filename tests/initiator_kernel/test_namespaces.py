@@ -8,8 +8,8 @@ import threading
 import uuid
 
 from pifarm.initiator.namespaces import NamespaceIndex, read_namespace
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.manifest import namespace_nguid, namespace_uuid
 
 D1, D2 = digest_bytes(b"v1"), digest_bytes(b"v2")
 

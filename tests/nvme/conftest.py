@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.manifest import FileEntry, Manifest
-from pifarm.registry.volume import write_volume
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.manifest import FileEntry, Manifest
+from pifarm.volume.format import write_volume
 from pifarm.target.userspace import NamespaceExport, SubsystemExport, TargetConfig, ThreadedTarget
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"

@@ -13,7 +13,7 @@ import pytest
 
 from pifarm.errors import ConfigError
 from pifarm.initiator.nvme_tcp import ConnectParams, _auth
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 
 HOST = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
 SUB = "nqn.2024-01.io.pifarm:test"

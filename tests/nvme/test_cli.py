@@ -8,7 +8,7 @@ import sys
 import time
 
 from pifarm.appliance.cli import main
-from pifarm.registry.manifest import namespace_uuid
+from pifarm.signed.manifest import namespace_uuid
 from tests.nvme.conftest import HOSTNQN, OTHER_HOST, SUBNQN, make_volume
 from tests.support.procs import stop_process
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 
 
 def ready_pair(hd: bool = False, dd: bool = False) -> tuple[w.Codec, w.Codec]:

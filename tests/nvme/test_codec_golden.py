@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 from tests.nvme.pcap import read_streams
 
 DATA = Path(__file__).parent / "data"

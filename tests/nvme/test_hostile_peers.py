@@ -14,7 +14,7 @@ from pifarm.cache.store import Cache
 from pifarm.errors import ProtocolError, SourceError, SourceTimeout
 from pifarm.initiator.nvme_tcp import ConnectParams, Controller, NvmeTcpClient
 from pifarm.initiator.nvme_tcp.source import NvmeTcpUserspaceSource
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 from tests.nvme.conftest import HOSTNQN, SUBNQN
 from tests.nvme.peers import Proxy, ScriptedTarget
 

@@ -12,10 +12,10 @@ from pifarm.errors import SourceError, UsageError
 from pifarm.initiator.nvme_tcp import AUTH_MESSAGE, ConnectParams, Controller, NvmeTcpClient
 from pifarm.initiator.nvme_tcp.source import make_source
 from pifarm.initiator.settings import SourceContext, SourceSpec
-from pifarm.registry import nvme_wire as w
-from pifarm.registry.integrity import BlobRef, StreamVerifier
-from pifarm.registry.manifest import namespace_nguid, namespace_uuid
-from pifarm.registry.signing import TrustedKeys
+from pifarm import nvmewire as w
+from pifarm.signed.integrity import BlobRef, StreamVerifier
+from pifarm.signed.manifest import namespace_nguid, namespace_uuid
+from pifarm.signed.signing import TrustedKeys
 from pifarm.target.userspace import ThreadedTarget
 from tests.nvme.conftest import HOSTNQN, OTHER_HOST, SUBNQN, make_volume, target_config
 

@@ -43,7 +43,7 @@ def vm_volume(vm_pool, tmp_path):
 
 
 def test_pifarm_initiator_against_kernel_nvmet(vm_volume):
-    from pifarm.registry.manifest import namespace_nguid, namespace_uuid
+    from pifarm.signed.manifest import namespace_nguid, namespace_uuid
 
     vm, vol = vm_volume
     out = _run(vm, "initiator-vs-kernel", vol.path.name)
@@ -62,7 +62,7 @@ def test_pifarm_initiator_against_kernel_nvmet(vm_volume):
 
 
 def test_kernel_host_against_pifarm_userspace_target(vm_volume):
-    from pifarm.registry.manifest import namespace_uuid
+    from pifarm.signed.manifest import namespace_uuid
 
     vm, vol = vm_volume
     late = make_volume(vol.path.parent.parent / "late", "interop", 2, (8192,))
@@ -89,7 +89,7 @@ def test_kernel_host_against_pifarm_userspace_target(vm_volume):
 
 def test_pifarm_initiator_does_dh_hmac_chap_with_the_kernel_target(vm_pool, tmp_path):
     from pifarm.initiator.nvme_tcp import AUTH_MESSAGE
-    from pifarm.registry.manifest import namespace_uuid
+    from pifarm.signed.manifest import namespace_uuid
 
     vm = vm_pool.get("trixie")  # 6.12: the kernel target can demand DH-HMAC-CHAP
     vol = make_volume(tmp_path, "auth", 1, (300000,))

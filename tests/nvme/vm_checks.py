@@ -47,10 +47,10 @@ def initiator_vs_kernel(args: argparse.Namespace) -> dict:
     """pifarm's initiator against the kernel target: discover, identify, read + verify, refusal."""
     from pifarm.initiator.nvme_tcp import ConnectParams, NvmeTcpClient
     from pifarm.initiator.nvme_tcp.source import NvmeTcpUserspaceSource
-    from pifarm.registry import nvme_wire as w
-    from pifarm.registry.integrity import StreamVerifier
-    from pifarm.registry.manifest import namespace_nguid, namespace_uuid
-    from pifarm.registry.volume import VolumeReader
+    from pifarm import nvmewire as w
+    from pifarm.signed.integrity import StreamVerifier
+    from pifarm.signed.manifest import namespace_nguid, namespace_uuid
+    from pifarm.volume.format import VolumeReader
 
     with VolumeReader.from_file(args.volume) as vr:
         digest, manifest = vr.manifest_digest, vr.manifest
@@ -95,9 +95,9 @@ def initiator_vs_auth(args: argparse.Namespace) -> dict:
     refuses clearly; with the right one it authenticates every queue and reads; a wrong one is
     refused by the target."""
     from pifarm.initiator.nvme_tcp import ConnectParams, NvmeTcpClient
-    from pifarm.registry import nvme_wire as w
-    from pifarm.registry.manifest import namespace_nguid, namespace_uuid
-    from pifarm.registry.volume import VolumeReader
+    from pifarm import nvmewire as w
+    from pifarm.signed.manifest import namespace_nguid, namespace_uuid
+    from pifarm.volume.format import VolumeReader
 
     with VolumeReader.from_file(args.volume) as vr:
         digest = vr.manifest_digest
@@ -136,8 +136,8 @@ def kernel_vs_userspace(args: argparse.Namespace) -> dict:
     """The kernel's nvme-tcp host against pifarm's userspace target."""
     import socket
 
-    from pifarm.registry.manifest import namespace_uuid
-    from pifarm.registry.volume import VolumeReader
+    from pifarm.signed.manifest import namespace_uuid
+    from pifarm.volume.format import VolumeReader
 
     with VolumeReader.from_file(args.volume) as vr:
         digest = vr.manifest_digest
@@ -227,8 +227,8 @@ def kernel_vs_userspace(args: argparse.Namespace) -> dict:
 def p7(args: argparse.Namespace) -> dict:
     """P7: userspace initiator vs the kernel host, reading the same kernel-target namespace."""
     from pifarm.initiator.nvme_tcp import ConnectParams, NvmeTcpClient
-    from pifarm.registry.manifest import namespace_nguid, namespace_uuid
-    from pifarm.registry.volume import VolumeReader
+    from pifarm.signed.manifest import namespace_nguid, namespace_uuid
+    from pifarm.volume.format import VolumeReader
 
     with VolumeReader.from_file(args.volume) as vr:
         digest = vr.manifest_digest

@@ -9,19 +9,16 @@ import pytest
 
 from pifarm.registry.settings import StoreSettings
 from tests.support.aggregator import aggregator, aggregator_factory  # noqa: F401  (fixtures)
-
-# the shared models sit beside the repository (CI lays a copy of shared/ beside its clone)
-MODELS = Path(__file__).resolve().parents[2].parent / "shared" / "models"
-FACE = MODELS / "face_detection_short_range.tflite"
-SELFIE = MODELS / "selfie_segmentation.tflite"
+from tests.support.models import model_path, require_models
 
 
 @pytest.fixture
 def face_model(tmp_path) -> Path:
-    """A private copy of a real TFLite model (tests may not write the shared one)."""
+    """A private copy of a real TFLite model (tests may not write the cached one)."""
+    require_models()
     p = tmp_path / "src" / "face.tflite"
     p.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(FACE, p)
+    shutil.copyfile(model_path("face_detection_short_range"), p)
     return p
 
 

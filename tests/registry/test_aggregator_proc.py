@@ -5,12 +5,8 @@ import stat
 
 import httpx
 
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_snapshot
-
-from tests.registry.conftest import FACE
-
-MODEL = str(FACE)
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_snapshot
 
 
 def test_empty_data_dir_creates_keys_token_and_serves(aggregator):
@@ -25,9 +21,9 @@ def test_empty_data_dir_creates_keys_token_and_serves(aggregator):
     assert snap.revision == 0 and snap.models == {}
 
 
-def test_publish_survives_restart_on_same_port(aggregator, tmp_path):
+def test_publish_survives_restart_on_same_port(aggregator, face_model):
     with aggregator.client() as c:
-        out = c.publish(MODEL, "face", channel="stable")
+        out = c.publish(str(face_model), "face", channel="stable")
     assert out["version"] == 1
     port = aggregator.port
     assert aggregator.stop() == 0

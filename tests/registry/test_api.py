@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from pifarm.registry.api import create_app, parse_range
-from pifarm.registry.integrity import digest_bytes
+from pifarm.signed.integrity import digest_bytes
 from pifarm.registry.service import Registry
 from pifarm.registry.settings import ApiSettings
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_manifest, verify_snapshot
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_manifest, verify_snapshot
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

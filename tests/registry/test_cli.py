@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from pifarm.appliance.cli import main
-from pifarm.registry.integrity import digest_bytes
+from pifarm.signed.integrity import digest_bytes
 from tests.support.aggregator import free_port
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pifarm.registry.integrity import verify_file
+from pifarm.signed.integrity import verify_file
 from pifarm.registry.service import Registry
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_manifest, verify_snapshot
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_manifest, verify_snapshot
 from pifarm.registry.store import SNAPSHOT_KEY, manifest_key
 
 TRIALS = 50

@@ -7,8 +7,8 @@ import threading
 
 import httpx
 
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_snapshot
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_snapshot
 
 WATCHERS = 200
 PUBLISHES = 12

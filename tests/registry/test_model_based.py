@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from pifarm.errors import Conflict, NotFound
-from pifarm.registry.integrity import digest_bytes
+from pifarm.signed.integrity import digest_bytes
 from pifarm.registry.service import Registry
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_snapshot
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_snapshot
 from pifarm.registry.store import SNAPSHOT_KEY
 
 NAMES = st.sampled_from(["a", "b"])

@@ -8,9 +8,9 @@ import os
 import pytest
 
 from pifarm.errors import Conflict, IntegrityError, NotFound, SignatureError, UsageError
-from pifarm.registry.integrity import BlobRef, StreamVerifier, digest_bytes
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_manifest, verify_snapshot
+from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_bytes
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_manifest, verify_snapshot
 from pifarm.registry.store import SNAPSHOT_KEY, blob_key, manifest_key
 
 
@@ -176,14 +176,14 @@ def test_escaping_symlink_in_directory_publish_is_refused(registry, tmp_path):
 
 
 def test_path_traversal_in_staged_publish_is_refused(registry):
-    from pifarm.registry.manifest import FileEntry
+    from pifarm.signed.manifest import FileEntry
 
     with pytest.raises(UsageError, match="relative paths only"):
         registry.publish_staged("m", [FileEntry("../etc/passwd", 2, digest_bytes(b"ok"))])
 
 
 def test_staged_publish_needs_uploaded_blobs(registry, tmp_path):
-    from pifarm.registry.manifest import FileEntry
+    from pifarm.signed.manifest import FileEntry
 
     with pytest.raises(NotFound, match="was not uploaded"):
         registry.publish_staged("m", [FileEntry("x.bin", 2, digest_bytes(b"ok"))])
@@ -225,7 +225,7 @@ def test_tampered_manifest_and_snapshot_fail_verification(registry, face_model):
         verify_manifest(doc, keys, expected_digest=digest_bytes(b"other"))
     # and documents signed by another registry's key are refused
     other = TrustedKeys.from_files([registry.pubkey_path])
-    from pifarm.registry.signing import SigningKey
+    from pifarm.signed.signing import SigningKey
 
     forged = SigningKey.generate().sign(doc["signed"])
     with pytest.raises(SignatureError, match="unknown key"):

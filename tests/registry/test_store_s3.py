@@ -7,11 +7,11 @@ import json
 import pytest
 
 from pifarm.errors import ReadOnlyError
-from pifarm.registry.integrity import StreamVerifier
+from pifarm.signed.integrity import StreamVerifier
 from pifarm.registry.service import Registry
 from pifarm.registry.settings import RegistrySettings
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.snapshot import verify_manifest, verify_snapshot
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.snapshot import verify_manifest, verify_snapshot
 from pifarm.registry.store_s3 import parse_s3_url
 from tests.registry.conftest import s3_settings
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pifarm.registry.integrity import digest_bytes, digest_hex
-from pifarm.registry.manifest import FileEntry, Manifest
-from pifarm.registry.signing import SigningKey
+from pifarm.signed.integrity import digest_bytes, digest_hex
+from pifarm.signed.manifest import FileEntry, Manifest
+from pifarm.signed.signing import SigningKey
 
 
 def make_store(root: Path, files: dict[str, bytes]) -> dict[str, str]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from pifarm.errors import ConfigfsError, Conflict, NotFound, UsageError
-from pifarm.registry.integrity import digest_bytes
+from pifarm.signed.integrity import digest_bytes
 from pifarm.target.configfs import Mode
 from pifarm.target.dhchap import gen_dhchap_key
 from pifarm.target.nvmetcli_json import dump, restore

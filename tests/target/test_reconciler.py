@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from pifarm.errors import ConfigfsError, UsageError
-from pifarm.registry.integrity import digest_bytes
+from pifarm.signed.integrity import digest_bytes
 from pifarm.target.configfs import Mode, Root
 from pifarm.target.dhchap import gen_dhchap_key
 from pifarm.target.fake_configfs import FakeConfigfs

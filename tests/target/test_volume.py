@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pifarm.errors import IntegrityError, NotFound
-from pifarm.registry.integrity import digest_bytes
-from pifarm.registry.manifest import manifest_digest, namespace_uuid
-from pifarm.registry.signing import SigningKey, TrustedKeys
-from pifarm.registry.volume import BLOCK, MAGIC, VolumeReader, write_volume
+from pifarm.signed.integrity import digest_bytes
+from pifarm.signed.manifest import manifest_digest, namespace_uuid
+from pifarm.signed.signing import SigningKey, TrustedKeys
+from pifarm.volume.format import BLOCK, MAGIC, VolumeReader, write_volume
 
 from .helpers import blob_path_in, make_store, signed_manifest
 

@@ -8,7 +8,7 @@ import pytest
 
 from pifarm.errors import IntegrityError, NotFound
 from pifarm.registry.service import Registry
-from pifarm.registry.volume import VolumeReader
+from pifarm.volume.format import VolumeReader
 from pifarm.target.volumes import VolumeBuilder, sync_volumes
 
 

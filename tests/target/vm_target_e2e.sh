@@ -39,9 +39,9 @@ pifarm target status --config $S/agg.toml
 nvme connect -t tcp -a 127.0.0.1 -s 4420 -n $SUB --hostnqn=$HOST --hostid=$HOSTID $AUTH
 python - <<PY
 import glob, time, re
-from pifarm.registry.volume import VolumeReader
-from pifarm.registry.signing import TrustedKeys
-from pifarm.registry.manifest import namespace_uuid
+from pifarm.volume.format import VolumeReader
+from pifarm.signed.signing import TrustedKeys
+from pifarm.signed.manifest import namespace_uuid
 def find(uuid):
     for _ in range(100):
         for p in glob.glob("/sys/block/nvme*n*/uuid"):
@@ -68,9 +68,9 @@ pifarm target plan --config $S/agg.toml
 pifarm target apply --config $S/agg.toml
 python - <<PY
 import glob, time, re
-from pifarm.registry.volume import VolumeReader
+from pifarm.volume.format import VolumeReader
 from pifarm.registry.service import Registry
-from pifarm.registry.manifest import namespace_uuid
+from pifarm.signed.manifest import namespace_uuid
 with Registry.open("$S/agg", readonly=True) as r:
     svs = r.served_versions()
 want = {str(namespace_uuid(s.manifest_digest)) for s in svs}

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, strategies as st
 
 from pifarm.errors import IntegrityError, SignatureError, UsageError
-from pifarm.registry.integrity import BlobRef, StreamVerifier, digest_bytes, digest_file, verify_file
-from pifarm.registry.manifest import FileEntry, Manifest, check_name, check_relpath, namespace_nguid, namespace_uuid
-from pifarm.registry.signing import SigningKey, TrustedKeys
-from pifarm.registry.snapshot import (
+from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_bytes, digest_file, verify_file
+from pifarm.signed.manifest import FileEntry, Manifest, check_name, check_relpath, namespace_nguid, namespace_uuid
+from pifarm.signed.signing import SigningKey, TrustedKeys
+from pifarm.signed.snapshot import (
     DEFAULT_LIFETIME, ModelEntry, Snapshot, VersionPointer, iso, utcnow, verify_manifest, verify_snapshot,
 )
 

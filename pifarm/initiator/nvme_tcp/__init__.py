@@ -2,7 +2,7 @@
 
 `Controller` (asyncio) does the NVMe work; `NvmeTcpClient` wraps it for blocking callers with
 reconnect and backoff; `source.make_source` plugs it into the cache as `nvme-tcp-userspace`.
-Never imports pifarm.target: the wire format is shared through pifarm.registry.nvme_wire.
+Never imports pifarm.target: the wire format is shared through pifarm.nvmewire.
 """
 
 from pifarm.initiator.nvme_tcp._client import NvmeTcpClient

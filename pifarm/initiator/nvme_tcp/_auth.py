@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 
 from pifarm.errors import ConfigError
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 
 HASHES = {1: "sha256", 2: "sha384", 3: "sha512"}
 COMMON, DHCHAP = 0x00, 0x01  # auth_type

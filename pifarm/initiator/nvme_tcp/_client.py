@@ -18,7 +18,7 @@ from collections import deque
 from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 from pifarm.errors import ProtocolError, SourceError
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 from pifarm.initiator.nvme_tcp._controller import ConnectParams, Controller, NamespaceInfo
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from pifarm.errors import NotFound, SourceError, SourceTimeout, UsageError
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 from pifarm.initiator.nvme_tcp import _auth
 from pifarm.initiator.nvme_tcp._driver import SOURCE
 from pifarm.initiator.nvme_tcp._queue import HostQueue

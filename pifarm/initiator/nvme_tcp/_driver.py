@@ -14,7 +14,7 @@ import socket
 from typing import Callable
 
 from pifarm.errors import SourceError, SourceTimeout
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 
 SOURCE = "nvme-tcp-userspace"
 RECV_SIZE = 1 << 20

@@ -12,7 +12,7 @@ import asyncio
 from dataclasses import dataclass
 
 from pifarm.errors import SourceError, SourceTimeout, UsageError
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 from pifarm.initiator.nvme_tcp._driver import SOURCE, Driver
 
 

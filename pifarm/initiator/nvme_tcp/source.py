@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from pifarm.errors import ConfigError, IntegrityError, NotFound, ProtocolError, SourceError, UsageError
-from pifarm.registry import nvme_wire as w
-from pifarm.registry.integrity import BlobRef
-from pifarm.registry.manifest import namespace_uuid
-from pifarm.registry.volume import VolumeReader
+from pifarm import nvmewire as w
+from pifarm.signed.integrity import BlobRef
+from pifarm.signed.manifest import namespace_uuid
+from pifarm.volume.format import VolumeReader
 from pifarm.initiator.identity import ensure_identity
 from pifarm.initiator.nvme_tcp._client import NvmeTcpClient
 from pifarm.initiator.nvme_tcp._controller import ConnectParams, NamespaceInfo, parse_address

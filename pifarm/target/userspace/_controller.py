@@ -14,8 +14,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from pifarm.registry import nvme_wire as w
-from pifarm.registry.nvme_wire import status as st
+from pifarm import nvmewire as w
+from pifarm.nvmewire import status as st
 from pifarm.target.userspace._exports import LBA_SHIFT, SubsystemExport, TargetConfig
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Callable
 
 from pifarm.errors import NotFound, PifarmError, UsageError
-from pifarm.registry.manifest import namespace_nguid, namespace_uuid
-from pifarm.registry.volume import BLOCK, VolumeReader
+from pifarm.signed.manifest import namespace_nguid, namespace_uuid
+from pifarm.volume.format import BLOCK, VolumeReader
 
 LBA_SHIFT = 12  # volumes are 4 KiB aligned; so are the LBAs
 

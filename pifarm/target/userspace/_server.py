@@ -10,7 +10,7 @@ import threading
 from typing import Callable
 
 from pifarm.errors import UsageError
-from pifarm.registry import nvme_wire as w
+from pifarm import nvmewire as w
 from pifarm.target.userspace._controller import Controllers, QueueSession
 from pifarm.target.userspace._exports import TargetConfig
 

@@ -28,9 +28,9 @@ from pifarm.initiator.chain import Deadlined  # noqa: E402
 from pifarm.initiator.http_source import HttpSource  # noqa: E402
 from pifarm.initiator.identity import ensure_identity  # noqa: E402
 from pifarm.initiator.settings import SourceContext, SourceSpec  # noqa: E402
-from pifarm.registry.integrity import BlobRef, digest_bytes  # noqa: E402
-from pifarm.registry.manifest import namespace_nguid, namespace_uuid  # noqa: E402
-from pifarm.registry.signing import SigningKey  # noqa: E402
+from pifarm.signed.integrity import BlobRef, digest_bytes  # noqa: E402
+from pifarm.signed.manifest import namespace_nguid, namespace_uuid  # noqa: E402
+from pifarm.signed.signing import SigningKey  # noqa: E402
 from tests.initiator_kernel.helpers import build_volume, flip_byte, model_files, trusted  # noqa: E402
 
 C = Path("/sys/kernel/config/nvmet")
@@ -201,7 +201,7 @@ def main() -> None:
 
 
 def _blob_offset(path: Path, digest: str) -> int:
-    from pifarm.registry.volume import VolumeReader
+    from pifarm.volume.format import VolumeReader
 
     with VolumeReader.from_file(path) as r:
         return r.extent(digest)[0]

@@ -22,9 +22,9 @@ from pifarm.appliance.cli import main as pifarm  # noqa: E402
 from pifarm.initiator.identity import ensure_identity  # noqa: E402
 from pifarm.initiator.kernel_attach import AttachSettings, KernelAttacher  # noqa: E402
 from pifarm.initiator.namespaces import NamespaceIndex  # noqa: E402
-from pifarm.registry.manifest import namespace_uuid  # noqa: E402
+from pifarm.signed.manifest import namespace_uuid  # noqa: E402
 from pifarm.registry.service import Registry  # noqa: E402
-from pifarm.registry.volume import VolumeReader  # noqa: E402
+from pifarm.volume.format import VolumeReader  # noqa: E402
 
 SCRATCH = Path(os.environ.get("PIFARM_VM_SCRATCH", "/scratch"))
 NQN = "nqn.2014-08.org.pifarm:aggregator:vm"

@@ -12,7 +12,7 @@ import struct
 import uuid
 from dataclasses import dataclass, field
 
-from pifarm.registry.nvme_wire._errors import RemoteProtocolError
+from pifarm.nvmewire._errors import RemoteProtocolError
 
 IDENTIFY_LEN = 4096
 

@@ -21,8 +21,8 @@ from typing import Callable
 
 import crc32c as _crc
 
-from pifarm.registry.nvme_wire._errors import LocalProtocolError, RemoteProtocolError
-from pifarm.registry.nvme_wire._pdu import (
+from pifarm.nvmewire._errors import LocalProtocolError, RemoteProtocolError
+from pifarm.nvmewire._pdu import (
     CH_LEN, COMMON, DIGESTED, HLEN, WITH_DATA, Fes, Flag, ICReq, ICResp, Pdu, PduType,
     data_length_field, pack_header, pdu_data, pdu_flags, unpack,
 )

@@ -42,7 +42,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from pifarm.errors import ConfigError, Conflict, IntegrityError, PifarmError, SourceError, UsageError
-from pifarm.registry import enroll as x
+from pifarm.pki import certs as x
 
 CA_DAYS = 3650
 SERVER_DAYS = 825

@@ -19,8 +19,8 @@ from typing import Any
 import blake3
 
 from pifarm.errors import IntegrityError, UsageError
-from pifarm.registry.canonical import canonical_bytes
-from pifarm.registry.integrity import BlobRef, digest_hex, make_digest
+from pifarm.signed.canonical import canonical_bytes
+from pifarm.signed.integrity import BlobRef, digest_hex, make_digest
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 FORMATS = ("tflite", "raw")

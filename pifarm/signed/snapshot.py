@@ -16,9 +16,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pifarm.errors import IntegrityError
-from pifarm.registry.integrity import digest_hex
-from pifarm.registry.manifest import check_name
-from pifarm.registry.signing import TrustedKeys
+from pifarm.signed.integrity import digest_hex
+from pifarm.signed.manifest import check_name
+from pifarm.signed.signing import TrustedKeys
 
 CHANNELS = ("stable", "canary")
 DEFAULT_LIFETIME = timedelta(days=7)
@@ -141,7 +141,7 @@ def verify_snapshot(
 
 def verify_manifest(document: Any, trusted: TrustedKeys, expected_digest: str | None = None):
     """Check a signed manifest and, when given, that it is the one the snapshot points at."""
-    from pifarm.registry.manifest import Manifest, manifest_digest
+    from pifarm.signed.manifest import Manifest, manifest_digest
 
     body = trusted.verify(document, what="manifest")
     if expected_digest is not None and manifest_digest(body) != expected_digest:

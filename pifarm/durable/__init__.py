@@ -1,5 +1,7 @@
 """Durable small-file writes, shared by every component that keeps state on disk.
 
+A leaf package: imports nothing of pifarm, and anyone may import it.
+
 `atomic_write` is the one way pifarm replaces a small file: a process-unique temp file in the
 same directory (exclusive create), fsync, os.replace, fsync the directory. Readers see the old
 file or the new one, never a mix, and a crash leaves at most a dot-prefixed temp file behind.

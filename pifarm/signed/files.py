@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pifarm.errors import NotFound, UsageError
-from pifarm.registry.manifest import check_relpath
+from pifarm.signed.manifest import check_relpath
 
 MAX_FILES = 10_000
 

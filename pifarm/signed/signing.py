@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from pifarm.errors import ConfigError, SignatureError, UsageError
-from pifarm.registry.canonical import canonical_bytes
+from pifarm.signed.canonical import canonical_bytes
 
 PRIVATE_NAME = "signing.key"
 PUBLIC_NAME = "signing.pub"

@@ -3,7 +3,7 @@ the Fabrics spec's command-specific Connect/Authentication codes)."""
 
 from __future__ import annotations
 
-from pifarm.registry.nvme_wire._errors import NvmeStatusError
+from pifarm.nvmewire._errors import NvmeStatusError
 
 SUCCESS = 0x000
 INVALID_OPCODE = 0x001

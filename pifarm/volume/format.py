@@ -22,7 +22,7 @@ device, over userspace NVMe/TCP or from a plain file. A reader needs nothing but
     then          each distinct blob once, at a 4 KiB aligned offset, zero padded
 
 The TOC digest is checked on every open; blob bytes are checked by callers with
-`pifarm.registry.integrity` (the one verification routine), the manifest signature by callers
+`pifarm.signed.integrity` (the one verification routine), the manifest signature by callers
 with `TrustedKeys`. Files sharing a digest share one extent.
 """
 
@@ -39,10 +39,10 @@ from typing import Any, Callable, Iterable, Iterator
 import blake3
 
 from pifarm.errors import IntegrityError, NotFound, UsageError
-from pifarm.registry.canonical import canonical_bytes
-from pifarm.registry.durable import fsync_dir
-from pifarm.registry.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
-from pifarm.registry.manifest import Manifest, manifest_digest
+from pifarm.signed.canonical import canonical_bytes
+from pifarm.durable import fsync_dir
+from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
+from pifarm.signed.manifest import Manifest, manifest_digest
 
 __all__ = [
     "BLOCK", "MAGIC", "FORMAT_VERSION", "MAX_TOC", "Superblock", "VolumeInfo", "VolumeReader",
@@ -117,7 +117,7 @@ class VolumeInfo:
 
     @property
     def namespace_uuid(self) -> uuid.UUID:
-        from pifarm.registry.manifest import namespace_uuid
+        from pifarm.signed.manifest import namespace_uuid
 
         return namespace_uuid(self.manifest_digest)
 

@@ -16,7 +16,7 @@ import struct
 import uuid
 from dataclasses import dataclass
 
-from pifarm.registry.nvme_wire._errors import LocalProtocolError, RemoteProtocolError
+from pifarm.nvmewire._errors import LocalProtocolError, RemoteProtocolError
 
 _SQE = struct.Struct("<BBHIIIQQIBBBB6I")  # opcode flags cid nsid cdw2 cdw3 mptr | sgl(addr len 3rsvd type) | cdw10-15
 _CQE = struct.Struct("<IIHHHH")

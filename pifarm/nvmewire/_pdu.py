@@ -12,8 +12,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from pifarm.registry.nvme_wire._errors import LocalProtocolError
-from pifarm.registry.nvme_wire._sqe import Cqe, Sqe
+from pifarm.nvmewire._errors import LocalProtocolError
+from pifarm.nvmewire._sqe import Cqe, Sqe
 
 COMMON = struct.Struct("<BBBBI")
 CH_LEN = COMMON.size  # 8

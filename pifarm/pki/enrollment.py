@@ -1,0 +1,130 @@
+"""The CA side of enrollment: check the secret, sign a node's CSR, record the host, renew.
+
+A node proves it knows the enrollment secret, sends a CSR and its host identity, and gets back a
+client certificate for mTLS plus its host registration (routes: `pifarm.registry.enroll_api`).
+
+Renewal is authenticated by the node's current certificate *and* a signature of the new CSR by
+its current key, so it works over any listener (the ASGI app never sees the TLS peer).
+
+Everything lives in the aggregator data dir (written by `pifarm setup aggregator` /
+`pifarm pki ...`): `pki/ca.crt`, `pki/ca.key`, `pki/ca-bundle.pem` (every CA trusted right now:
+two during a rotation), `enroll-secret`, and one `hosts/<hostnqn>.json` per enrolled node, which
+the target side turns into allowed hosts. The x509 helpers in `pifarm.pki.certs`
+are shared with `pifarm.pki.farm` so both issue certificates the same way.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+
+from pifarm.errors import ConfigError, UsageError
+from pifarm.pki.certs import (
+    BUNDLE, CA_CERT, CA_KEY, CLIENT_DAYS, HOSTID_RE, NAME_RE, PKI_DIR, SECRET_FILE, HostRecord, bundle_certs,
+    check_client_cert, check_hostnqn, fingerprint, host_path, issue, pem, read_cert, read_hosts, read_key, utcnow,
+    verify_proof, write_private,
+)
+
+class Enrollment:
+    """The aggregator side of enrollment and renewal, over the files in the data dir."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, cert_days: int = CLIENT_DAYS,
+                 register_host: Callable[[HostRecord], str | None] | None = None):
+        self.data_dir = Path(data_dir)
+        self.pki = self.data_dir / PKI_DIR
+        self.cert_days = cert_days
+        self.register_host = register_host
+
+    def enabled(self) -> bool:
+        return (self.data_dir / SECRET_FILE).is_file() and (self.pki / CA_KEY).is_file()
+
+    def check_secret(self, secret: str) -> bool:
+        try:
+            want = (self.data_dir / SECRET_FILE).read_text().strip()
+        except FileNotFoundError:
+            return False
+        return bool(want) and hmac.compare_digest(want.encode(), secret.strip().encode())
+
+    def bundle_pem(self) -> bytes:
+        try:
+            return (self.pki / BUNDLE).read_bytes()
+        except FileNotFoundError as e:
+            raise ConfigError(f"{self.pki / BUNDLE} is missing; run `pifarm pki init`") from e
+
+    def _sign(self, csr_pem: str, common_name: str) -> x509.Certificate:
+        try:
+            csr = x509.load_pem_x509_csr(csr_pem.encode())
+        except ValueError as e:
+            raise UsageError(f"csr is not a PEM certificate signing request: {e}") from e
+        if not csr.is_signature_valid:
+            raise UsageError("csr signature does not verify")
+        ca_cert, ca_key = read_cert(self.pki / CA_CERT), read_key(self.pki / CA_KEY)
+        return issue(ca_cert, ca_key, csr.public_key(), common_name, kind="client", days=self.cert_days)
+
+    def _record(self, hostnqn: str, hostid: str, hostname: str, cert: x509.Certificate, *,
+                register: bool = True) -> HostRecord:
+        path = host_path(self.data_dir, hostnqn)
+        old = None
+        if path.exists():
+            try:
+                old = json.loads(path.read_text())
+            except ValueError:
+                old = None
+        rec = HostRecord(hostnqn=hostnqn, hostid=hostid, hostname=hostname, cert_serial=format(cert.serial_number, "x"),
+                         cert_not_after=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         ca_fingerprint=fingerprint(read_cert(self.pki / CA_CERT)),
+                         enrolled_at=utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         dhchap_key=(old or {}).get("dhchap_key"))
+        if register and self.register_host is not None:
+            # The target side allows the NQN and, with auth on, returns its DH-HMAC-CHAP secret.
+            key = self.register_host(rec)
+            if key:
+                rec = HostRecord(**{**rec.to_json(), "dhchap_key": key})
+        write_private(path, json.dumps(rec.to_json(), indent=2, sort_keys=True).encode())
+        return rec
+
+    def enroll(self, secret: str, hostnqn: str, hostid: str, hostname: str, csr_pem: str) -> dict[str, Any]:
+        check_hostnqn(hostnqn)
+        if not HOSTID_RE.match(hostid or ""):
+            raise UsageError(f"hostid {hostid!r} is not a UUID")
+        if not NAME_RE.match(hostname or ""):
+            raise UsageError(f"hostname {hostname!r} is not a plain host name")
+        cert = self._sign(csr_pem, hostname)
+        rec = self._record(hostnqn, hostid, hostname, cert)
+        return {"certificate": pem(cert).decode(), "ca_bundle": self.bundle_pem().decode(), "hostnqn": hostnqn,
+                "dhchap_key": rec.dhchap_key, "not_after": rec.cert_not_after, "signing_keys": self.signing_keys()}
+
+    def signing_keys(self) -> list[str]:
+        """The registry's public signing keys (PEM): what the node must trust for manifests."""
+        d = self.data_dir / "keys"
+        return [p.read_text() for p in sorted(d.glob("*.pub"))] if d.is_dir() else []
+
+    def renew(self, cert_pem: str, csr_pem: str, proof_b64: str) -> dict[str, Any]:
+        import base64
+
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())
+            proof = base64.b64decode(proof_b64, validate=True)
+        except ValueError as e:
+            raise UsageError(f"certificate or proof is malformed: {e}") from e
+        check_client_cert(cert, bundle_certs(self.pki))
+        verify_proof(cert, csr_pem.encode(), proof)
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = cn[0].value if cn else "node"
+        new = self._sign(csr_pem, str(name))
+        serial = format(cert.serial_number, "x")
+        for rec in read_hosts(self.data_dir):
+            if rec.cert_serial == serial:
+                # a renewal changes only the certificate: the host stays allowed with the same secret
+                self._record(rec.hostnqn, rec.hostid, rec.hostname, new, register=False)
+                break
+        return {"certificate": pem(new).decode(), "ca_bundle": self.bundle_pem().decode(),
+                "not_after": new.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
