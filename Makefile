@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv clean
+.PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv models clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 ships venv/ensurepip separately: install them when root and missing
@@ -25,6 +25,11 @@ system-deps:
 	bash tests/vm/install-host-deps.sh
 	bash tests/appliance/install-deps.sh
 
+# real MediaPipe models for tests and benches: pip download of the pinned wheel, digests checked,
+# kept in ~/.cache/pifarm/models (PIFARM_MODELS_DIR overrides); a second run downloads nothing
+models: venv
+	$(PY) -m tests.support.models
+
 # tflite-runtime needs numpy<2, so it gets a small venv of its own for its runtime tests
 tflite-runtime-venv:
 	bash tests/tflite_runtime_venv.sh
@@ -35,13 +40,13 @@ demo: venv
 demo-check: venv
 	$(VENV)/bin/pifarm demo --check
 
-test: venv system-deps tflite-runtime-venv
+test: venv system-deps tflite-runtime-venv models
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: venv
+test-fast: venv models
 	$(PY) -m pytest -q -m "not vm and not slow" $(PYTEST_ARGS)
 
-bench: venv
+bench: venv models
 	$(PY) -m bench
 
 clean:

@@ -1,5 +1,5 @@
 """The codec against captures of the Linux kernel host talking to the Linux kernel target
-(tests/nvme/data, documented in /work/shared/captures/nvme-tcp/README.md)."""
+(tests/nvme/data, documented in tests/nvme/data/README.md)."""
 
 from __future__ import annotations
 
