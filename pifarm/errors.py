@@ -31,7 +31,15 @@ class UsageError(PifarmError):
 
 
 class ConfigError(PifarmError):
+    """`key` and `expected`, when a settings check knows them, let the config loader report file,
+    key and expected type for a value refused after conversion (e.g. in `__post_init__`)."""
+
     exit_code = 2
+
+    def __init__(self, message: str = "", *, key: str = "", expected: str = ""):
+        super().__init__(message)
+        self.key = key
+        self.expected = expected
 
 
 class NotFound(PifarmError):
