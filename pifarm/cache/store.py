@@ -569,10 +569,6 @@ class Cache:
         self.activate(name, prev)
         return prev
 
-    def ref_value(self, name: str, version: int) -> RefValue:
-        """The ref value naming a stored manifest (digest of its signed body, as received)."""
-        return RefValue(version, manifest_digest(self.manifest_document(name, version)["signed"]))
-
     # ----------------------------------------------------------------- maintenance
 
     def verify_all(self, bytes_per_second: float | None = None, stop: threading.Event | None = None) -> ScrubReport:

@@ -435,15 +435,6 @@ class BlockDeviceSource:
                 delay = backoff.next_delay()
             self._stop.wait(delay)
 
-    def wait_live(self, timeout: float) -> bool:
-        """True once the attach loop reports live (tests and `node run --wait`)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.path_state == LIVE:
-                return True
-            self._stop.wait(0.05)
-        return self.path_state == LIVE
-
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:

@@ -16,7 +16,6 @@ Controllers are read from sysfs, not from nvme-cli's output, so state survives o
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -254,17 +253,6 @@ class KernelAttacher:
                 else:
                     time.sleep(delay)
         return res
-
-    async def attach_async(self, *, timeout: float, attempts: int = 8) -> AttachResult:
-        """`attach` in a worker thread, bounded by `timeout`, so an event loop never blocks on
-        the kernel. On timeout the rounds stop at their next check and SourceTimeout is raised."""
-        stop = threading.Event()
-        try:
-            return await asyncio.wait_for(asyncio.to_thread(self.attach, attempts=attempts, stop=stop), timeout)
-        except asyncio.TimeoutError:
-            stop.set()
-            raise SourceTimeout(f"nvme attach to {self.s.address}:{self.s.port} took longer than {timeout:g}s",
-                                SOURCE) from None
 
     def disconnect(self, subnqn: str) -> None:
         rc, out = self._run([self.s.nvme, "disconnect", "-n", subnqn], self.s.command_timeout)

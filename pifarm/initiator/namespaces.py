@@ -92,7 +92,6 @@ class NamespaceIndex:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._listeners: list[Callable[[str, Namespace], None]] = []
-        self.uevents = 0  # block uevents handled (tests use it to prove the path taken)
         self.via_uevent: set[str] = set()  # devices first seen through a uevent, not a scan
 
     # ------------------------------------------------------------------ reading
@@ -184,7 +183,6 @@ class NamespaceIndex:
             name = dev.sys_name
             if not _NS_NAME.match(name):
                 continue
-            self.uevents += 1
             if dev.action == "add":
                 ns = self._settle(name)
                 if ns is not None:

@@ -282,8 +282,6 @@ class NodeTls:
             raise ConfigError(f"no client certificate in {self.dir}; enroll with `pifarm setup node --enroll SECRET`")
         return x.client_ssl_context(self.cert, self.key, self.bundle)
 
-    def not_after(self) -> dt.datetime:
-        return x.read_cert(self.cert).not_valid_after_utc
 
 
 def make_csr(key, common_name: str) -> str:

@@ -108,19 +108,6 @@ class RegistryClient:
             return False
         return size is None or int(resp.headers.get("content-length", -1)) == size
 
-    def blob_chunks(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        headers = {}
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
-        try:
-            with self._http.stream("GET", f"/v1/blobs/{digest}", headers=headers) as resp:
-                if resp.status_code not in (200, 206):
-                    resp.read()
-                    raise _error_for(resp, f"blob {digest}")
-                yield from resp.iter_bytes(CHUNK)
-        except httpx.HTTPError as e:
-            raise errors.SourceError(f"blob {digest}: registry {self.url}: {e}", source="http") from e
-
     # -- writes ----------------------------------------------------------------------------------
     def upload_blob(self, digest: str, path: Path, size: int, progress: Progress | None = None,
                     total: int = 0) -> None:

@@ -45,7 +45,6 @@ class S3Store:
         self.create_bucket = create_bucket
         self.verify_uploads = verify_uploads
         self.location = f"s3://{bucket}/{prefix}"
-        self._bucket_ok = False
 
     @classmethod
     def from_settings(cls, s: StoreSettings) -> "S3Store":
@@ -87,7 +86,6 @@ class S3Store:
                 self.client.create_bucket(Bucket=self.bucket)
                 self.client.put_bucket_versioning(Bucket=self.bucket,
                                                   VersioningConfiguration={"Status": "Enabled"})
-        self._bucket_ok = True
 
     def has_blob(self, ref: BlobRef) -> bool:
         try:

@@ -111,7 +111,3 @@ def reply(key: DhchapKey, ch: Challenge, t_id: int, hostnqn: str, subnqn: str) -
 
 def check_success1(msg: bytes, t_id: int, where: str) -> None:
     _check(msg, t_id, SUCCESS1, where)
-
-
-def failure2(t_id: int, reason_exp: int) -> bytes:
-    return _HEAD.pack(COMMON, FAILURE2, 0, t_id) + bytes([1, reason_exp])

@@ -101,7 +101,7 @@ class Controller:
         self.admin: HostQueue | None = None
         self.io: list[HostQueue] = []
         self.cntlid = 0
-        self.cap = self.vs = 0
+        self.cap = 0
         self.ident: w.IdentifyController | None = None
         self.max_transfer = MAX_READ
         self._ka: asyncio.Task | None = None
@@ -168,7 +168,7 @@ class Controller:
         self.admin = self._queue(0, 31)
         self.cntlid = await self._connect_queue(self.admin, 31, p.kato_ms, 0xFFFF)
         self.cap = await self.property_get(w.Prop.CAP, size8=True)
-        self.vs = await self.property_get(w.Prop.VS)
+        await self.property_get(w.Prop.VS)  # the init sequence of Linux's host: CAP, VS, enable
         await self._enable()
         self.ident = await self.identify_controller()
         mdts = self.ident.max_transfer(4096 << ((self.cap >> 48) & 0xF))

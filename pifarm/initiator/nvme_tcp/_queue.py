@@ -28,7 +28,6 @@ class HostQueue:
     def __init__(self, host: str, port: int, qid: int, depth: int, timeout: float,
                  hdgst: bool = False, ddgst: bool = False, max_data: int = 4 << 20):
         self.qid = qid
-        self.depth = depth
         self.timeout = timeout
         self.hdgst, self.ddgst = hdgst, ddgst
         self.codec = w.Codec(w.Role.HOST, max_data=max_data)
