@@ -1,7 +1,10 @@
 """Which model versions are served, and hot swap between them.
 
-The manager watches the cache's `refs/<name>/active` files with watchdog (plus a bounded
-periodic rescan in case an event is missed). When a model's active ref names a manifest digest
+The manager watches the cache's `refs/` with watchdog (plus a periodic rescan every
+`state_poll_seconds` in case an event is missed). Only changes wake it, never reads: its own reads
+of the ref files would otherwise each wake the next pass (issue 19: a core busy and an unbounded
+event backlog on an idle node). Every pass runs on the one rescan thread, so a burst of events
+coalesces into one pass instead of queueing behind it. When a model's active ref names a manifest digest
 other than the one being served, the version is loaded on the single background loader thread:
 verified, built, batch-probed, warmed up with one inference, and only then swapped in by one
 reference assignment. Requests already queued on the old version finish on its interpreters;
@@ -12,13 +15,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent, FileCreatedEvent,
+                             FileDeletedEvent, FileMovedEvent, FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from pifarm.cache.layout import CacheLayout, RefValue
@@ -37,7 +42,9 @@ log = logging.getLogger(__name__)
 
 
 class NotReady(InferenceError):
-    """The model is known but no version is loaded yet (HTTP 503)."""
+    """The model is known but no version is loaded yet."""
+
+    http_status = 503
 
 
 @dataclass
@@ -59,17 +66,26 @@ class Slot:
     standby_failed: dict[str, float] = field(default_factory=dict)  # kept apart: never blocks activation
 
 
-class _RefEvents(FileSystemEventHandler):
-    """Reacts to changes under <cache>/refs only (blob and temp-file writes are ignored)."""
+# What changes a ref: a replace (rename over it), a create, a delete, a write closed in place, a
+# model directory coming or going. Opens and close-without-write (reads: ours every pass) are not
+# even asked of the kernel, and modify events are left out (the close after the write follows).
+REF_CHANGES = [FileMovedEvent, FileCreatedEvent, FileDeletedEvent, FileClosedEvent,
+               DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
 
-    def __init__(self, manager: "ModelManager", root: Path):
-        self._m = manager
-        self._refs = str(root / "refs")
+
+class _RefEvents(FileSystemEventHandler):
+    """Wakes the rescan thread on a change under <cache>/refs; never does the work itself."""
+
+    def __init__(self, wake):
+        self._wake = wake
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        paths = [getattr(event, "src_path", ""), getattr(event, "dest_path", "")]
-        if any(str(p) == self._refs or str(p).startswith(self._refs + "/") for p in paths if p):
-            self._m.reconcile()
+        if not isinstance(event, tuple(REF_CHANGES)):
+            return  # the filter already keeps these out; this keeps a feedback loop impossible
+        names = [Path(os.fsdecode(p)).name for p in (event.src_path, event.dest_path) if p]
+        if names and all(n.startswith(".") for n in names):
+            return  # a ref's temp file being written; its rename into place is the change
+        self._wake()
 
 
 class ModelManager:
@@ -86,6 +102,8 @@ class ModelManager:
         self._loader: concurrent.futures.ThreadPoolExecutor | None = None
         self._observer: Any = None
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by the ref watch: rescan now instead of at the next tick
+        self._watching = False
         self._poller: threading.Thread | None = None
         # (blob digest, runtime, threads, max_batch) -> decision: a re-published model skips the timing
         self._calibrations: dict[tuple, BatchDecision] = {}
@@ -99,15 +117,33 @@ class ModelManager:
             self._trusted = TrustedKeys.from_files(self.settings.trusted_keys)
         self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._observer = Observer()
-        self._observer.schedule(_RefEvents(self, self.layout.root), str(self.layout.root), recursive=True)
         self._observer.daemon = True
         self._observer.start()
+        self._watch_refs()
         self._poller = threading.Thread(target=self._poll, name="model-rescan", daemon=True)
         self._poller.start()
-        self.reconcile()
+        self.reconcile("start")
+
+    def _ref_event(self) -> None:
+        self.metrics.ref_events.inc()
+        self._wake.set()
+
+    def _watch_refs(self) -> None:
+        """Watch <cache>/refs (only it: blob reads and installs are none of our business) once it
+        exists; until then, and if inotify refuses (watch limit), the periodic rescan alone."""
+        refs = self.layout.root / "refs"
+        if self._watching or self._observer is None or not refs.is_dir():
+            return
+        self._watching = True
+        try:
+            self._observer.schedule(_RefEvents(self._ref_event), str(refs), recursive=True, event_filter=REF_CHANGES)
+        except OSError as e:
+            log.warning("no filesystem events for %s (%s); rescanning every %g s instead", refs, e,
+                        self.settings.state_poll_seconds)
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -121,9 +157,15 @@ class ModelManager:
             p.close(timeout=5)
 
     def _poll(self) -> None:
-        while not self._stop.wait(self.settings.state_poll_seconds):
+        """The rescan thread: one pass per wake-up (a burst of ref events is one wake-up) or per tick."""
+        while not self._stop.is_set():
+            woke = self._wake.wait(self.settings.state_poll_seconds)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self._watch_refs()
             try:
-                self.reconcile()
+                self.reconcile("event" if woke else "poll")
             except Exception:  # keep rescanning whatever one pass hit
                 log.exception("model rescan failed")
 
@@ -138,10 +180,11 @@ class ModelManager:
         with self._lock:
             return sorted(set(found) | set(self._slots))
 
-    def reconcile(self) -> None:
+    def reconcile(self, cause: str = "direct") -> None:
         """Schedule a load for every model whose active (or prefetched) ref is not yet loaded."""
         if self._loader is None or self._stop.is_set():
             return
+        self.metrics.rescans.labels(cause).inc()
         for name in self.names():
             try:
                 ref = self.layout.read_ref(name, "active")
@@ -202,7 +245,7 @@ class ModelManager:
                 # rescan, and record nothing (this is not a failure).
                 with self._lock:
                     self._slots.setdefault(name, Slot(name)).loading.discard(ref.manifest_digest)
-                self.reconcile()  # it may have become active meanwhile; that event was skipped
+                self.reconcile("retry")  # it may have become active meanwhile; that event was skipped
                 return
             self._refused(name, ref, standby, e)
             return

@@ -11,6 +11,8 @@
     pifarm_inference_active_version{model}                   version being served (0 = none)
     pifarm_inference_delegate_fallback_total{model}          delegate failed, ran on CPU instead
     pifarm_inference_degraded                                1 while the node is degraded
+    pifarm_inference_ref_events_total                        changes under <cache>/refs seen by the watch
+    pifarm_inference_rescans_total{cause}                    reconcile passes (event | poll | start | retry)
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class ServerMetrics:
         self.delegate_fallback = Counter(p + "delegate_fallback", "Delegate failed to load; ran on CPU",
                                          ["model"], registry=r)
         self.degraded = Gauge(p + "degraded", "1 while the node reports degraded read-only mode", registry=r)
+        # An idle node must show both flat: they count wake-ups, so a feedback loop shows at once.
+        self.ref_events = Counter(p + "ref_events", "Changes under <cache>/refs seen by the ref watch", registry=r)
+        self.rescans = Counter(p + "rescans", "Passes over the cache refs, by what woke them", ["cause"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
