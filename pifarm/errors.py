@@ -1,20 +1,28 @@
 """The one error tree every pifarm component raises from.
 
-    PifarmError                 anything pifarm reports to a user (CLI exit 1, one line)
-    ├── UsageError              the caller asked for something malformed (CLI exit 2)
-    ├── ConfigError             a config file or variable is missing or has the wrong type
-    ├── NotFound                a model, version, blob, ref or device does not exist
-    ├── Conflict                the request contradicts the current state
-    ├── ReadOnlyError           the registry or cache refuses writes right now (and says why)
-    ├── SourceError             a transport failed; try the next source
-    │   └── SourceTimeout       ... because its deadline passed
-    ├── IntegrityError          bytes, a signature or a document failed verification
-    │   └── SignatureError      ... specifically an Ed25519 signature / unknown key
-    ├── ProtocolError           a peer spoke a wire protocol wrongly (NVMe/TCP, HTTP)
-    ├── ConfigfsError           the kernel's configfs refused an operation
-    └── InferenceError          a model could not be loaded or run
+                                HTTP  what it means
+    PifarmError                 500   anything pifarm reports to a user (CLI exit 1, one line)
+    ├── UsageError              400   the caller asked for something malformed (CLI exit 2)
+    │   └── TooLarge            413   ... a request body over the server's limit
+    ├── Unauthorized            401   a server needs credentials and got none
+    ├── Forbidden               403   credentials given, but wrong
+    ├── ConfigError             500   a config file or variable is missing or has the wrong type
+    ├── NotFound                404   a model, version, blob, ref or device does not exist
+    ├── Conflict                409   the request contradicts the current state
+    ├── ReadOnlyError           503   the registry or cache refuses writes right now (and says why)
+    ├── SourceError             503   a transport failed; try the next source
+    │   └── SourceTimeout       503   ... because its deadline passed
+    ├── IntegrityError          400   bytes, a signature or a document failed verification
+    │   └── SignatureError      400   ... specifically an Ed25519 signature / unknown key
+    ├── ProtocolError           500   a peer spoke a wire protocol wrongly (NVMe/TCP, HTTP)
+    ├── ConfigfsError           500   the kernel's configfs refused an operation
+    └── InferenceError          500   a model could not be loaded or run
 
 Messages say what failed, on what, and what to do next. Always raise ... from the cause.
+
+Each class carries the HTTP status a server answers it with (`http_status`, inherited by
+subclasses): the one table the registry API and the inference server answer with, and the client
+reads back (`for_response`).
 """
 
 from __future__ import annotations
@@ -24,10 +32,24 @@ class PifarmError(Exception):
     """Base of every error pifarm reports; str(e) is a complete one-line message."""
 
     exit_code = 1
+    http_status = 500
 
 
 class UsageError(PifarmError):
     exit_code = 2
+    http_status = 400
+
+
+class TooLarge(UsageError):
+    http_status = 413
+
+
+class Unauthorized(PifarmError):
+    http_status = 401
+
+
+class Forbidden(PifarmError):
+    http_status = 403
 
 
 class ConfigError(PifarmError):
@@ -43,19 +65,21 @@ class ConfigError(PifarmError):
 
 
 class NotFound(PifarmError):
-    pass
+    http_status = 404
 
 
 class Conflict(PifarmError):
-    pass
+    http_status = 409
 
 
 class ReadOnlyError(PifarmError):
-    pass
+    http_status = 503
 
 
 class SourceError(PifarmError):
     """A transport could not deliver; `source` names it so the fallback chain can report it."""
+
+    http_status = 503
 
     def __init__(self, message: str, source: str = ""):
         super().__init__(message)
@@ -67,7 +91,7 @@ class SourceTimeout(SourceError):
 
 
 class IntegrityError(PifarmError):
-    pass
+    http_status = 400
 
 
 class SignatureError(IntegrityError):
@@ -86,3 +110,16 @@ class ConfigfsError(PifarmError):
 
 class InferenceError(PifarmError):
     pass
+
+
+#: What an error response names no known class for becomes, by its status (a proxy's 503 too).
+_BY_STATUS: dict[int, type[PifarmError]] = {400: UsageError, 404: NotFound, 409: Conflict, 413: UsageError,
+                                             422: UsageError, 503: ReadOnlyError}
+
+
+def for_response(status: int, kind: str = "") -> type[PifarmError]:
+    """The class a server raised, from the `kind` its JSON error body names, else from `status`."""
+    cls = globals().get(kind)
+    if isinstance(cls, type) and issubclass(cls, PifarmError) and cls is not PifarmError:
+        return cls
+    return _BY_STATUS.get(status, PifarmError)

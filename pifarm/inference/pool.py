@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 
 
 class Overloaded(InferenceError):
-    """The model's queue is full; the client should retry (HTTP 503)."""
+    """The model's queue is full; the client should retry."""
+
+    http_status = 503
 
 
 class Retired(Exception):

@@ -29,11 +29,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 
 from pifarm import __version__
-from pifarm.errors import NotFound, PifarmError, UsageError
+from pifarm.errors import PifarmError
 from pifarm.inference.codec import BadInput, fit_inputs
 from pifarm.inference.manager import ModelManager, NotReady
 from pifarm.inference.metrics import ServerMetrics
-from pifarm.inference.pool import Overloaded, Retired
+from pifarm.inference.pool import Retired
 from pifarm.inference.protocol import HEADER_LENGTH, InferenceRequest, build_response, parse_request
 from pifarm.inference.settings import InferenceSettings
 
@@ -42,16 +42,6 @@ PLATFORM = "tensorflow_lite"
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _status_of(e: Exception) -> int:
-    if isinstance(e, NotFound):
-        return 404
-    if isinstance(e, (BadInput, UsageError)):
-        return 400
-    if isinstance(e, (NotReady, Overloaded)):
-        return 503
-    return 500
 
 
 class BodyLimit:
@@ -130,7 +120,7 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
 
     @app.exception_handler(PifarmError)
     async def pifarm_error(request: Request, exc: PifarmError) -> JSONResponse:
-        return _error(_status_of(exc), str(exc))
+        return _error(exc.http_status, str(exc))
 
     # -- server ----------------------------------------------------------------------------
     @app.get("/v2")
@@ -192,7 +182,7 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
             else:
                 raise NotReady(f"model {model} is being swapped; retry")
         except PifarmError as e:
-            status = _status_of(e)
+            status = e.http_status
             metrics.errors.labels(model, str(status)).inc()
             return _error(status, str(e))
         chosen = [(o.name, arr) for o, arr in zip(mv.outputs, outs) if req.outputs is None or o.name in req.outputs]

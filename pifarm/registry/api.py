@@ -26,8 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from pifarm.errors import (Conflict, IntegrityError, NotFound, PifarmError, ReadOnlyError, SourceError,
-                           UsageError)
+from pifarm.errors import Forbidden, PifarmError, TooLarge, Unauthorized, UsageError
 from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
 from pifarm.signed.manifest import FileEntry
 from pifarm.registry.notify import RevisionNotifier
@@ -37,27 +36,6 @@ from pifarm.registry.settings import ApiSettings
 log = logging.getLogger(__name__)
 
 HealthProvider = Callable[[], dict]
-STATUS = ((NotFound, 404), (Conflict, 409), (ReadOnlyError, 503), (SourceError, 503), (IntegrityError, 400),
-          (UsageError, 400))
-
-
-class TooLarge(PifarmError):
-    pass
-
-
-class Unauthorized(PifarmError):
-    pass
-
-
-class Forbidden(PifarmError):
-    pass
-
-
-def status_of(e: PifarmError) -> int:
-    for cls, code in ((TooLarge, 413), (Unauthorized, 401), (Forbidden, 403), *STATUS):
-        if isinstance(e, cls):
-            return code
-    return 500
 
 
 class FileModel(BaseModel):
@@ -217,7 +195,7 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
 
     @app.exception_handler(PifarmError)
     async def _pifarm_error(request: Request, e: PifarmError):
-        code = status_of(e)
+        code = e.http_status
         headers = {"WWW-Authenticate": "Bearer"} if code == 401 else None
         return JSONResponse({"error": str(e), "kind": type(e).__name__}, status_code=code, headers=headers)
 
@@ -439,4 +417,4 @@ def create_app(registry: Registry, settings: ApiSettings, *, token: str | None =
     return app
 
 
-__all__ = ["create_app", "parse_range", "status_of"]
+__all__ = ["create_app", "parse_range"]

@@ -33,10 +33,7 @@ def _error_for(resp: httpx.Response, what: str) -> errors.PifarmError:
         msg, kind = body.get("error") or resp.text, body.get("kind", "")
     except ValueError:
         msg, kind = resp.text.strip()[:300] or resp.reason_phrase, ""
-    cls = getattr(errors, kind, None)
-    if not (isinstance(cls, type) and issubclass(cls, errors.PifarmError)) or cls is errors.PifarmError:
-        cls = {400: errors.UsageError, 404: errors.NotFound, 409: errors.Conflict, 413: errors.UsageError,
-               422: errors.UsageError, 503: errors.ReadOnlyError}.get(resp.status_code, errors.PifarmError)
+    cls = errors.for_response(resp.status_code, kind)
     if issubclass(cls, errors.SourceError) or cls is errors.ConfigfsError:
         return cls(f"{what}: {msg}")
     return cls(f"{what}: {msg} (HTTP {resp.status_code})" if resp.status_code in (401, 403, 413) else f"{what}: {msg}")
