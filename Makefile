@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv models clean
+.PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv models proto clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 ships venv/ensurepip separately: install them when root and missing
@@ -29,6 +29,10 @@ system-deps:
 # kept in ~/.cache/pifarm/models (PIFARM_MODELS_DIR overrides); a second run downloads nothing
 models: venv
 	$(PY) -m tests.support.models
+
+# the inference server's gRPC stubs (checked in) from pifarm/inference/proto/grpc_predict_v2.proto
+proto: venv
+	PYTHON=$(PY) sh pifarm/inference/proto/regenerate.sh
 
 # tflite-runtime needs numpy<2, so it gets a small venv of its own for its runtime tests
 tflite-runtime-venv:
