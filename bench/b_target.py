@@ -20,9 +20,9 @@ from pifarm.signed.manifest import FileEntry, Manifest
 from pifarm.signed.signing import SigningKey
 from pifarm.volume.format import write_volume
 from pifarm.target.configfs import Root
-from pifarm.target.fake_configfs import FakeConfigfs
 from pifarm.target.reconciler import apply, diff
 from pifarm.target.spec import Export, Scope, TargetSpec, build_spec, observe
+from pifarm.testing.fake_configfs import FakeConfigfs
 
 NQN = "nqn.2014-08.org.pifarm:aggregator:bench"
 SIZES = (96 << 20, 24 << 20, 4 << 20, 1 << 20)  # one model's files: ~125 MiB

@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "nvmewire": {"errors"},
     "signed": {"errors", "durable"},
     "volume": {"errors", "durable", "signed"},
-    "pki": {"errors", "durable", "signed"},
+    "pki": {"errors", "durable", "signed", "listen"},
     # the aggregator's side
     "registry": LEAVES,
     "target": LEAVES,
@@ -33,8 +33,9 @@ ALLOWED: dict[str, set[str]] = {
     "inference": LEAVES | {"cache"},  # reads the cache, never the network (see NO_NETWORK)
     # the test doubles may stand in for anything but the appliance
     "testing": LEAVES | {"registry", "target", "cache", "initiator", "inference"},
-    # the CLI and daemons wire everything; nothing imports it
-    "appliance": LEAVES | {"registry", "target", "cache", "initiator", "inference"},
+    # the CLI and daemons wire everything; nothing imports it. `testing` only for the one
+    # user-facing double: `[target] configfs_root = "fake:FILE"` (appliance/target_root.py)
+    "appliance": LEAVES | {"registry", "target", "cache", "initiator", "inference", "testing"},
     "__main__": {"appliance"},
 }
 
@@ -102,6 +103,15 @@ def test_every_package_has_a_docstring_saying_what_it_holds():
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and len(doc) > 40, f"{init}: say what the package holds and who may import it"
 
+
+
+def test_only_the_appliance_and_tests_reach_the_test_doubles():
+    # components never load a test double; the appliance does for `fake:FILE` and nowhere else
+    users = {pkg for pkg, allowed in ALLOWED.items() if "testing" in allowed}
+    assert users == {"appliance"}, users
+    appliance = PKG / "appliance"
+    importers = {p.name for p in appliance.rglob("*.py") if any(n.startswith("pifarm.testing") for _, n in _imports(p))}
+    assert importers == {"target_root.py"}, importers
 
 def test_the_table_catches_a_violation(tmp_path, monkeypatch):
     # the check itself can fail: a node-side module importing the target is reported

@@ -18,13 +18,13 @@ RESYNC = 60.0
 
 
 def extend(ctx) -> None:
-    from pifarm.target.exporter import KernelTarget
+    from pifarm.appliance.target_root import kernel_target
     from pifarm.target.health import DriveHealthCollector, drives_for, probe, summary
     from pifarm.target.settings import TargetSettings
     from pifarm.target.volumes import VolumeBuilder
 
     settings: TargetSettings = ctx.sections.get("target") or TargetSettings()
-    target = KernelTarget(settings, ctx.data_dir)
+    target = kernel_target(settings, ctx.data_dir)
 
     def drive_reports():
         devices, early = drives_for(target.volume_dir if target.volume_dir.exists() else ctx.data_dir, settings.drives)

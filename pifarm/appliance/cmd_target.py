@@ -47,9 +47,9 @@ class _Ctx:
     @property
     def target(self):
         if self._target is None:
-            from pifarm.target.exporter import KernelTarget
+            from pifarm.appliance.target_root import kernel_target
 
-            self._target = KernelTarget(self.sections["target"], self.data_dir)
+            self._target = kernel_target(self.sections["target"], self.data_dir)
         return self._target
 
     def built_exports(self):

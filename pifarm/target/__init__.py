@@ -1,7 +1,6 @@
 """pifarm target: the aggregator's NVMe/TCP export of model volumes.
 
     configfs.py        object model of /sys/kernel/config/nvmet (Node handles, Mode, Backend seam)
-    fake_configfs.py   in-memory tree refusing what the kernel refuses (fast tests, `fake:FILE`)
     spec.py            desired / observed state as plain values, `observe`, `build_spec`, `Scope`
     reconciler.py      pure `diff(desired, observed, scope) -> [Op]`, `apply`
     nsids.py           stable namespace ids (<data>/target/nsids.json)
@@ -14,5 +13,7 @@
     settings.py        [target] section
     userspace/         the userspace NVMe/TCP target (its own engineer)
 
-The node side never imports this package; the volume format it reads is pifarm.volume.format.
+The in-memory configfs the tests use is a test double, pifarm.testing.fake_configfs; this package
+never imports it. The node side never imports this package; the volume format it reads is
+pifarm.volume.format.
 """

@@ -5,9 +5,11 @@ children are listed live on every access, and every OSError the kernel returns b
 `ConfigfsError` naming the path, what was attempted and what to do about it.
 
 All filesystem work goes through a `Backend` (the seam): `RealBackend` talks to a directory (the
-real configfs, or any root you point it at); `pifarm.target.fake_configfs.FakeConfigfs` is an
-in-memory tree that refuses what the kernel refuses, for the fast tests. The same contract tests
-run against both.
+real configfs, or any root you point it at); the test double
+`pifarm.testing.fake_configfs.FakeConfigfs` is an in-memory tree that refuses what the kernel
+refuses, for the fast tests. The same contract tests run against both. This module never imports
+the double: `[target] configfs_root = "fake:FILE"` is resolved where the appliance wires the
+target (`pifarm.appliance.target_root`).
 """
 
 from __future__ import annotations
@@ -323,12 +325,11 @@ class Root(Node):
 
     @classmethod
     def at(cls, root: str | os.PathLike) -> "Root":
-        """The tree at a path; `fake:FILE` opens a persistent fake (tests, demos, dry runs)."""
+        """The tree at a path. A `fake:FILE` root is the test double's, opened by the appliance."""
         s = str(root)
         if s.startswith("fake:"):
-            from pifarm.target.fake_configfs import FakeConfigfs
-
-            return cls(FakeConfigfs.persistent(s[len("fake:"):]))
+            raise UsageError(f"configfs root {s!r} is a fake tree: open it with "
+                             f"pifarm.appliance.target_root.open_root (the target never loads test doubles)")
         return cls(RealBackend(s))
 
     @property

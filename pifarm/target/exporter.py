@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from pifarm.errors import ConfigfsError
 from pifarm.signed.manifest import namespace_uuid
 from pifarm.target.configfs import Root
 from pifarm.target.hosts import HostStore
@@ -34,7 +35,11 @@ def planned_exports(served: Iterable[Any], volume_dir: str | os.PathLike) -> lis
 
 
 class KernelTarget:
-    def __init__(self, settings: TargetSettings, data_dir: str | os.PathLike, root: Root | None = None):
+    """`open_root` turns `[target] configfs_root` into a Root; the appliance passes one that also
+    knows the `fake:FILE` test double (this package may not import it)."""
+
+    def __init__(self, settings: TargetSettings, data_dir: str | os.PathLike, root: Root | None = None,
+                 open_root: Callable[[str], Root] = Root.at):
         self.settings = settings
         self.data_dir = Path(data_dir)
         self.state_dir = self.data_dir / "target"
@@ -44,16 +49,20 @@ class KernelTarget:
         self.hosts = HostStore(self.state_dir / "hosts.json")
         self._scope_path = self.state_dir / "scope.json"
         self._root = root
+        self._open_root = open_root
 
     def configfs_present(self) -> bool:
         """Is there an nvmet tree to manage (module loaded, configfs mounted, or a fake)?"""
-        r = self.settings.configfs_root
-        return r.startswith("fake:") or (Path(r) / "subsystems").is_dir()
+        try:
+            self.root
+        except ConfigfsError:  # Root refuses a directory without subsystems/: nvmet is not there
+            return False
+        return True
 
     @property
     def root(self) -> Root:
         if self._root is None:
-            self._root = Root.at(self.settings.configfs_root)
+            self._root = self._open_root(self.settings.configfs_root)
         return self._root
 
     def allowed_hosts(self, extra: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:

@@ -15,7 +15,8 @@ class TargetSettings:
     #: keep the kernel target in step with the registry inside the aggregator (volumes built and
     #: configfs reconciled on publish/promote/retire); unset = only when the configfs root exists
     enabled: bool | None = None
-    #: the nvmet configfs tree; "fake:FILE" keeps an in-memory tree in FILE (tests, dry runs)
+    #: the nvmet configfs tree; "fake:FILE" keeps an in-memory tree in FILE (tests, dry runs; the
+    #: appliance opens that test double, see pifarm.appliance.target_root)
     configfs_root: str = "/sys/kernel/config/nvmet"
     #: subsystem NQN; "" derives nqn.2014-08.org.pifarm:aggregator:<hostname>
     subsystem_nqn: str = ""

@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from pifarm.target.configfs import RealBackend, Root
-from pifarm.target.fake_configfs import FakeConfigfs
+from pifarm.testing.fake_configfs import FakeConfigfs
 
 REAL_ROOT = os.environ.get("PIFARM_CONFIGFS_ROOT", "")
 

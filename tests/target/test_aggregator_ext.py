@@ -9,7 +9,7 @@ import time
 
 import httpx
 
-from pifarm.target.configfs import Root
+from pifarm.appliance.target_root import open_root
 from pifarm.target.spec import observe
 from tests.support.aggregator import start_aggregator
 
@@ -30,7 +30,7 @@ def wait_for(cond, what: str):
 def namespaces(cfs):
     if not cfs.exists():
         return None
-    t = observe(Root.at(f"fake:{cfs}"))
+    t = observe(open_root(f"fake:{cfs}"))
     sub = t.subsystems.get(NQN)
     return {nsid: ns.enabled for nsid, ns in sub.namespaces.items()} if sub else None
 

@@ -11,8 +11,8 @@ import pytest
 
 from pifarm.errors import UsageError
 from pifarm.target.configfs import Root
-from pifarm.target.fake_configfs import FakeConfigfs
 from pifarm.target.nvmetcli_json import dump, load_file, restore, save_file, to_spec
+from pifarm.testing.fake_configfs import FakeConfigfs
 
 # the shape of nvmetcli's own tcp.json example (nvmetcli 7a94d92), with our backing file
 NVMETCLI_TCP = {

@@ -11,9 +11,9 @@ from pifarm.errors import ConfigfsError, UsageError
 from pifarm.signed.integrity import digest_bytes
 from pifarm.target.configfs import Mode, Root
 from pifarm.target.dhchap import gen_dhchap_key
-from pifarm.target.fake_configfs import FakeConfigfs
 from pifarm.target.reconciler import Op, apply, diff, render
 from pifarm.target.spec import Export, Scope, TargetSpec, build_spec, observe
+from pifarm.testing.fake_configfs import FakeConfigfs
 
 NQN = "nqn.2014-08.org.pifarm:aggregator:test"
 HOSTS = [f"nqn.2014-08.org.pifarm:node:n{i}" for i in range(3)]

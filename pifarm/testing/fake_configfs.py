@@ -1,8 +1,9 @@
 """An in-memory nvmet configfs that refuses what the kernel refuses, with the kernel's errnos.
 
-For speed only: tests/target/test_contract.py runs the same contract against the real kernel in
-the VM. The rules follow drivers/nvme/target/configfs.c and fs/configfs (see the README section
-"NVMe/TCP target (configfs)" for the list the real kernel taught us):
+A test double (pifarm/testing/__init__.py says who may import it). For speed only:
+tests/target/test_contract.py runs the same contract against the real kernel in the VM. The
+rules follow drivers/nvme/target/configfs.c and fs/configfs (see the README section "NVMe/TCP
+target (configfs)" for the list the real kernel taught us):
 
 - mkdir only inside hosts/, subsystems/, subsystems/S/namespaces/, ports/ (else EPERM); nsid is
   kstrtou32 (base 0), 0 and 0xffffffff refused (EINVAL); port ids are kstrtou16 (EINVAL); the
