@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from pifarm.durable import atomic_write
 from pifarm.errors import ConfigError, Conflict, PifarmError, UsageError
 
 AGGREGATOR_UNITS = ("pifarm-aggregator.service", "pifarm-target.service")
@@ -96,21 +97,6 @@ def mkdir_step(path: Path, mode: int) -> Step:
     return Step("dir", str(path), apply, f"mode {mode:o}")
 
 
-def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def file_step(path: Path, content: str, mode: int = 0o644, *, what: str = "file", force: bool = False,
               replace: bool = False) -> Step:
     """Write `content` unless the file already holds it. An edited file is kept unless `force`
@@ -122,14 +108,14 @@ def file_step(path: Path, content: str, mode: int = 0o644, *, what: str = "file"
             if path.read_bytes() == data:
                 return "unchanged"
             if replace:
-                _atomic_write(path, data, mode)
+                atomic_write(path, data, mode)
                 return "updated"
             if not force:
                 return "kept (edited; --force overwrites, keeping a .bak)"
             shutil.copy2(path, path.with_name(path.name + ".bak"))
-            _atomic_write(path, data, mode)
+            atomic_write(path, data, mode)
             return "overwritten (old copy in .bak)"
-        _atomic_write(path, data, mode)
+        atomic_write(path, data, mode)
         return "created"
     return Step(what, str(path), apply, f"mode {mode:o}")
 
@@ -138,7 +124,7 @@ def secret_step(path: Path, make: Callable[[], str], note: str) -> Step:
     def apply() -> str:
         if path.is_file() and path.read_text().strip():
             return "exists (kept)"
-        _atomic_write(path, (make() + "\n").encode(), 0o600)
+        atomic_write(path, (make() + "\n").encode(), 0o600)
         return "created"
     return Step("secret", str(path), apply, note + ", mode 600")
 
@@ -432,7 +418,7 @@ def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any
         enrolled.update(resp)
         key = resp.get("dhchap_key")
         if key:
-            _atomic_write(root.p("/etc/nvme/dhchap-key"), (key + "\n").encode(), 0o600)
+            atomic_write(root.p("/etc/nvme/dhchap-key"), (key + "\n").encode(), 0o600)
         return f"enrolled as {hostname}; certificate until {resp.get('not_after', '?')}" + (
             "; DH-HMAC-CHAP secret in /etc/nvme/dhchap-key" if key else "")
     steps.append(Step("enroll", enroll_url, do_enroll,
@@ -447,7 +433,7 @@ def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any
             return "exists (kept)" if pub.is_file() else "not sent by the aggregator; copy its keys/signing.pub here"
         if pub.is_file() and pub.read_text() == keys[0]:
             return "unchanged"
-        _atomic_write(pub, keys[0].encode(), 0o644)
+        atomic_write(pub, keys[0].encode(), 0o644)
         return "written"
     steps.append(Step("file", str(pub), trusted_key, "the registry's public signing key (from enrollment)"))
     steps += system_tuning_steps(root, "node")

@@ -31,15 +31,20 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, suffix: str = ".tmp") -> Path:
     """Replace `path` with `data` atomically and durably; OSError propagates to the caller,
-    which knows what a failure means for it (disk full in the cache, a refused config, ...)."""
+    which knows what a failure means for it (disk full in the cache, a refused config, ...).
+
+    The file gets exactly `mode`, whatever the umask (a key is 0600 and a unit file 0644 whoever
+    runs setup); the temp file has it from its creation, so a secret is never readable by others.
+    `suffix` names the temp file for owners that sweep their own leftovers (the registry store)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex}.tmp"
+    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex}{suffix}"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
+            os.fchmod(fd, mode)
             write_all(fd, data)
             os.fsync(fd)
         finally:

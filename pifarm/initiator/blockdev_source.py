@@ -27,7 +27,6 @@ unreachable, nothing-offered — is `path_state`, and with the volumes is writte
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import logging
 import mmap
 import os
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from pifarm.durable import atomic_write_json
 from pifarm.errors import ConfigError, IntegrityError, PifarmError, SignatureError, SourceError, SourceTimeout
 from pifarm.initiator.backoff import Backoff
 from pifarm.initiator.identity import ensure_identity
@@ -283,10 +283,7 @@ class BlockDeviceSource:
         if self.status_path is None:
             return
         try:
-            self.status_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(self.status(), indent=1, sort_keys=True))
-            os.replace(tmp, self.status_path)
+            atomic_write_json(self.status_path, self.status())
         except OSError as e:
             log.warning("cannot write %s: %s", self.status_path, e)
 

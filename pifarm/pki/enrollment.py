@@ -25,11 +25,12 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 
+from pifarm.durable import atomic_write
 from pifarm.errors import ConfigError, UsageError
 from pifarm.pki.certs import (
     BUNDLE, CA_CERT, CA_KEY, CLIENT_DAYS, HOSTID_RE, NAME_RE, PKI_DIR, SECRET_FILE, HostRecord, bundle_certs,
     check_client_cert, check_hostnqn, fingerprint, host_path, issue, pem, read_cert, read_hosts, read_key, utcnow,
-    verify_proof, write_private,
+    verify_proof,
 )
 
 class Enrollment:
@@ -87,7 +88,7 @@ class Enrollment:
             key = self.register_host(rec)
             if key:
                 rec = HostRecord(**{**rec.to_json(), "dhchap_key": key})
-        write_private(path, json.dumps(rec.to_json(), indent=2, sort_keys=True).encode())
+        atomic_write(path, json.dumps(rec.to_json(), indent=2, sort_keys=True).encode(), 0o600)
         return rec
 
     def enroll(self, secret: str, hostnqn: str, hostid: str, hostname: str, csr_pem: str) -> dict[str, Any]:

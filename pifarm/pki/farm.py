@@ -41,6 +41,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from pifarm.durable import atomic_write
 from pifarm.errors import ConfigError, Conflict, IntegrityError, PifarmError, SourceError, UsageError
 from pifarm.pki import certs as x
 
@@ -111,13 +112,13 @@ class AggregatorPki:
             raise ConfigError(f"{self.path(STATE)} is not JSON; delete it only if no rotation is under way") from e
 
     def _set_phase(self, phase: str) -> None:
-        x.write_public(self.path(STATE), json.dumps({"phase": phase, "since": _now_iso()}).encode())
+        atomic_write(self.path(STATE), json.dumps({"phase": phase, "since": _now_iso()}).encode(), 0o644)
 
     def ca(self):
         return x.read_cert(self.path(x.CA_CERT)), x.read_key(self.path(x.CA_KEY))
 
     def _write_bundle(self, certs: list[x509.Certificate]) -> None:
-        x.write_public(self.bundle, b"".join(x.pem(c) for c in certs))
+        atomic_write(self.bundle, b"".join(x.pem(c) for c in certs), 0o644)
 
     def init(self, *, common_name: str = "pifarm CA", dns_names=None, ips=None) -> list[str]:
         """Create the CA and server certificate if absent (idempotent); return what was created."""
@@ -125,8 +126,8 @@ class AggregatorPki:
         if not self.exists():
             key = x.new_key()
             cert = x.issue(None, key, key.public_key(), common_name, kind="ca", days=CA_DAYS)
-            x.write_private(self.path(x.CA_KEY), x.key_pem(key))
-            x.write_public(self.path(x.CA_CERT), x.pem(cert))
+            atomic_write(self.path(x.CA_KEY), x.key_pem(key), 0o600)
+            atomic_write(self.path(x.CA_CERT), x.pem(cert), 0o644)
             self._write_bundle([cert])
             done += [str(self.path(x.CA_KEY)), str(self.path(x.CA_CERT)), str(self.bundle)]
         if not self.bundle.is_file():
@@ -159,8 +160,8 @@ class AggregatorPki:
         key = x.new_key()
         cn = (list(dns_names) or ["pifarm-aggregator"])[0]
         cert = x.issue(ca_cert, ca_key, key.public_key(), cn, kind="server", days=days, dns_names=dns_names, ips=ips)
-        x.write_private(self.server_key, x.key_pem(key))
-        x.write_public(self.server_cert, x.pem(cert))
+        atomic_write(self.server_key, x.key_pem(key), 0o600)
+        atomic_write(self.server_cert, x.pem(cert), 0o644)
         return cert
 
     def _current_sans(self) -> tuple[list[str], list[str]] | None:
@@ -194,8 +195,8 @@ class AggregatorPki:
         os.replace(self.path(x.CA_CERT), self.path(PREVIOUS_CERT))
         key = x.new_key()
         cert = x.issue(None, key, key.public_key(), f"pifarm CA {_now_iso()}", kind="ca", days=CA_DAYS)
-        x.write_private(self.path(x.CA_KEY), x.key_pem(key))
-        x.write_public(self.path(x.CA_CERT), x.pem(cert))
+        atomic_write(self.path(x.CA_KEY), x.key_pem(key), 0o600)
+        atomic_write(self.path(x.CA_CERT), x.pem(cert), 0o644)
         self._write_bundle([cert, old_cert])
         self._set_phase("staged")
         return [x.fingerprint(cert), x.fingerprint(old_cert)]
@@ -272,9 +273,9 @@ class NodeTls:
         # Key first, certificate last: a crash in between leaves the old pair unusable only if the
         # key changed, and then a re-run of renew fixes it with the same inputs.
         if key_pem is not None:
-            x.write_private(self.key, key_pem)
-        x.write_public(self.bundle, bundle_pem)
-        x.write_public(self.cert, cert_pem)
+            atomic_write(self.key, key_pem, 0o600)
+        atomic_write(self.bundle, bundle_pem, 0o644)
+        atomic_write(self.cert, cert_pem, 0o644)
 
     def ssl_context(self) -> ssl.SSLContext:
         """Client context: verify the aggregator against the bundle and present our certificate."""

@@ -1,8 +1,9 @@
 """The embedded filesystem store (default): the S3 key layout as files under one directory.
 
 Every write goes to a process-unique temp file in the target directory, is fsynced, renamed into
-place and the directory fsynced, so a crash leaves the old file or the new one, plus at most a
-`.part` leftover that `cleanup_temp` removes at the next start.
+place and the directory fsynced (documents through `pifarm.durable.atomic_write`, blobs while
+they are verified), so a crash leaves the old file or the new one, plus at most a `.part`
+leftover that `cleanup_temp` removes at the next start.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pifarm.errors import NotFound
-from pifarm.durable import fsync_dir
+from pifarm.durable import atomic_write, fsync_dir
 from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
 from pifarm.registry.store import BLOB_PREFIX, StoreUnavailable, blob_key
 
@@ -141,19 +142,8 @@ class FsStore:
         return sorted(out)
 
     def put_document(self, key: str, data: bytes) -> None:
-        final = self._path(key)
-        tmp = self._tmp(final)
-        try:
-            with _mapped(f"writing {key}"):
-                final.parent.mkdir(parents=True, exist_ok=True)
-                with open(tmp, "xb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, final)
-                fsync_dir(final.parent)
-        finally:
-            _discard(tmp)
+        with _mapped(f"writing {key}"):
+            atomic_write(self._path(key), data, suffix=PART)
 
     def get_document(self, key: str) -> bytes | None:
         try:

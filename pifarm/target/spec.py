@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from pifarm.durable import atomic_write
 from pifarm.errors import ConfigfsError, UsageError
 from pifarm.signed.manifest import namespace_nguid, namespace_uuid
 from pifarm.target.configfs import Root
@@ -97,14 +98,8 @@ def load_scope(path: Path) -> Scope:
 
 
 def save_scope(path: Path, scope: Scope) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuidlib.uuid4().hex}.part")
-    try:
-        tmp.write_text(json.dumps({"hosts": sorted(scope.hosts), "subsystems": sorted(scope.subsystems),
-                                   "ports": sorted(scope.ports)}, indent=1))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, json.dumps({"hosts": sorted(scope.hosts), "subsystems": sorted(scope.subsystems),
+                                   "ports": sorted(scope.ports)}, indent=1).encode())
 
 
 # ---- observing the live tree -----------------------------------------------------------
