@@ -14,6 +14,7 @@ INTERNAL = 0x006
 ABORT_REQ = 0x007
 INVALID_NS = 0x00B
 CMD_SEQ_ERROR = 0x00C
+SGL_INVALID_DATA = 0x00F  # data SGL length invalid (nvmet: transfer length mismatch)
 SGL_INVALID_TYPE = 0x011
 NS_WRITE_PROTECTED = 0x020
 LBA_RANGE = 0x080
@@ -44,7 +45,7 @@ MESSAGES = {
     INVALID_NS: "invalid namespace or format (no such namespace on this controller)",
     CMD_SEQ_ERROR: "command sequence error",
     0x00D: "invalid SGL segment descriptor",
-    0x00F: "invalid SGL descriptor",
+    SGL_INVALID_DATA: "data SGL length invalid (transfer larger than the controller allows)",
     SGL_INVALID_TYPE: "SGL descriptor type invalid",
     0x01D: "command not supported by the controller in its current state",
     NS_WRITE_PROTECTED: "namespace is write protected",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pifarm import nvmewire as w
 from pifarm.nvmewire import status as st
 from pifarm.target.userspace._exports import LBA_SHIFT, SubsystemExport, TargetConfig
+from pifarm.target.userspace._limits import LimitHits
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Controllers:
         self.config = config
         self.ctrls: dict[int, CtrlState] = {}
         self._next = 1
+        self.limits = LimitHits()
 
     def create(self, subsys: SubsystemExport | None, hostnqn: str, hostid: uuid.UUID, kato_ms: int) -> CtrlState:
         for _ in range(0xFFEF):
@@ -129,6 +131,10 @@ class QueueSession:
         dw0 = dw1 = 0
         data = b""
         try:
+            if sqe.sgl.length > self.shared.config.max_transfer:
+                # the reply is sized by the host's SGL: never build more than MDTS allows
+                self.shared.limits.hit("transfer", f"command 0x{sqe.opcode:02x} asked for {sqe.sgl.length} bytes")
+                raise Refuse(_dnr(st.SGL_INVALID_DATA))
             if self.qid is None:
                 if not (sqe.opcode == w.Opcode.FABRICS and sqe.fctype == w.FcType.CONNECT):
                     raise Refuse(_dnr(st.CMD_SEQ_ERROR))
@@ -309,6 +315,9 @@ class QueueSession:
 
     def _log_page(self, sqe: w.Sqe) -> bytes:
         lid, length, offset = w.log_page_fields(sqe)
+        if length > self.shared.config.max_log_page:
+            self.shared.limits.hit("log_page", f"log page 0x{lid:02x} of {length} bytes")
+            raise Refuse(_dnr(st.INVALID_FIELD))
         if lid == w.Lid.DISCOVERY:
             if self.ctrl is None or self.ctrl.subsys is not None:
                 raise Refuse(_dnr(st.INVALID_LOG_PAGE))
@@ -358,7 +367,7 @@ class QueueSession:
         if slba + nlb > ns.nlb:
             raise Refuse(_dnr(st.LBA_RANGE))
         length = nlb << LBA_SHIFT
-        if length > (4096 << self.shared.config.mdts) or sqe.sgl.length < length:
+        if length > self.shared.config.max_transfer or sqe.sgl.length < length:
             raise Refuse(_dnr(st.INVALID_FIELD))
         fd = self._fds.get(str(ns.path))
         if fd is None:

@@ -92,9 +92,28 @@ class TargetConfig:
     max_io_queues: int = 8
     idle_timeout: float = 300.0  # a queue without keep-alive that says nothing this long is dropped
     kato_grace: float = 5.0  # an admin queue is dropped after kato + this much silence
+    # Limits against hosts on the LAN (any host may reach the discovery controller):
+    max_connections: int = 64  # queues (TCP connections) at once; more are closed at accept
+    max_log_page: int = 64 << 10  # bytes of one Get Log Page (our largest page is a few KiB)
+    max_queued: int = 1 << 20  # reply bytes queued on one connection before we stop reading it
+    send_timeout: float = 30.0  # a host that reads none of its replies this long is dropped
     firmware: str = "pifarm"
     model: str = "pifarm userspace target"
     serial: str = field(default_factory=lambda: socket.gethostname()[:20])
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.mdts <= 12:  # 0 would announce "no limit"
+            raise UsageError(f"mdts {self.mdts} out of range 1..12 (8 KiB .. 16 MiB per command)")
+        for name in ("max_connections", "max_log_page", "max_queued"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1")
+        if self.send_timeout <= 0:
+            raise UsageError("send_timeout must be positive")
+
+    @property
+    def max_transfer(self) -> int:
+        """Bytes one command may move (MDTS, in units of the 4 KiB minimum page size)."""
+        return 4096 << self.mdts
 
     def subsystem(self, nqn: str) -> SubsystemExport | None:
         for s in self.subsystems:

@@ -29,6 +29,7 @@ class UserspaceTarget:
         self._server: asyncio.base_events.Server | None = None
         self._conns: set[asyncio.Task] = set()
         self._admin: dict[QueueSession, tuple[w.Codec, asyncio.StreamWriter]] = {}
+        self.peak_queued = 0  # most reply bytes ever queued on one connection (tests, bench)
 
     async def start(self) -> tuple[str, int]:
         try:
@@ -74,20 +75,27 @@ class UserspaceTarget:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for t in list(self._conns):
-            t.cancel()
-        for t in list(self._conns):
-            with contextlib.suppress(BaseException):
-                await t
+        # cancel until every queue is gone: Python 3.11's wait_for can swallow a cancellation
+        # that lands just as the awaited read or drain completes
+        while self._conns:
+            for t in list(self._conns):
+                t.cancel()
+            await asyncio.wait(list(self._conns), timeout=0.5)
         if self._server is not None:
             await self._server.wait_closed()
 
     async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
         peer = writer.get_extra_info("peername")
-        codec = w.Codec(w.Role.CONTROLLER, max_data=4096 << self.config.mdts)
+        if len(self._conns) >= self.config.max_connections:
+            self.controllers.limits.hit("connections", f"{self.config.max_connections} queues open, refusing {peer}")
+            writer.transport.abort()
+            return
+        self._conns.add(task)
+        # replies past this many queued bytes pause us until the host reads (drain below)
+        writer.transport.set_write_buffer_limits(high=self.config.max_queued)
+        codec = w.Codec(w.Role.CONTROLLER, max_data=self.config.max_transfer)
         session = QueueSession(self.controllers, writer.get_extra_info("sockname")[:2])
         try:
             while True:
@@ -112,9 +120,12 @@ class UserspaceTarget:
                 while (pdu := codec.next_pdu()) is not w.NEED_DATA:
                     if not self._on_pdu(codec, session, pdu, writer):
                         return
+                    # one reply at a time past the high-water mark: a host that sends commands
+                    # and never reads the replies holds at most max_queued + one reply of ours
+                    if not await self._drain(writer, peer):
+                        return
                 if session.qid == 0:
                     self._admin[session] = (codec, writer)
-                await writer.drain()
         except w.RemoteProtocolError as e:
             log.warning("queue %s from %s: %s; sending a termination request", session.qid, peer, e)
             with contextlib.suppress(Exception):
@@ -129,6 +140,17 @@ class UserspaceTarget:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self._conns.discard(task)
+
+    async def _drain(self, writer: asyncio.StreamWriter, peer: object) -> bool:
+        self.peak_queued = max(self.peak_queued, writer.transport.get_write_buffer_size())
+        try:
+            await asyncio.wait_for(writer.drain(), self.config.send_timeout)
+        except asyncio.TimeoutError:
+            self.controllers.limits.hit("send_timeout", f"{peer} read none of its replies for "
+                                        f"{self.config.send_timeout:.0f} s")
+            writer.transport.abort()
+            return False
+        return True
 
     @staticmethod
     def _on_pdu(codec: w.Codec, session: QueueSession, pdu: w.Pdu, writer: asyncio.StreamWriter) -> bool:
