@@ -9,11 +9,17 @@ other than the one being served, the version is loaded on the single background 
 verified, built, batch-probed, warmed up with one inference, and only then swapped in by one
 reference assignment. Requests already queued on the old version finish on its interpreters;
 a version that fails to load leaves the old one serving and its error shows in /health.
+
+The model repository extension (repository.py) unloads a model (in-flight requests finish on its
+interpreters, the rescan leaves it alone, /health stops waiting for it) and loads it again (its
+active cached version, verified as always). Each pool reports its invokes to the statistics.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
+import ctypes.util
 import logging
 import os
 import threading
@@ -29,13 +35,14 @@ from watchdog.observers import Observer
 from pifarm.cache.layout import CacheLayout, RefValue
 from pifarm.cache.nodestate import read_state
 from pifarm.errors import ConfigError, InferenceError, NotFound, PifarmError
-from pifarm.inference.batching import BatchPolicy
+from pifarm.inference.batching import BatchPolicy, LiveCheck
 from pifarm.inference.loader import NotServable, load_verified
 from pifarm.inference.metrics import ServerMetrics
 from pifarm.inference.model import BatchDecision, ModelVersion
 from pifarm.inference.pool import WorkerPool
 from pifarm.inference.runtime import Runtime, resolve
 from pifarm.inference.settings import InferenceSettings
+from pifarm.inference.stats import Statistics
 from pifarm.signed.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,15 @@ class NotReady(InferenceError):
     """The model is known but no version is loaded yet."""
 
     http_status = 503
+
+
+def _trim_heap() -> None:
+    """Give freed interpreter and model memory back to the OS (glibc keeps it otherwise, so
+    resident memory would creep up over load/unload cycles)."""
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 @dataclass
@@ -95,6 +111,8 @@ class ModelManager:
         self.layout = CacheLayout(Path(cache_root))
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.metrics = metrics
+        self.stats = Statistics(metrics.registry)
+        self._unloaded: set[str] = set()  # unloaded through the repository API: not served, not awaited
         self.runtime: Runtime | None = None
         self._trusted: TrustedKeys | None = None
         self._lock = threading.Lock()
@@ -186,6 +204,8 @@ class ModelManager:
             return
         self.metrics.rescans.labels(cause).inc()
         for name in self.names():
+            if name in self._unloaded:
+                continue
             try:
                 ref = self.layout.read_ref(name, "active")
                 pre = self.layout.read_ref(name, "prefetched")
@@ -236,7 +256,9 @@ class ModelManager:
             ms = mv.settings
             policy = BatchPolicy(mv.batch.enabled, ms.max_batch, ms.max_delay_ms / 1e3, ms.batch_min_queue,
                                  ms.batch_max_mean_wait_ms / 1e3)
+            entry = self.stats.entry(name, mv.version)
             pool = WorkerPool(f"{name}-v{mv.version}", mv.new_session, first, ms, policy,
+                              on_execute=lambda jobs, rows, i, f, o: entry.execution(len(jobs), rows, i, f, o),
                               on_batch=self.metrics.batch_size.labels(name).observe,
                               on_queue=self.metrics.queue_depth.labels(name).set)
         except NotFound as e:
@@ -282,7 +304,9 @@ class ModelManager:
             slot = self._slots.setdefault(name, Slot(name))
             slot.loading.discard(ref.manifest_digest)
             slot.failed.pop(ref.manifest_digest, None)
-            if standby:
+            if name in self._unloaded:
+                retired = new  # unloaded while it was loading: never serve it
+            elif standby:
                 try:
                     now_active = self.layout.read_ref(name, "active")
                 except (PifarmError, OSError):
@@ -296,6 +320,8 @@ class ModelManager:
                 retired = self._promote(slot, new, ref)
         if retired is not None:
             retired.pool.close()  # queued requests of the old version finish first
+        if retired is new:
+            return
         if mv.needs_calibration:
             # After the swap (or while standing by): a version that must serve now serves unbatched
             # meanwhile, which is never slower; a standby promoted meanwhile picks the result up too.
@@ -336,6 +362,16 @@ class ModelManager:
             delay = min(delay, decision.single_ms / 1e3)
         pool.policy = BatchPolicy(decision.enabled, ms.max_batch, delay, ms.batch_min_queue,
                                   ms.batch_max_mean_wait_ms / 1e3)
+        if decision.batchable:
+            # The timing above is short and the machine's noise can flip it: live throughput
+            # re-checks it while serving and switches batching off (or back on).
+            def changed(enabled: bool, reason: str) -> None:
+                mv.batch = BatchDecision(True, enabled, reason, decision.single_ms, decision.batched_ms_per_row)
+                if key:
+                    self._calibrations[key] = mv.batch
+                log.info("model %s v%d: %s", mv.name, mv.version, reason)
+
+            pool.live = LiveCheck(decision.enabled, on_change=changed)
         log.info("model %s v%d: %s", mv.name, mv.version, decision.reason)
 
     # -- request side ----------------------------------------------------------------------
@@ -350,11 +386,70 @@ class ModelManager:
         active = slot.active
         if active is None and slot.ignored:
             raise NotFound(f"model {name!r} is not served here: {slot.ignored}")
+        if active is None and name in self._unloaded:
+            raise NotReady(f"model {name} is unloaded; load it with POST /v2/repository/models/{name}/load")
         if active is None:
             raise NotReady(f"model {name} is not loaded yet: {slot.error or 'loading'}")
         if version is not None and version != str(active.version.version):
             raise NotFound(f"model {name} version {version!r} is not served here (serving {active.version.version})")
         return active
+
+    # -- repository extension ----------------------------------------------------------------
+    def unloaded(self, name: str) -> bool:
+        return name in self._unloaded
+
+    def unload(self, name: str, timeout: float = 30.0) -> None:
+        """Stop serving `name`: new requests get 503, queued and running ones finish first."""
+        if not self.known(name):
+            raise NotFound(f"model {name!r} is not in the cache")
+        with self._lock:
+            self._unloaded.add(name)
+            slot = self._slots.setdefault(name, Slot(name))
+            gone = [a for a in (slot.active, slot.standby) if a is not None]
+            slot.active = slot.standby = None
+            slot.error = None
+        self.metrics.active_version.labels(name).set(0)
+        for a in gone:
+            a.pool.close(timeout)
+        del gone
+        _trim_heap()
+        log.info("model %s: unloaded", name)
+
+    def load(self, name: str, timeout: float = 120.0) -> Active:
+        """Serve `name` again from its active cached version (verified as every load is) and wait
+        until it serves; a version that fails to load raises its reason."""
+        try:
+            ref = self.layout.read_ref(name, "active")
+        except (PifarmError, OSError) as e:
+            raise NotFound(f"model {name!r}: {e}") from e
+        if ref is None:
+            raise NotFound(f"model {name!r} has no active version in the cache; the repository is the cache "
+                           f"(nothing is fetched from the network)")
+        with self._lock:
+            self._unloaded.discard(name)
+            slot = self._slots.setdefault(name, Slot(name))
+            slot.failed.pop(ref.manifest_digest, None)  # an explicit load retries at once
+        self.reconcile("load")
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                a, loading, err = slot.active, ref.manifest_digest in slot.loading, slot.error
+                failed = ref.manifest_digest in slot.failed
+            if a is not None and a.version.manifest_digest == ref.manifest_digest:
+                return a
+            if failed and not loading:
+                raise InferenceError(f"model {name}: {err or 'load failed'}")
+            if time.monotonic() > deadline or self._stop.is_set():
+                raise NotReady(f"model {name} did not finish loading within {timeout:g} s; see /health")
+            time.sleep(0.01)
+
+    def versions(self, name: str) -> list[int]:
+        """The versions of `name` whose manifests are in the cache (the repository's contents)."""
+        d = self.layout.root / "manifests" / name
+        try:
+            return sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit())
+        except OSError:
+            return []
 
     def known(self, name: str) -> bool:
         with self._lock:
@@ -379,6 +474,8 @@ class ModelManager:
                                      "prefetched": slot.standby.version.version if slot.standby else None}
             if slot.standby_error:
                 entry["prefetch_error"] = slot.standby_error
+            if n in self._unloaded:
+                entry["unloaded"] = True
             if a is not None:
                 self.metrics.workers.labels(n).set(a.pool.workers)
                 self.metrics.queue_depth.labels(n).set(a.pool.queue_depth)
@@ -393,7 +490,8 @@ class ModelManager:
         state = read_state(self.state_dir) if self.state_dir is not None else None
         degraded = bool(state and state.degraded)
         self.metrics.degraded.set(1 if degraded else 0)
-        ready = bool(models) and all(m["ready"] for m in models.values())
+        wanted = [m for m in models.values() if not m.get("unloaded")]  # an unload is the operator's choice
+        ready = bool(wanted) and all(m["ready"] for m in wanted)
         if ready:
             status = "degraded" if degraded else "ok"
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from time import perf_counter_ns
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -58,6 +59,7 @@ class Session:
         self._buckets = buckets(max_batch) if max_batch else ()
         rows = int(first.get_input_details()[0]["shape"][0]) if max_batch and inputs else None
         self._interps: dict[int | None, Any] = {rows: first}
+        self.phases = (0, 0, 0)  # ns of the last run: copying in, invoke, copying out (statistics)
 
     def _interp(self, rows: int | None, arrays: list[np.ndarray]) -> Any:
         it = self._interps.get(rows)
@@ -74,20 +76,25 @@ class Session:
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         if not self._buckets:
-            return self._invoke(self._interps[None], arrays)
+            return self._invoke(self._interps[None], arrays, perf_counter_ns())
+        t0 = perf_counter_ns()
         n = int(arrays[0].shape[0])
         size = next((b for b in self._buckets if b >= n), n)
         if size != n:
             arrays = [np.concatenate([a, np.repeat(a[-1:], size - n, axis=0)]) for a in arrays]
-        out = self._invoke(self._interp(size, arrays), arrays)
+        out = self._invoke(self._interp(size, arrays), arrays, t0)
         return [o[:n] for o in out] if size != n else out
 
-    def _invoke(self, it: Any, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _invoke(self, it: Any, arrays: list[np.ndarray], t0: int) -> list[np.ndarray]:
         for info, a in zip(self.inputs, arrays):
             it.set_tensor(info.index, a)
+        t1 = perf_counter_ns()
         it.invoke()
+        t2 = perf_counter_ns()
         # Copies: the interpreter reuses its buffers on the next invoke.
-        return [np.array(it.get_tensor(o.index)) for o in self.outputs]
+        out = [np.array(it.get_tensor(o.index)) for o in self.outputs]
+        self.phases = (t1 - t0, t2 - t1, perf_counter_ns() - t2)
+        return out
 
 
 @dataclass

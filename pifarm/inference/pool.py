@@ -4,6 +4,10 @@ Workers grow from `min_workers` towards `max_workers` while requests queue up an
 after `idle_seconds` without work. A worker takes the oldest job and, when the batch policy says
 so, gathers more rows into the same invoke. TFLite's invoke releases the GIL, so threads give
 real parallelism. Every wait is bounded; `close()` lets queued jobs finish, then the threads end.
+
+Each invoke reports its phases (input, infer, output ns) to `on_execute` for the statistics
+extension, and, when a `LiveCheck` is set, its rows: the live check then decides per window
+whether workers gather batches.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from pifarm.errors import InferenceError
-from pifarm.inference.batching import BatchPolicy, Job, mean_wait, split, stack
+from pifarm.inference.batching import BatchPolicy, Job, LiveCheck, mean_wait, split, stack
 from pifarm.inference.model import Session
 from pifarm.inference.settings import ModelSettings
 
@@ -38,13 +42,17 @@ class Retired(Exception):
 class WorkerPool:
     def __init__(self, name: str, make_session: Callable[[], Session], first: Session, settings: ModelSettings,
                  policy: BatchPolicy, on_batch: Callable[[int], None] | None = None,
-                 on_queue: Callable[[int], None] | None = None):
+                 on_queue: Callable[[int], None] | None = None,
+                 on_execute: Callable[[list[Job], int, int, int, int], None] | None = None):
         self.name = name
         self._make = make_session
         self._settings = settings
         self.policy = policy
         self._on_batch = on_batch or (lambda n: None)
         self._on_queue = on_queue or (lambda n: None)
+        # (jobs, rows, input ns, infer ns, output ns) after every invoke; replaced by the server
+        self.on_execute = on_execute
+        self.live: LiveCheck | None = None   # set once batching = "auto" calibrated this version
         self._cv = threading.Condition()
         self._queue: deque[Job] = deque()
         self._workers = 0
@@ -58,7 +66,10 @@ class WorkerPool:
 
     # -- client side -----------------------------------------------------------------------
     def submit(self, arrays: list[np.ndarray], rows: int | None) -> concurrent.futures.Future:
-        job = Job(arrays, rows)
+        return self.put(Job(arrays, rows)).future
+
+    def put(self, job: Job) -> Job:
+        """Queue `job` (its future gets the outputs); Retired if this version was swapped out."""
         with self._cv:
             if self._closed:
                 raise Retired(self.name)
@@ -70,7 +81,7 @@ class WorkerPool:
                 self._spawn(None)
             self._cv.notify()
         self._on_queue(depth)
-        return job.future
+        return job
 
     @property
     def queue_depth(self) -> int:
@@ -128,7 +139,11 @@ class WorkerPool:
                 self._idle -= 1
             job = self._queue.popleft()
             batch = [job]
-            if job.rows is not None and self.policy.should_gather(len(self._queue), mean_wait(self._queue, time.monotonic())):
+            live = self.live
+            gather = self.policy.should_gather(len(self._queue), mean_wait(self._queue, time.monotonic())) \
+                if live is None else (live.gather() and self.policy.min_queue <= len(self._queue)
+                                      and mean_wait(self._queue, time.monotonic()) < self.policy.max_mean_wait)
+            if job.rows is not None and gather:
                 rows = job.rows
                 deadline = job.enqueued + self.policy.max_delay
                 while rows < self.policy.max_batch:
@@ -140,14 +155,22 @@ class WorkerPool:
                     if rows >= self.policy.max_batch or self._queue or remaining <= 0 or self._closed:
                         break
                     self._cv.wait(remaining)
+            now = time.monotonic()
+            for j in batch:
+                j.started = now
             depth = len(self._queue)
         self._on_queue(depth)
         return batch
 
     def _execute(self, session: Session, batch: list[Job]) -> None:
         try:
-            outputs = session.run(stack(batch))
+            t0 = time.perf_counter_ns()
+            stacked = stack(batch)
+            t1 = time.perf_counter_ns()
+            outputs = session.run(stacked)
+            t2 = time.perf_counter_ns()
             parts = split(outputs, batch)
+            t3 = time.perf_counter_ns()
         except Exception as e:
             err = InferenceError(f"model {self.name}: invoke failed: {' '.join(str(e).split())[:200]}")
             for j in batch:
@@ -157,4 +180,11 @@ class WorkerPool:
         for j, part in zip(batch, parts):
             if not j.future.done():
                 j.future.set_result(part)
-        self._on_batch(sum(j.rows or 1 for j in batch))
+        rows = sum(j.rows or 1 for j in batch)
+        self._on_batch(rows)
+        if self.on_execute is not None:
+            s_in, s_infer, s_out = session.phases
+            self.on_execute(batch, rows, t1 - t0 + s_in, s_infer, t3 - t2 + s_out)
+        live = self.live
+        if live is not None:
+            live.record(rows, bool(self._queue))

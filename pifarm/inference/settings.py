@@ -3,6 +3,9 @@
     [inference]
     runtime = "auto"            # auto | ai-edge-litert | tflite-runtime
     max_body = 16777216
+    grpc_listen = ""            # gRPC endpoint; "" = the HTTP server's host, port 8081; "off" = none
+    token_file = "/etc/pifarm/inference-token"   # (or token = "...") repository load/unload need it
+    tls_cert = ""               # with tls_key: both endpoints speak TLS; with tls_client_ca, mTLS
     [inference.defaults]        # applies to every model
     num_threads = 1
     [inference.models.mobilenet]   # a table per model makes it "configured": /health waits for it;
@@ -97,12 +100,24 @@ class InferenceSettings:
     max_body: int = 16 * 1024 * 1024
     state_poll_seconds: float = 2.0                     # fallback rescan when a filesystem event is missed
     retry_failed_seconds: float = 30.0                  # a refused version is retried after this (cache repair)
+    grpc_listen: str = ""                               # "" = HTTP host, port 8081; "off" = no gRPC endpoint
+    token: str = ""                                     # Bearer token for repository writes (load/unload)
+    token_file: str = ""                                # ...or a file holding it
+    tls_cert: str = ""                                  # PEM certificate chain of both endpoints
+    tls_key: str = ""
+    tls_client_ca: str = ""                             # set: clients must present a certificate it signed (mTLS)
 
     def __post_init__(self) -> None:
         _check(self.runtime in RUNTIMES, f"[inference] runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         _check(isinstance(self.max_body, int) and self.max_body >= 1024,
                f"[inference] max_body must be at least 1024 bytes, got {self.max_body!r}")
         _check(self.state_poll_seconds > 0, "[inference] state_poll_seconds must be > 0")
+        _check(bool(self.tls_cert) == bool(self.tls_key), "[inference] tls_cert and tls_key go together")
+        _check(not self.tls_client_ca or bool(self.tls_cert), "[inference] tls_client_ca needs tls_cert and tls_key")
+        if self.grpc_listen not in ("", "off"):
+            host, sep, port = self.grpc_listen.rpartition(":")
+            _check(bool(sep) and port.isdigit() and int(port) <= 65535,
+                   f"[inference] grpc_listen must be HOST:PORT, \"\" or \"off\", got {self.grpc_listen!r}")
         # Validate every per-model table now, so a typo fails at startup and not at first load.
         ModelSettings.from_table("defaults", self.defaults)
         for name in self.models:
@@ -111,6 +126,29 @@ class InferenceSettings:
     @property
     def configured(self) -> list[str]:
         return sorted(self.models)
+
+    def grpc_address(self, http_host: str) -> str | None:
+        """Where the gRPC endpoint listens ("host:port", IPv6 in brackets), None when off."""
+        if self.grpc_listen == "off":
+            return None
+        if self.grpc_listen:
+            host, _, port = self.grpc_listen.rpartition(":")
+            host = host.strip("[]") or "0.0.0.0"
+        else:
+            host, port = http_host, "8081"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def write_token(self) -> str | None:
+        """The Bearer token repository writes need (None: none configured)."""
+        if self.token:
+            return self.token
+        if self.token_file:
+            try:
+                with open(self.token_file) as f:
+                    return f.read().strip() or None
+            except OSError as e:
+                raise ConfigError(f"[inference] token_file {self.token_file}: {e.strerror}") from e
+        return None
 
     def for_model(self, name: str) -> ModelSettings:
         table = dict(self.defaults)
