@@ -21,7 +21,7 @@ from pifarm.errors import PifarmError
 from pifarm.inference.protocol import HEADER_LENGTH, build_response, parse_request
 from pifarm.inference.serving import Serving
 
-_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer\Z")
 _HEADER = HEADER_LENGTH.encode()
 _JSON = [(b"content-type", b"application/json")]
 _BINARY = (b"content-type", b"application/octet-stream")
@@ -70,6 +70,9 @@ class InferFastPath:
             body = bytes(parts)
         elif msg["type"] == "http.disconnect":
             return
+        if len(body) > self.max_body:
+            return await self._send(send, *_error(413, f"request body exceeds the limit of {self.max_body} "
+                                                       f"bytes (max_body)"), close=True)
         serving = self.serving
         try:
             req = parse_request(body, header_len)

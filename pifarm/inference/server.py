@@ -5,11 +5,20 @@
     GET  /v2/models/{m}[/versions/{v}]         model metadata (tensors, datatypes, shapes)
     GET  /v2/models/{m}[/versions/{v}]/ready   model readiness
     POST /v2/models/{m}[/versions/{v}]/infer   inference (JSON tensors, or binary: see protocol.py)
+    GET  /v2/models[/{m}[/versions/{v}]]/stats statistics extension (Triton's shape; stats.py)
+    POST /v2/repository/index                  repository extension: the cache's models and states
+    POST /v2/repository/models/{m}/load|unload ... writes need the token or mTLS (repository.py)
     GET  /health                               for HAProxy: 200 when every model is loaded, else 503
     GET  /metrics                              Prometheus
 
+Readiness has three states (serving.Health): ready, degraded (serving from the cache while the
+registry or storage is unreachable: still 200, with the state and reason in the JSON and the
+X-Pifarm-Health / X-Pifarm-Health-Reason headers) and not ready (503 with the reason).
+
 `create_app` builds an app with no global state; its lifespan starts the model manager (loader,
-watchdog, rescan) and stops it. `serve` runs it under a real uvicorn. Errors are JSON
+watchdog, rescan) and, given `grpc_listen`, the gRPC endpoint over the same request path
+(grpc_server.py), and stops them. Infer requests are answered below the framework by
+fastpath.py; the routes here document them and answer the same way. `serve` runs it under a real uvicorn. Errors are JSON
 `{"error": "<one line>"}` with 400 (bad input), 404 (unknown model/version), 413 (body over
 `max_body`) or 503 (not loaded yet / queue full).
 """
@@ -30,14 +39,13 @@ from fastapi.responses import JSONResponse, Response
 
 from pifarm import __version__
 from pifarm.errors import PifarmError
-from pifarm.inference.codec import BadInput, fit_inputs
-from pifarm.inference.manager import ModelManager, NotReady
+from pifarm.inference.fastpath import InferFastPath
+from pifarm.inference.manager import ModelManager
 from pifarm.inference.metrics import ServerMetrics
-from pifarm.inference.pool import Retired
 from pifarm.inference.protocol import HEADER_LENGTH, InferenceRequest, build_response, parse_request
+from pifarm.inference.repository import Repository
+from pifarm.inference.serving import Serving
 from pifarm.inference.settings import InferenceSettings
-
-PLATFORM = "tensorflow_lite"
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -86,23 +94,42 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | None) -> FastAPI:
-    """A KServe V2 app serving the models of the cache at `cache_root` (see module docstring)."""
+def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
+               grpc_listen: str | None = None) -> FastAPI:
+    """A KServe V2 app serving the models of the cache at `cache_root` (see module docstring);
+    with `grpc_listen` ("host:port", port 0 = any) also the gRPC endpoint (app.state.grpc_port)."""
     metrics = ServerMetrics()
     manager = ModelManager(settings, Path(cache_root), Path(state_dir) if state_dir is not None else None, metrics)
+    serving = Serving(manager, metrics)
+    repository = Repository(manager, settings.write_token(), mtls=bool(settings.tls_client_ca))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        grpc_endpoint = None
+        if grpc_listen:
+            from pifarm.inference.grpc_server import GrpcEndpoint, credentials
+
+            creds = credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
+            grpc_endpoint = GrpcEndpoint(serving, repository, grpc_listen, settings.max_body, creds)
+            app.state.grpc_port = grpc_endpoint.port
         await asyncio.to_thread(manager.start)
+        if grpc_endpoint is not None:
+            grpc_endpoint.start()
         try:
             yield
         finally:
+            if grpc_endpoint is not None:
+                await asyncio.to_thread(grpc_endpoint.stop)
             await asyncio.to_thread(manager.stop)
 
     app = FastAPI(title="pifarm inference (KServe V2)", version=__version__, lifespan=lifespan)
     app.state.manager = manager
     app.state.metrics = metrics
+    app.state.serving = serving
+    app.state.repository = repository
+    app.state.grpc_port = None
     app.add_middleware(BodyLimit, limit=settings.max_body)
+    app.add_middleware(InferFastPath, serving=serving, max_body=settings.max_body)  # outermost: infer skips the rest
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,70 +152,89 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
     # -- server ----------------------------------------------------------------------------
     @app.get("/v2")
     async def server_metadata() -> dict:
-        return {"name": "pifarm", "version": __version__, "extensions": ["binary_tensor_data"]}
+        return serving.server_metadata()
 
     @app.get("/v2/health/live")
     async def live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", responses={503: {"description": "not every model is loaded"}})
+    @app.get("/v2/health/ready", responses={503: {"description": "not ready (reason in the body)"}})
     async def ready() -> JSONResponse:
-        ok = (await asyncio.to_thread(manager.health))["ready"]
-        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+        h = await asyncio.to_thread(serving.health)
+        return JSONResponse(h.ready_json(), status_code=200 if h.ready else 503, headers=h.headers())
 
     @app.get("/health", responses={503: {"description": "not every configured model is loaded"}})
     async def health() -> JSONResponse:
-        body = await asyncio.to_thread(manager.health)
-        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+        h = await asyncio.to_thread(serving.health)
+        return JSONResponse({**h.body, "state": h.state, "reason": h.reason}, status_code=200 if h.ready else 503,
+                            headers=h.headers())
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
         await asyncio.to_thread(manager.health)  # refreshes the degraded gauge from the state file
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    # -- statistics and repository extensions -----------------------------------------------
+    @app.get("/v2/models/stats")
+    async def stats_all() -> dict:
+        return serving.statistics(None, None)
+
+    @app.get("/v2/models/{model}/stats", responses={404: {"description": "unknown model"}})
+    async def stats_model(model: str) -> dict:
+        return serving.statistics(model, None)
+
+    @app.get("/v2/models/{model}/versions/{version}/stats", responses={404: {"description": "unknown model"}})
+    async def stats_version(model: str, version: str) -> dict:
+        return serving.statistics(model, version)
+
+    @app.post("/v2/repository/index")
+    async def repository_index(request: Request) -> JSONResponse:
+        body = await request.body()
+        try:
+            ready_only = bool(json.loads(body).get("ready")) if body.strip() else False
+        except (ValueError, AttributeError):
+            return _error(400, "repository index body must be a JSON object, e.g. {\"ready\": true}")
+        return JSONResponse(await asyncio.to_thread(repository.index, ready_only))
+
+    writes = {401: {"description": "no token"}, 403: {"description": "wrong token"},
+              404: {"description": "not in the cache"}}
+
+    @app.post("/v2/repository/models/{model}/load", responses=writes)
+    async def repository_load(model: str, request: Request) -> JSONResponse:
+        repository.authorize(request.headers.get("authorization"))
+        await asyncio.to_thread(repository.load, model)
+        return JSONResponse({})
+
+    @app.post("/v2/repository/models/{model}/unload", responses=writes)
+    async def repository_unload(model: str, request: Request) -> JSONResponse:
+        repository.authorize(request.headers.get("authorization"))
+        await asyncio.to_thread(repository.unload, model)
+        return JSONResponse({})
+
     # -- models ----------------------------------------------------------------------------
     def metadata(model: str, version: str | None) -> dict:
-        a = manager.get(model, version)
-        mv = a.version
-        return {"name": mv.name, "versions": [str(mv.version)], "platform": PLATFORM,
-                "inputs": [i.to_json() for i in mv.inputs], "outputs": [o.to_json() for o in mv.outputs]}
+        return serving.model_metadata(model, version)
 
     def model_ready(model: str, version: str | None) -> JSONResponse:
-        try:
-            manager.get(model, version)
-        except NotReady:
-            return JSONResponse({"name": model, "ready": False}, status_code=503)
-        return JSONResponse({"name": model, "ready": True})
+        ok = serving.model_ready(model, version)
+        return JSONResponse({"name": model, "ready": ok}, status_code=200 if ok else 503)
 
     async def infer(model: str, version: str | None, request: Request) -> Response:
-        t0 = time.perf_counter()
+        # Normally answered by InferFastPath before routing; the same path when reached here.
+        t0 = time.perf_counter_ns()
         try:
             req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-            for _ in range(3):  # a swap may retire the pool between get() and submit()
-                active = manager.get(model, version)
-                mv = active.version
-                arrays, rows = fit_inputs(mv.inputs, req.tensors, mv.batch.batchable)
-                if req.outputs:
-                    names = {o.name for o in mv.outputs}
-                    missing = [w for w in req.outputs if w not in names]
-                    if missing:
-                        raise BadInput(f"model has no output {missing[0]!r}; outputs: {', '.join(sorted(names))}")
-                try:
-                    fut = active.pool.submit(arrays, rows)
-                except Retired:
-                    continue
-                outs = await asyncio.wrap_future(fut)
-                break
-            else:
-                raise NotReady(f"model {model} is being swapped; retry")
+            call = serving.start(model, version, req.tensors, req.outputs, t0)
+            await asyncio.wrap_future(call.job.future)
+            outs = serving.outputs(call)
         except PifarmError as e:
-            status = e.http_status
-            metrics.errors.labels(model, str(status)).inc()
-            return _error(status, str(e))
-        chosen = [(o.name, arr) for o, arr in zip(mv.outputs, outs) if req.outputs is None or o.name in req.outputs]
-        body, header_len = build_response(mv.name, mv.version, req.id, chosen, req.binary_outputs)
-        metrics.requests.labels(model, str(mv.version)).inc()
-        metrics.latency.labels(model).observe(time.perf_counter() - t0)
+            serving.failed(model, version, t0, e.http_status)
+            return _error(e.http_status, str(e))
+        t_enc = time.perf_counter_ns()
+        mv = call.mv
+        body, header_len = build_response(mv.name, mv.version, req.id, [(o.name, a) for o, a in outs],
+                                          req.binary_outputs)
+        serving.finish(call, t_enc)
         if header_len is None:
             return Response(body, media_type="application/json")
         return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_len)})
@@ -256,8 +302,15 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
     if not Path(cache_root).is_dir():
         raise ConfigError(f"cache directory {cache_root} does not exist; pass the node's cache")
     resolve(settings.runtime)
-    app = create_app(settings, cache_root, state_dir)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
+    app = create_app(settings, cache_root, state_dir, grpc_listen=settings.grpc_address(host))
+    tls: dict = {}
+    if settings.tls_cert:
+        import ssl
+
+        tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
+        if settings.tls_client_ca:  # mTLS: every client shows a certificate this CA signed
+            tls.update(ssl_ca_certs=settings.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", **tls)
     server = uvicorn.Server(config)
     if on_ready is not None:
         def announce() -> None:
