@@ -15,7 +15,8 @@ import queue
 import threading
 from typing import Callable
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (FileAttribEvent, FileClosedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent,
+                             FileSystemEvent, FileSystemEventHandler)
 from watchdog.observers import Observer
 
 from pifarm.cache.store import HEX_RE, Cache
@@ -23,6 +24,12 @@ from pifarm.errors import IntegrityError
 from pifarm.signed.integrity import BlobRef, make_digest, verify_file
 
 log = logging.getLogger(__name__)
+
+
+# Only what can change or remove a blob is asked of the kernel: reads (open, close-without-write)
+# of blobs by the loader, the scrub or anyone else must not wake this process (issue 19). Created
+# (a rename into blobs/) is the cache's own install.
+BLOB_CHANGES = [FileDeletedEvent, FileMovedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent]
 
 
 class _Events(FileSystemEventHandler):
@@ -53,7 +60,11 @@ class TamperWatch:
 
     def start(self) -> None:
         self._observer = Observer()
-        self._observer.schedule(_Events(self._q), str(self.cache.layout.blobs), recursive=False)
+        self._observer.name = "tamper-observer"
+        self._observer.schedule(_Events(self._q), str(self.cache.layout.blobs), recursive=False,
+                                event_filter=BLOB_CHANGES)
+        for e in self._observer.emitters:
+            e.name = "tamper-inotify"  # named, so a thread dump says whose it is
         self._observer.start()
         self._worker = threading.Thread(target=self._run, name="tamper-watch", daemon=True)
         self._worker.start()

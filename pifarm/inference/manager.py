@@ -135,6 +135,7 @@ class ModelManager:
             self._trusted = TrustedKeys.from_files(self.settings.trusted_keys)
         self._loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._observer = Observer()
+        self._observer.name = "refs-observer"
         self._observer.daemon = True
         self._observer.start()
         self._watch_refs()
@@ -155,6 +156,8 @@ class ModelManager:
         self._watching = True
         try:
             self._observer.schedule(_RefEvents(self._ref_event), str(refs), recursive=True, event_filter=REF_CHANGES)
+            for e in self._observer.emitters:
+                e.name = "refs-inotify"
         except OSError as e:
             log.warning("no filesystem events for %s (%s); rescanning every %g s instead", refs, e,
                         self.settings.state_poll_seconds)

@@ -131,7 +131,10 @@ class WorkerPool:
                     if self._closed:
                         self._workers -= 1
                         return None
-                    woke = self._cv.wait(timeout=self._settings.idle_seconds or None)
+                    # Only a worker above min_workers has an idle deadline; the others sleep until
+                    # work comes (an idle node must not wake them for nothing).
+                    spare = self._workers > self._settings.min_workers
+                    woke = self._cv.wait(timeout=(self._settings.idle_seconds or None) if spare else None)
                     if not woke and not self._queue and self._workers > self._settings.min_workers:
                         self._workers -= 1
                         return None
