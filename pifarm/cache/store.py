@@ -41,8 +41,8 @@ from pifarm.signed.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
 
-PARTIAL_RE = re.compile(r"^([0-9a-f]{64})\.partial$")
-HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+PARTIAL_RE = re.compile(r"^([0-9a-f]{64})\.partial\Z")
+HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 #: progress callback: (bytes just received, source name)
 ProgressFn = Callable[[int, str], None]

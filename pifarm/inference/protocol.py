@@ -65,7 +65,9 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
     """Parse a JSON or binary-extension infer request; BadInput (400) on anything malformed."""
     binary = b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # ASCII digits only: str.isdigit() takes "²", which int() then refuses (a 500)
+        if not (header_length.isascii() and header_length.isdigit() and len(header_length) <= 19) \
+                or int(header_length) > len(body):
             raise BadInput(f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body")
         n = int(header_length)
         body, binary = body[:n], body[n:]

@@ -22,7 +22,7 @@ from pifarm.errors import ConfigError
 DEFAULT_ROOT = Path("/etc/nvme")
 UUID_NQN_PREFIX = "nqn.2014-08.org.nvmexpress:uuid:"
 NQN_MAX = 223  # NVMe base spec: NQNs are at most 223 bytes
-_NQN_RE = re.compile(r"^nqn\.\d{4}-\d{2}\.[^\s/]+(:[\x21-\x7e]+)?$")
+_NQN_RE = re.compile(r"^nqn\.\d{4}-\d{2}\.[^\s/]+(:[\x21-\x7e]+)?\Z")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 LIVE, UNREACHABLE, NOTHING_OFFERED, DISABLED = "live", "unreachable", "nothing-offered", "disabled"
 SOURCE = "nvme-kernel"
 DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
-_DHCHAP_RE = re.compile(r"^DHHC-1:0[0-3]:[A-Za-z0-9+/]+={0,2}:$")
+_DHCHAP_RE = re.compile(r"^DHHC-1:0[0-3]:[A-Za-z0-9+/]+={0,2}:\Z")
 
 
 class DiscoveryUnreachable(SourceError):

@@ -25,7 +25,7 @@ from pifarm.signed.manifest import namespace_nguid, namespace_uuid
 log = logging.getLogger(__name__)
 
 _NIL = uuid.UUID(int=0)
-_NS_NAME = re.compile(r"^nvme\d+n\d+$")
+_NS_NAME = re.compile(r"^nvme\d+n\d+\Z")
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def default_sans() -> tuple[list[str], list[str]]:
             ips.add(info[4][0].split("%")[0])
     except OSError:
         pass
-    dns = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+    dns = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
     return sorted(n for n in names if n and dns.match(n)), sorted(ips)
 
 

@@ -16,7 +16,7 @@ import blake3
 
 from pifarm.errors import IntegrityError, UsageError
 
-DIGEST_RE = re.compile(r"^blake3:([0-9a-f]{64})$")
+DIGEST_RE = re.compile(r"^blake3:([0-9a-f]{64})\Z")
 CHUNK = 1 << 20  # 1 MiB: large enough to amortise syscalls, small enough for a Pi's RAM
 
 

@@ -22,7 +22,7 @@ from pifarm.errors import IntegrityError, UsageError
 from pifarm.signed.canonical import canonical_bytes
 from pifarm.signed.integrity import BlobRef, digest_hex, make_digest
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 FORMATS = ("tflite", "raw")
 MAX_PATH = 255
 

@@ -26,7 +26,7 @@ HASHES = {0: (None, 32), 1: ("sha256", 32), 2: ("sha384", 48), 3: ("sha512", 64)
 #: the names hosts/<nqn>/dhchap_hash accepts
 KERNEL_HASH_NAMES = {"sha256": "hmac(sha256)", "sha384": "hmac(sha384)", "sha512": "hmac(sha512)"}
 DHGROUPS = ("null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192")
-_RE = re.compile(r"^DHHC-1:([0-9]{2}):([A-Za-z0-9+/]+={0,2}):$")
+_RE = re.compile(r"^DHHC-1:([0-9]{2}):([A-Za-z0-9+/]+={0,2}):\Z")
 
 
 @dataclass(frozen=True)

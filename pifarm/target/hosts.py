@@ -18,7 +18,7 @@ from pifarm.target.dhchap import DHGROUPS, HASHES, KERNEL_HASH_NAMES, gen_dhchap
 
 __all__ = ["HostStore", "check_nqn"]
 
-_NQN_RE = re.compile(r"^nqn\.[0-9]{4}-[0-9]{2}\.[A-Za-z0-9.-]+(:.+)?$|^nqn\.2014-08\.org\.nvmexpress:uuid:[0-9a-fA-F-]{36}$")
+_NQN_RE = re.compile(r"^nqn\.[0-9]{4}-[0-9]{2}\.[A-Za-z0-9.-]+(:[\x21-\x7e]+)?\Z|^nqn\.2014-08\.org\.nvmexpress:uuid:[0-9a-fA-F-]{36}\Z")
 
 
 def check_nqn(nqn: str) -> str:

@@ -30,7 +30,7 @@ NEGOTIATE, CHALLENGE, REPLY, SUCCESS1, SUCCESS2, FAILURE2, FAILURE1 = 0x00, 0x01
 DHGROUP_NULL = 0x00
 REASONS = {1: "authentication failed", 2: "authentication protocol unusable", 3: "secure channel concatenation mismatch",
            4: "hash function unusable", 5: "DH group unusable", 6: "incorrect payload", 7: "incorrect protocol message"}
-_KEY_RE = re.compile(r"^DHHC-1:(0[0-3]):([A-Za-z0-9+/=]+):$")
+_KEY_RE = re.compile(r"^DHHC-1:(0[0-3]):([A-Za-z0-9+/=]+):\Z")
 _HEAD = struct.Struct("<BBHH")  # auth_type, auth_id, reserved, t_id
 
 

@@ -25,12 +25,12 @@ AUTHREQ_ASCR = 1 << 18  # ... secure channel concatenation (TLS) required
 CC_ENABLE_FIELDS = 4 << 20 | 6 << 16  # IOCQES 16 B, IOSQES 64 B, MPS 4 KiB, NVM command set
 CC_SHN_NORMAL = 1 << 14
 MAX_READ = 1 << 20  # even without an MDTS, one command moves at most 1 MiB
-NQN_UUID = re.compile(r"^nqn\.2014-08\.org\.nvmexpress:uuid:([0-9a-fA-F-]{36})$")
+NQN_UUID = re.compile(r"^nqn\.2014-08\.org\.nvmexpress:uuid:([0-9a-fA-F-]{36})\Z")
 
 
 def parse_address(text: str, default_port: int = 4420) -> tuple[str, int]:
     """"host", "host:port", "[v6]:port" → (host, port)."""
-    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", text) or re.match(r"^([^:\[\]]+)(?::(\d+))?$", text)
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?\Z", text) or re.match(r"^([^:\[\]]+)(?::(\d+))?\Z", text)
     if not m or not m.group(1):
         raise UsageError(f"not a target address: {text!r} (expected HOST or HOST:PORT)")
     port = int(m.group(2)) if m.group(2) else default_port
