@@ -165,7 +165,7 @@ def p5(work: Path) -> dict:
 
 # -- P6 ---------------------------------------------------------------------------------------------
 def p6(work: Path) -> dict:
-    from pifarm.appliance.samplemodel import large_model, linear_model
+    from pifarm.appliance.demo.samplemodel import large_model, linear_model
     from pifarm.inference.model import PENDING
 
     models = {"sample-linear": linear_model(16, 4, 0), "sample-large": large_model(0)}
@@ -252,7 +252,7 @@ def p8(work: Path, switches: int = 20) -> dict:
 
 # -- P4 ---------------------------------------------------------------------------------------------
 def p4(work: Path) -> dict:
-    from pifarm.appliance.samplemodel import large_model
+    from pifarm.appliance.demo.samplemodel import large_model
     from pifarm.inference.runtime import build_interpreter, resolve
     from tests.support.aggregator import free_port, start_aggregator
 

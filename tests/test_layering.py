@@ -15,10 +15,11 @@ import pifarm
 PKG = Path(pifarm.__file__).parent
 
 #: Small packages both roles read. They import only each other and `pifarm.errors`.
-LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki"}
+LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen"}
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "listen": {"errors"},  # the one HOST:PORT parser
     "durable": set(),
     "nvmewire": {"errors"},
     "signed": {"errors", "durable"},
@@ -104,7 +105,6 @@ def test_every_package_has_a_docstring_saying_what_it_holds():
         assert doc and len(doc) > 40, f"{init}: say what the package holds and who may import it"
 
 
-
 def test_only_the_appliance_and_tests_reach_the_test_doubles():
     # components never load a test double; the appliance does for `fake:FILE` and nowhere else
     users = {pkg for pkg, allowed in ALLOWED.items() if "testing" in allowed}
@@ -112,6 +112,7 @@ def test_only_the_appliance_and_tests_reach_the_test_doubles():
     appliance = PKG / "appliance"
     importers = {p.name for p in appliance.rglob("*.py") if any(n.startswith("pifarm.testing") for _, n in _imports(p))}
     assert importers == {"target_root.py"}, importers
+
 
 def test_the_table_catches_a_violation(tmp_path, monkeypatch):
     # the check itself can fail: a node-side module importing the target is reported

@@ -1,18 +1,15 @@
 """The aggregator daemon (`pifarm aggregator run`): open the registry, build the API, serve it.
 
-Other aggregator components plug in without editing this file: every module
-`pifarm/appliance/aggext_*.py` exposing `extend(ctx: AggregatorContext) -> None` is loaded at
-start. An extension may subscribe to registry changes, add health providers, routers, metrics,
-and start/stop hooks (called before the server starts and after it stops).
+Its other parts are listed once, in `PARTS`: each is `extend(ctx: AggregatorContext) -> None`
+and may subscribe to registry changes, add health providers, metrics and start/stop hooks
+(called before the server starts and after it stops). Nothing is discovered: a new part is a
+module here and a line in `PARTS`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
-import os
-import pkgutil
 import signal
 import socket
 import ssl
@@ -22,56 +19,35 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry
 
+from pifarm.appliance import aggregator_enroll, aggregator_target
+from pifarm.appliance import aggregator_fleet
+from pifarm.appliance.config import AggregatorConfig, load_aggregator_config
 from pifarm.errors import PifarmError
-from pifarm.appliance.config import AGGREGATOR_SECTIONS, DEFAULT_AGGREGATOR_CONFIG, load_role
+from pifarm.listen import parse_listen
 from pifarm.registry.api import create_app
 from pifarm.registry.service import Registry, ensure_api_token
-from pifarm.registry.settings import ApiSettings, parse_listen
+from pifarm.registry.settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class AggregatorContext:
-    """What an `aggext_*` extension receives."""
+    """What each of the aggregator's `PARTS` receives."""
 
     registry: Registry
-    sections: dict[str, Any]
+    config: AggregatorConfig
     data_dir: Path
     metrics_registry: CollectorRegistry
     health_providers: list[Callable[[], dict]] = field(default_factory=list)
-    routers: list[Any] = field(default_factory=list)
     on_start: list[Callable[[], None]] = field(default_factory=list)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     #: called with each newly enrolled node's HostRecord (the target side allows its host NQN)
     register_host: Callable[[Any], Any] | None = None
 
 
-def load_extensions() -> list[Callable[[AggregatorContext], None]]:
-    import pifarm.appliance as pkg
-
-    out = []
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name.startswith("aggext_"):
-            mod = importlib.import_module(f"pifarm.appliance.{info.name}")
-            if callable(getattr(mod, "extend", None)):
-                out.append(mod.extend)
-    return out
-
-
-def config_path(config: str | os.PathLike | None) -> str | os.PathLike | None:
-    """--config, else PIFARM_CONFIG, else /etc/pifarm/aggregator.toml when it exists."""
-    if config:
-        return config
-    if os.environ.get("PIFARM_CONFIG"):
-        return os.environ["PIFARM_CONFIG"]
-    return DEFAULT_AGGREGATOR_CONFIG if Path(DEFAULT_AGGREGATOR_CONFIG).exists() else None
-
-
-def load_settings(config=None, data_dir=None, listen=None) -> dict[str, Any]:
-    return load_role(AGGREGATOR_SECTIONS, config_path(config),
-                     overrides={"registry": {"data_dir": str(data_dir) if data_dir else None},
-                                "api": {"listen": listen}})
+#: the aggregator's parts besides the registry API, in start order
+PARTS: tuple[Callable[[AggregatorContext], None], ...] = (aggregator_enroll.extend, aggregator_target.extend)
 
 
 def uvicorn_ssl_kwargs(api: ApiSettings) -> dict[str, Any]:
@@ -111,7 +87,7 @@ def _server_class():
 def _enroll_router(d: Path, ctx: AggregatorContext):
     from pifarm.registry.enroll_api import enroll_router
 
-    return enroll_router(d, register_host=ctx.register_host)
+    return enroll_router(d, cert_days=ctx.config.enroll.cert_days, register_host=ctx.register_host)
 
 
 def _include(app, router, what: str) -> None:
@@ -145,25 +121,24 @@ def _check_listen(host: str, port: int) -> None:
 def run(config=None, data_dir=None, listen=None) -> int:
     import uvicorn
 
-    sections = load_settings(config, data_dir, listen)
-    api: ApiSettings = sections["api"]
+    cfg = load_aggregator_config(config, data_dir=data_dir, listen=listen)
+    api = cfg.api
     host, port = parse_listen(api.listen)
     _check_listen(host, port)
-    d = Path(sections["registry"].data_dir)
-    registry = Registry.open(d, sections)
+    d = Path(cfg.registry.data_dir)
+    registry = Registry.open(d, cfg)
     try:
         token = ensure_api_token(d, api)
-        ctx = AggregatorContext(registry, sections, d, CollectorRegistry())
-        for extend in load_extensions():
+        ctx = AggregatorContext(registry, cfg, d, CollectorRegistry())
+        for extend in PARTS:
             extend(ctx)
         app = create_app(registry, api, token=token, health_providers=ctx.health_providers,
                          metrics_registry=ctx.metrics_registry)
-        for router in ctx.routers:
-            _include(app, router, f"extension router {getattr(router, 'tags', '')}")
         _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll_api)")
+        aggregator_fleet.mount(app, ctx, token)
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
-            access_log=False, **uvicorn_ssl_kwargs(api)))
+            access_log=False, **uvicorn_ssl_kwargs(api), **aggregator_fleet.uvicorn_kwargs(api)))
         try:
             for hook in ctx.on_start:
                 hook()

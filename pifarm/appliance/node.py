@@ -10,81 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import random
 import signal
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from pifarm.appliance.config import NODE_SECTIONS, build_section, read_toml
+from pifarm.appliance import node_report
+from pifarm.appliance.config import NodeConfig
 from pifarm.cache.metrics import NodeMetrics
-from pifarm.cache.settings import CacheSettings
 from pifarm.cache.store import Cache
 from pifarm.cache.tamper import TamperWatch
 from pifarm.errors import ConfigError, PifarmError
-from pifarm.initiator.chain import SOURCE_KINDS, build_sources, close_all, default_specs
+from pifarm.initiator.chain import build_sources, close_all, default_specs
 from pifarm.initiator.http_source import tls_context
 from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Store, make_client
-from pifarm.initiator.settings import NodeSettings, S3Settings, SourceContext, SourceSpec, WatcherSettings
+from pifarm.initiator.settings import SourceContext
 from pifarm.initiator.watcher import Watcher
+from pifarm.listen import parse_listen
 from pifarm.signed.integrity import BlobRef
 from pifarm.signed.signing import TrustedKeys
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    node: NodeSettings = field(default_factory=NodeSettings)
-    cache: CacheSettings = field(default_factory=CacheSettings)
-    s3: S3Settings = field(default_factory=S3Settings)
-    watcher: WatcherSettings = field(default_factory=WatcherSettings)
-    inference: Any = None
-    sources: tuple[SourceSpec, ...] = ()
-    origin: str = "defaults"
-
-
-def load_node_config(
-    path: str | os.PathLike | None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Mapping[str, Any]] | None = None,
-) -> NodeConfig:
-    """node.toml < PIFARM_SECTION_KEY < CLI overrides; `[[sources]]` is an array of tables."""
-    environ = os.environ if environ is None else environ
-    doc, origin = read_toml(path)
-    raw_sources = doc.pop("sources", [])
-    unknown = set(doc) - set(NODE_SECTIONS)
-    if unknown:
-        raise ConfigError(f"{origin}: unknown section [{sorted(unknown)[0]}]; known: "
-                          f"{', '.join(sorted(NODE_SECTIONS))}, [[sources]]")
-    built: dict[str, Any] = {}
-    for name, cls in NODE_SECTIONS.items():
-        table = doc.get(name, {})
-        if not isinstance(table, dict):
-            raise ConfigError(f"{origin}: [{name}] must be a table")
-        built[name] = build_section(cls, name, table, origin=origin, environ=environ,
-                                    overrides=(overrides or {}).get(name))
-    if not isinstance(raw_sources, list) or not all(isinstance(t, dict) for t in raw_sources):
-        raise ConfigError(f"{origin}: sources must be an array of tables: [[sources]] kind = \"http\" ...")
-    specs = []
-    known = {f.name for f in dataclasses.fields(SourceSpec)}
-    for i, t in enumerate(raw_sources, 1):
-        bad = set(t) - known
-        if bad:
-            raise ConfigError(f"{origin}: [[sources]] #{i}: unknown key {sorted(bad)[0]}; known: {', '.join(sorted(known))}")
-        if t.get("kind") not in SOURCE_KINDS:
-            raise ConfigError(f"{origin}: [[sources]] #{i} needs kind = one of {', '.join(sorted(SOURCE_KINDS))}"
-                              f" (got {t.get('kind')!r})")
-        try:
-            specs.append(SourceSpec(**t))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"{origin}: [[sources]] #{i}: {e}") from e
-    return NodeConfig(built["node"], built["cache"], built["s3"], built["watcher"], built["inference"],
-                      tuple(specs), origin)
 
 
 def trusted_keys(paths: list[str]) -> TrustedKeys:
@@ -92,13 +40,6 @@ def trusted_keys(paths: list[str]) -> TrustedKeys:
         raise ConfigError("no trusted registry keys: set [node] trusted_keys = [\"/etc/pifarm/signing.pub\"] "
                           "or pass --trust FILE (the aggregator's keys/signing.pub)")
     return TrustedKeys.from_files(paths)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class NodeDaemon:
@@ -113,6 +54,7 @@ class NodeDaemon:
         self.watcher: Watcher | None = None
         self.tamper: TamperWatch | None = None
         self.sources: list = []
+        self.reporter: Any = None  # pifarm.initiator.report.Reporter, see node_report.attach
         self._metrics_server: Any = None  # (httpd, thread) of [node] metrics_listen
 
     def start(self) -> None:
@@ -146,7 +88,10 @@ class NodeDaemon:
 
             host, port = parse_listen(c.node.metrics_listen)
             self._metrics_server = start_http_server(port, addr=host, registry=self.metrics.registry)
+        self.reporter = node_report.attach(self)
         self._spawn("watcher", self.watcher.run, self.stop_event)
+        if self.reporter is not None:
+            self._spawn("reporter", self.reporter.run, self.stop_event)
         if c.cache.tamper_watch:
             self.tamper = TamperWatch(self.cache, on_damage=self._refetch)
             self.tamper.start()
@@ -181,6 +126,8 @@ class NodeDaemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.reporter is not None:
+            self.reporter.poke()  # it waits on its own event
         if self.tamper is not None:
             self.tamper.stop()
         for t in self._threads:
@@ -207,9 +154,9 @@ def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event
 
 def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     """Blocking `pifarm node run`; returns the exit code."""
-    import faulthandler
+    from pifarm.appliance import threaddump
 
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
+    threaddump.install()  # `kill -USR1` dumps every thread's stack (from a normal thread: issue 19)
     daemon = NodeDaemon(cfg)
     daemon.start()
     log.warning("node: cache %s, state %s, channel %s, sources %s", cfg.cache.root, cfg.node.state_dir,

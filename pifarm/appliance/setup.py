@@ -233,13 +233,13 @@ def validate_config(text: str, role: str, origin: str) -> None:
         p.write_text(text)
         try:
             if role == "node":
-                from pifarm.appliance.node import load_node_config
+                from pifarm.appliance.config import load_node_config
 
                 load_node_config(p, environ={})
             else:
-                from pifarm.appliance.config import AGGREGATOR_SECTIONS, load_role
+                from pifarm.appliance.config import load_aggregator_config
 
-                load_role(AGGREGATOR_SECTIONS, p, environ={})
+                load_aggregator_config(p, environ={})
         except PifarmError as e:
             raise ConfigError(f"internal: the {role} config setup would write is refused: {e}") from e
 

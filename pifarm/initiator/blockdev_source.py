@@ -44,6 +44,7 @@ from pifarm.initiator.kernel_attach import (
     DISABLED, LIVE, AttachSettings, KernelAttacher, parse_address,
 )
 from pifarm.initiator.namespaces import Namespace, NamespaceIndex
+from pifarm.initiator.settings import NvmeKernelOptions
 from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier
 from pifarm.signed.manifest import namespace_uuid
 from pifarm.signed.signing import TrustedKeys
@@ -452,10 +453,10 @@ def _has(vol: OpenVolume, digest: str) -> bool:
         return False
 
 
-def _secret(options: dict, key: str) -> str:
-    if options.get(key):
-        return str(options[key]).strip()
-    path = options.get(f"{key}_file")
+def _secret(options: NvmeKernelOptions, key: str) -> str:
+    if getattr(options, key):
+        return getattr(options, key).strip()
+    path = getattr(options, f"{key}_file")
     if not path:
         return ""
     try:
@@ -467,23 +468,13 @@ def _secret(options: dict, key: str) -> str:
 def make_source(spec, ctx) -> BlockDeviceSource:
     """Factory for `[[sources]] kind = "nvme-kernel"` (see pifarm.initiator.chain).
 
-    options: subsystems, ctrl_loss_tmo, reconnect_delay, fast_io_fail_tmo, dhchap_secret[_file],
-    dhchap_ctrl_secret[_file], command_timeout, read_timeout, rediscover_interval, namespace_wait, nvme (binary),
-    volumes (paths of volume files/devices to serve without attaching), sys_root, dev_root.
+    options: pifarm.initiator.settings.NvmeKernelOptions.
     """
-    o = dict(spec.options or {})
-    known = {"subsystems", "ctrl_loss_tmo", "reconnect_delay", "fast_io_fail_tmo", "dhchap_secret",
-             "dhchap_secret_file", "dhchap_ctrl_secret", "dhchap_ctrl_secret_file", "command_timeout",
-             "read_timeout", "rediscover_interval", "nvme", "volumes", "sys_root", "dev_root", "direct_io",
-             "namespace_wait"}
-    bad = set(o) - known
-    if bad:
-        raise ConfigError(f"[[sources]] nvme-kernel: unknown option {sorted(bad)[0]}; known: {', '.join(sorted(known))}")
+    o = spec.typed_options(NvmeKernelOptions)
     status = Path(ctx.state_dir) / STATUS_FILE if getattr(ctx, "state_dir", None) else None
-    common = dict(status_path=status, read_timeout=float(o.get("read_timeout", 10.0)),
-                  namespace_wait=float(o.get("namespace_wait", 5.0)),
-                  direct=bool(o.get("direct_io", True)), rediscover_interval=float(o.get("rediscover_interval", 30.0)))
-    volumes = [str(p) for p in o.get("volumes") or []]
+    common = dict(status_path=status, read_timeout=float(o.read_timeout), namespace_wait=float(o.namespace_wait),
+                  direct=o.direct_io, rediscover_interval=float(o.rediscover_interval))
+    volumes = [str(p) for p in o.volumes]
     if volumes and not spec.address:
         src = BlockDeviceSource(ctx.trusted, lambda: [(p, None) for p in volumes if os.path.exists(p)], **common)
         src.refresh()
@@ -498,17 +489,16 @@ def make_source(spec, ctx) -> BlockDeviceSource:
     identity = ensure_identity(getattr(ctx, "host_identity_path", None))
     try:
         settings = AttachSettings(
-            address=host, port=port, subsystems=tuple(o.get("subsystems") or ()),
-            ctrl_loss_tmo=int(o.get("ctrl_loss_tmo", 600)), reconnect_delay=int(o.get("reconnect_delay", 2)),
-            fast_io_fail_tmo=int(o.get("fast_io_fail_tmo", -1)),
+            address=host, port=port, subsystems=tuple(o.subsystems),
+            ctrl_loss_tmo=o.ctrl_loss_tmo, reconnect_delay=o.reconnect_delay, fast_io_fail_tmo=o.fast_io_fail_tmo,
             dhchap_secret=_secret(o, "dhchap_secret"), dhchap_ctrl_secret=_secret(o, "dhchap_ctrl_secret"),
-            command_timeout=float(o.get("command_timeout", 20.0)), nvme=str(o.get("nvme", "nvme")),
+            command_timeout=float(o.command_timeout), nvme=o.nvme,
         )
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[[sources]] nvme-kernel: {e}") from e
-    sys_root = str(o.get("sys_root", "/sys"))
+    sys_root = o.sys_root
     attacher = KernelAttacher(settings, identity, sys_root=sys_root)
-    index = NamespaceIndex(sys_root, str(o.get("dev_root", "/dev")))
+    index = NamespaceIndex(sys_root, o.dev_root)
     ours = lambda: {c for c in attacher.controllers().keys()}  # noqa: E731
 
     def candidates() -> list[tuple[str, Namespace | None]]:

@@ -13,7 +13,7 @@ from typing import Iterator
 import httpx
 
 from pifarm.errors import ConfigError, SourceError, SourceTimeout
-from pifarm.initiator.settings import SourceContext, SourceSpec
+from pifarm.initiator.settings import HttpOptions, SourceContext, SourceSpec
 from pifarm.signed.integrity import CHUNK, BlobRef
 
 
@@ -90,4 +90,5 @@ def make_source(spec: SourceSpec, ctx: SourceContext) -> HttpSource:
     url = spec.url or ctx.aggregator_url
     if not url:
         raise SourceError("[[sources]] http: no url and no aggregator URL configured (--aggregator)", "http")
-    return HttpSource(url, spec.deadline, float(spec.options.get("connect_timeout", 2.0)), tls=ctx.tls)
+    opts = spec.typed_options(HttpOptions)
+    return HttpSource(url, spec.deadline, opts.connect_timeout, tls=ctx.tls)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pifarm.signed.signing import TrustedKeys
+from pifarm.errors import ConfigError
+from pifarm.listen import parse_listen
+
+if TYPE_CHECKING:  # only an annotation: loading a config must not import cryptography
+    from pifarm.signed.signing import TrustedKeys
 
 CHANNELS = ("stable", "canary")
 
@@ -56,7 +61,66 @@ class WatcherSettings:
         if self.rate <= 0 or self.burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         if self.backoff_base <= 0 or self.backoff_max < self.backoff_base:
-            raise ValueError("need 0 < backoff_base <= backoff_max")
+            raise ValueError(f"backoff_base must be > 0 and at most backoff_max, got {self.backoff_base} "
+                             f"and backoff_max {self.backoff_max}")
+
+
+# -- `options` of each [[sources]] kind: typed like every other key of node.toml ------------------
+@dataclass(frozen=True)
+class HttpOptions:
+    connect_timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Keys of [s3] this source sets differently (None = as in [s3])."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    part_size: int | None = None
+    concurrency: int | None = None
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class NvmeKernelOptions:
+    subsystems: tuple[str, ...] = ()  # subsystem NQNs to attach (default: every one discovery offers)
+    ctrl_loss_tmo: int = 600
+    reconnect_delay: int = 2
+    fast_io_fail_tmo: int = -1
+    dhchap_secret: str = ""
+    dhchap_secret_file: str = ""
+    dhchap_ctrl_secret: str = ""
+    dhchap_ctrl_secret_file: str = ""
+    command_timeout: float = 20.0
+    read_timeout: float = 10.0
+    rediscover_interval: float = 30.0
+    namespace_wait: float = 5.0  # how long a namespace announced by the metadata poll is waited for
+    nvme: str = "nvme"  # the nvme-cli binary
+    volumes: tuple[str, ...] = ()  # volume files/devices to serve without attaching
+    sys_root: str = "/sys"
+    dev_root: str = "/dev"
+    direct_io: bool = True
+
+
+@dataclass(frozen=True)
+class NvmeTcpOptions:
+    subnqn: str = ""  # "" = the subsystems the discovery controller names
+    hostnqn: str = ""  # "" = the node's host identity
+    hdgst: bool = False
+    ddgst: bool = False
+    dhchap_secret: str | None = None
+    timeout: float | None = None  # seconds per exchange (default: min(10, deadline))
+    io_queues: int = 2
+    queue_depth: int = 32
+    read_ahead: int = 4
+    address: str = ""  # older spelling of the entry's own `address`
+
+
+#: kind -> its options dataclass (the kinds the node knows; pifarm.initiator.chain has the factories)
+SOURCE_OPTIONS: dict[str, type] = {"http": HttpOptions, "s3": S3Options, "nvme-kernel": NvmeKernelOptions,
+                                   "nvme-tcp-userspace": NvmeTcpOptions}
 
 
 @dataclass(frozen=True)
@@ -67,14 +131,29 @@ class SourceSpec:
     deadline: float = 60.0  # seconds one blob may take from this source before the next is tried
     url: str = ""  # http: aggregator base URL (default: the node's); s3: s3://bucket/prefix
     address: str = ""  # nvme kinds: target address "host:port"
-    options: dict[str, Any] = field(default_factory=dict)  # kind-specific extras
+    #: the kind's options dataclass (the config loader builds it); a plain dict is read by `typed_options`
+    options: Any = field(default_factory=dict)
+
+    def typed_options(self, cls: type) -> Any:
+        """`options` as the kind's dataclass: unknown keys and wrong types are one ConfigError."""
+        if isinstance(self.options, cls):
+            return self.options
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(self.options) - known)
+        if bad:
+            raise ConfigError(f"[[sources]] {self.kind}: unknown option {bad[0]}; known: {', '.join(sorted(known))}",
+                              key=bad[0])
+        try:
+            return cls(**self.options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[[sources]] {self.kind} options: {e}") from e
 
     def __post_init__(self) -> None:
         if not isinstance(self.kind, str) or not self.kind:
             raise ValueError("each [[sources]] entry needs kind = \"http\" | \"s3\" | \"nvme-kernel\" | \"nvme-tcp-userspace\"")
         if not (isinstance(self.deadline, (int, float)) and self.deadline > 0):
             raise ValueError(f"[[sources]] {self.kind}: deadline must be a positive number of seconds")
-        if not isinstance(self.options, dict):
+        if not (isinstance(self.options, dict) or dataclasses.is_dataclass(self.options)):
             raise ValueError(f"[[sources]] {self.kind}: options must be a table")
 
 
@@ -107,11 +186,19 @@ class NodeSettings:
     tls_ca: str = ""  # CA bundle that signed the aggregator's certificate ("" = system CAs)
     tls_cert: str = ""  # this node's client certificate for mTLS (with tls_key)
     tls_key: str = ""
+    report_interval: float = 10.0  # seconds between reports to the aggregator (and at once on a change); 0 = off
+    report_token: str = ""  # this node's report token (`pifarm fleet token NODE`); not needed with mTLS
+    report_token_file: str = ""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.report_interval <= 3600 or 0 < self.report_interval < 0.1:
+            raise ValueError(f"report_interval must be 0 (off) or 0.1 to 3600 seconds, got {self.report_interval}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together (the node's mTLS client certificate and its key)")
         if self.channel not in CHANNELS:
             raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
         if self.aggregator and not self.aggregator.startswith(("http://", "https://")):
             raise ValueError(f"aggregator must be an http(s):// URL, got {self.aggregator!r}")
+        parse_listen(self.listen)
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen, key="metrics_listen")

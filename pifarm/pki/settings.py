@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pifarm.errors import ConfigError
+from pifarm.listen import parse_listen
 
 CLIENT_DAYS = 365
 
@@ -23,5 +24,7 @@ class EnrollSettings:
     dhchap: bool = False
 
     def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen)
         if not 1 <= self.cert_days <= 3650:
             raise ConfigError(f"[enroll] cert_days must be 1..3650, got {self.cert_days}")

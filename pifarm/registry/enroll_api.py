@@ -22,7 +22,7 @@ from pifarm.pki.settings import EnrollSettings
 
 
 def enroll_listen(settings: EnrollSettings, api_listen: str) -> tuple[str, int]:
-    from pifarm.registry.settings import parse_listen
+    from pifarm.listen import parse_listen
 
     if settings.listen:
         return parse_listen(settings.listen)

@@ -71,11 +71,14 @@ def check_labels(labels: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 def _settings(settings: Any) -> tuple[RegistrySettings, StoreSettings]:
-    """Accept RegistrySettings, or the {section: settings} dict `load_role` returns."""
+    """Accept RegistrySettings, the aggregator's config (its .registry and .store sections) or a
+    {section: settings} mapping."""
     if settings is None:
         return RegistrySettings(), StoreSettings()
     if isinstance(settings, RegistrySettings):
         return settings, StoreSettings()
+    if isinstance(getattr(settings, "registry", None), RegistrySettings):
+        return settings.registry, getattr(settings, "store", None) or StoreSettings()
     if isinstance(settings, Mapping):
         return settings.get("registry") or RegistrySettings(), settings.get("store") or StoreSettings()
     raise TypeError(f"registry settings: unexpected {type(settings).__name__}")
@@ -108,7 +111,7 @@ class Registry:
              readonly: bool = False) -> "Registry":
         """Open (creating when empty) the registry in `data_dir`.
 
-        `settings` is RegistrySettings or the `{section: settings}` dict of `load_role`; a writer
+        `settings` is RegistrySettings or the aggregator config (`appliance.config`); a writer
         holds an exclusive lock on the data dir, `readonly=True` opens beside a running writer.
         """
         reg_settings, store_settings = _settings(settings)

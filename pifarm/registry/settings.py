@@ -1,6 +1,6 @@
 """Settings of the aggregator's registry side: `[store]`, `[api]` and `[registry]` sections.
 
-Frozen dataclasses filled by `appliance.config.load_role`; defaults make
+Frozen dataclasses filled by the config loader (`appliance.config`); defaults make
 `pifarm aggregator run --data-dir D` work with nothing else configured.
 """
 
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pifarm.errors import ConfigError
+from pifarm.s3.bucket import parse_url
+from pifarm.listen import parse_listen
 
 DEFAULT_PORT = 8470
 
@@ -34,7 +36,7 @@ class StoreSettings:
         u = self.url
         if u not in ("", "file") and not u.startswith(("file://", "s3://")):
             raise ConfigError(f"[store] url {u!r}: expected \"\", \"file:///path\" or \"s3://bucket/prefix\"")
-        if u.startswith("s3://") and not u[5:].split("/", 1)[0]:
+        if u.startswith("s3://") and not parse_url(u)[0]:
             raise ConfigError(f"[store] url {u!r} names no bucket (expected s3://bucket/prefix)")
 
     @property
@@ -75,10 +77,3 @@ class RegistrySettings:
     snapshot_lifetime: int = 7 * 24 * 3600
     #: blobs staged by an upload are kept this long for the publish that refers to them
     upload_grace: int = 3600
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, sep, port = listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen address {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
-    return host.strip("[]"), int(port)

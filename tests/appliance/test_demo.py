@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pifarm.appliance.demo import Demo, Farm, Step, StepFailed
-from tests.appliance.procs import run_cli
+from pifarm.appliance.demo.farm import Demo, Farm, Step, StepFailed
+from tests.support.procs import run_cli
 
 
 def _check_output(r) -> list[str]:

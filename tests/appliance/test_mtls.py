@@ -15,7 +15,7 @@ import pytest
 
 from pifarm.pki.farm import AggregatorPki, NodeTls, renew_node
 from pifarm.pki import certs as x
-from tests.appliance.procs import free_port, run_cli
+from tests.support.procs import free_port, run_cli
 from tests.support.aggregator import AggregatorProc
 
 SECRET = "enroll-me-please-0123456789"
@@ -113,7 +113,7 @@ def test_setup_node_enrolls_through_the_aggregator_and_is_then_served(farm, tmp_
     assert nqn in allowed
     assert (root / "etc/pifarm/signing.pub").read_bytes() == farm.pubkey.read_bytes()
     # the node config it wrote is one the node daemon accepts, with the NVMe/TCP volumes first
-    from pifarm.appliance.node import load_node_config
+    from pifarm.appliance.config import load_node_config
 
     cfg = load_node_config(root / "etc/pifarm/node.toml", environ={})
     assert cfg.node.aggregator == farm.url and cfg.node.trusted_keys == ["/etc/pifarm/signing.pub"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from pifarm.appliance.config import AGGREGATOR_SECTIONS, load_role
-from tests.appliance.procs import run_cli
+from pifarm.appliance.config import load_aggregator_config
+from tests.support.procs import run_cli
 from tests.conftest import require
 
 CONF = "etc/pifarm/aggregator.toml"
@@ -62,10 +62,10 @@ def test_aggregator_writes_everything_it_lists(staged):
 
 def test_aggregator_config_is_loadable_by_the_daemon_and_points_at_the_pki(staged):
     root, _ = staged
-    sections = load_role(AGGREGATOR_SECTIONS, root / CONF, environ={})
-    api = sections["api"]
+    cfg = load_aggregator_config(root / CONF, environ={})
+    api = cfg.api
     assert api.tls_cert.endswith("/pki/server.crt") and api.tls_client_ca.endswith("/pki/ca-bundle.pem")
-    assert sections["registry"].data_dir == "/var/lib/pifarm/aggregator"  # system paths, not staging ones
+    assert cfg.registry.data_dir == "/var/lib/pifarm/aggregator"  # system paths, not staging ones
 
 
 def test_units_are_enabled_offline_and_start_this_pifarm(staged):

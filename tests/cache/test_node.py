@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from pifarm.appliance.node import NodeConfig, NodeDaemon, load_node_config
+from pifarm.appliance.config import NodeConfig, load_node_config
+from pifarm.appliance.node import NodeDaemon
 from pifarm.cache.settings import CacheSettings
 from pifarm.errors import ConfigError
-from pifarm.initiator.settings import NodeSettings, SourceSpec, WatcherSettings
+from pifarm.initiator.settings import HttpOptions, NodeSettings, S3Options, SourceSpec, WatcherSettings
 from pifarm.signed.integrity import digest_bytes
 from pifarm.signed.signing import SigningKey, public_pem
 from tests.cache.helpers import manifest_doc, snapshot_doc
@@ -47,7 +48,7 @@ options = {concurrency = 8}
     assert c.node.channel == "canary" and c.node.models == ["a", "b"]
     assert c.cache.max_bytes == 2**30 and c.cache.root == "/tmp/y"
     assert c.s3.part_size == 16 * 2**20 and c.s3.bucket == "bucket" and c.s3.prefix == "farm/"
-    assert c.sources == (SourceSpec("http", 10), SourceSpec("s3", 300, options={"concurrency": 8}))
+    assert c.sources == (SourceSpec("http", 10, options=HttpOptions()), SourceSpec("s3", 300, options=S3Options(concurrency=8)))
 
 
 @pytest.mark.parametrize("text, message", [
@@ -125,7 +126,7 @@ def test_daemon_refetches_a_damaged_active_blob(tmp_path, catcher):
 def test_daemon_metrics_show_source_and_degraded(tmp_path):
     import httpx
 
-    from tests.support.aggregator import free_port
+    from tests.support.procs import free_port
 
     key = SigningKey.generate()
     pub = tmp_path / "signing.pub"

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
 from tests.inference.helpers import LiveServer, make_cache, wait_for

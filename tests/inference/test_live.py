@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
 from tests.conftest import require

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.cache.layout import CacheLayout, RefValue
 from pifarm.errors import InferenceError, IntegrityError, NotFound, SignatureError
 from pifarm.inference.loader import check_flatbuffer, load_verified

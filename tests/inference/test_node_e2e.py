@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from tests.inference.helpers import REPO, wait_for
 from tests.support.aggregator import aggregator, aggregator_factory, free_port  # noqa: F401 (fixtures)
 from tests.support.procs import stop_process

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.errors import ConfigError, InferenceError
 from pifarm.inference.batching import BatchPolicy, Job, split, stack
 from pifarm.inference.loader import VerifiedModel

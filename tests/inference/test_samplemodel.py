@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.errors import UsageError
 from pifarm.inference.runtime import build_interpreter, resolve
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.cache.nodestate import NodeState, write_state
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pifarm.appliance import samplemodel as sm
+from pifarm.appliance.demo import samplemodel as sm
 from pifarm.inference.runtime import build_interpreter, resolve
 from tests.conftest import require
 from tests.inference.helpers import REPO

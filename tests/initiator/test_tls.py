@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from pifarm.appliance.node import NodeConfig, load_node_config
+from pifarm.appliance.config import NodeConfig, load_node_config
 from pifarm.pki.farm import AggregatorPki, NodeTls
 from pifarm.cache.nodestate import read_state
 from pifarm.cache.store import Cache

@@ -1,14 +1,17 @@
-"""Aggregator settings: TLS wiring for uvicorn, listen parsing, env overrides, extension loading."""
+"""Aggregator settings: TLS wiring for uvicorn, listen parsing, env overrides, its explicit parts."""
 
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 import pytest
 
-from pifarm.appliance.aggregator import load_extensions, load_settings, uvicorn_ssl_kwargs
+from pifarm.appliance.aggregator import PARTS, uvicorn_ssl_kwargs
+from pifarm.appliance.config import load_aggregator_config
 from pifarm.errors import ConfigError
-from pifarm.registry.settings import ApiSettings, StoreSettings, parse_listen
+from pifarm.listen import parse_listen
+from pifarm.registry.settings import ApiSettings, StoreSettings
 
 
 def test_tls_settings_reach_uvicorn():
@@ -44,24 +47,17 @@ def test_env_and_flags_override_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("PIFARM_STORE_URL", "s3://env-bucket/y")
     monkeypatch.setenv("PIFARM_STORE_ENDPOINT_URL", "http://127.0.0.1:8333")
     monkeypatch.setenv("PIFARM_API_TOKEN", "tok")
-    s = load_settings(cfg, tmp_path / "d", "127.0.0.1:2000")
-    assert s["api"].listen == "127.0.0.1:2000" and s["api"].max_upload == 10 and s["api"].token == "tok"
-    assert s["store"].url == "s3://env-bucket/y" and s["store"].endpoint_url == "http://127.0.0.1:8333"
-    assert s["registry"].data_dir == str(tmp_path / "d")
+    s = load_aggregator_config(cfg, data_dir=tmp_path / "d", listen="127.0.0.1:2000")
+    assert s.api.listen == "127.0.0.1:2000" and s.api.max_upload == 10 and s.api.token == "tok"
+    assert s.store.url == "s3://env-bucket/y" and s.store.endpoint_url == "http://127.0.0.1:8333"
+    assert s.registry.data_dir == str(tmp_path / "d")
 
 
-def test_extensions_are_discovered_by_module_name(tmp_path, monkeypatch):
-    import sys
-
+def test_the_aggregators_parts_are_one_explicit_list():
+    # no discovery: the parts are named in pifarm.appliance.aggregator.PARTS, and nothing else in
+    # the package is picked up by its file name
     import pifarm.appliance as pkg
 
-    (tmp_path / "aggext_zzprobe.py").write_text("def extend(ctx):\n    ctx.append('probe')\n")
-    (tmp_path / "notanext.py").write_text("def extend(ctx):\n    raise AssertionError('loaded')\n")
-    monkeypatch.setattr(pkg, "__path__", [*pkg.__path__, str(tmp_path)])
-    monkeypatch.delitem(sys.modules, "pifarm.appliance.aggext_zzprobe", raising=False)
-    exts = load_extensions()
-    assert exts[-1].__module__ == "pifarm.appliance.aggext_zzprobe"
-    calls: list = []
-    exts[-1](calls)
-    assert calls == ["probe"]
-    assert all(f.__module__.startswith("pifarm.appliance.aggext_") for f in exts)
+    assert [f.__module__ for f in PARTS] == ["pifarm.appliance.aggregator_enroll", "pifarm.appliance.aggregator_target"]
+    assert all(f.__name__ == "extend" for f in PARTS)
+    assert not list(Path(pkg.__path__[0]).glob("aggext_*.py"))

@@ -32,6 +32,7 @@ from pifarm.volume.format import VolumeReader
 from pifarm.initiator.identity import ensure_identity
 from pifarm.initiator.nvme_tcp._client import NvmeTcpClient
 from pifarm.initiator.nvme_tcp._controller import ConnectParams, NamespaceInfo, parse_address
+from pifarm.initiator.settings import NvmeTcpOptions
 
 log = logging.getLogger(__name__)
 NAME = "nvme-tcp-userspace"
@@ -167,29 +168,29 @@ class _as_source_error:
 def make_source(spec: Any, ctx: Any) -> NvmeTcpUserspaceSource:
     """Factory the node's fallback chain loads by the dotted path
     "pifarm.initiator.nvme_tcp.source:make_source" (spec: SourceSpec, ctx: SourceContext)."""
-    opts = dict(getattr(spec, "options", {}) or {})
-    address = getattr(spec, "address", "") or opts.pop("address", "")
+    opts = spec.typed_options(NvmeTcpOptions)
+    address = spec.address or opts.address
     if not address:
         raise ConfigError("[[sources]] nvme-tcp-userspace needs address = \"HOST:PORT\"")
     host, port = parse_address(address)
     hostid = None
-    hostnqn = opts.get("hostnqn")
+    hostnqn = opts.hostnqn
     if not hostnqn:  # the node's identity, as nvme-cli would use it (created on first start)
         ident = ensure_identity(getattr(ctx, "host_identity_path", None))
         hostnqn, hostid = ident.hostnqn, uuid.UUID(ident.hostid)
-    timeout = float(opts.get("timeout", min(10.0, float(getattr(spec, "deadline", 10.0)))))
-    common = dict(host=host, port=port, hostnqn=hostnqn, hostid=hostid, dhchap_secret=opts.get("dhchap_secret"), hdgst=bool(opts.get("hdgst", False)),
-                  ddgst=bool(opts.get("ddgst", False)), timeout=timeout)
+    timeout = float(opts.timeout if opts.timeout is not None else min(10.0, float(spec.deadline)))
+    common = dict(host=host, port=port, hostnqn=hostnqn, hostid=hostid, dhchap_secret=opts.dhchap_secret,
+                  hdgst=opts.hdgst, ddgst=opts.ddgst, timeout=timeout)
     try:
-        subnqns = [opts["subnqn"]] if opts.get("subnqn") else discover_subsystems(ConnectParams(**common, kato_ms=0))
-        clients = [NvmeTcpClient(ConnectParams(**common, subnqn=s, io_queues=int(opts.get("io_queues", IO_QUEUES)),
-                                               queue_depth=int(opts.get("queue_depth", 32))))
+        subnqns = [opts.subnqn] if opts.subnqn else discover_subsystems(ConnectParams(**common, kato_ms=0))
+        clients = [NvmeTcpClient(ConnectParams(**common, subnqn=s, io_queues=opts.io_queues,
+                                               queue_depth=opts.queue_depth))
                    for s in subnqns]
     except (ValueError, UsageError) as e:
         raise ConfigError(f"[[sources]] nvme-tcp-userspace options: {e}") from e
     if not clients:
         raise SourceError(f"the discovery controller at {host}:{port} lists no subsystem for host {hostnqn}", NAME)
-    return NvmeTcpUserspaceSource(clients, ahead=int(opts.get("read_ahead", AHEAD)))
+    return NvmeTcpUserspaceSource(clients, ahead=opts.read_ahead)
 
 
 def discover_subsystems(params: ConnectParams) -> list[str]:

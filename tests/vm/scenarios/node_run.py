@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
 
-from pifarm.appliance import samplemodel as sm  # noqa: E402
+from pifarm.appliance.demo import samplemodel as sm  # noqa: E402
 from tests.support.aggregator import start_aggregator  # noqa: E402
 
 SCRATCH = Path(os.environ.get("PIFARM_VM_SCRATCH", "/scratch"))

@@ -1,4 +1,4 @@
-"""Aggregator extension: keep the kernel NVMe/TCP target in step with the registry.
+"""The aggregator's target part: keep the kernel NVMe/TCP target in step with the registry.
 
 On start and after every registry change (publish, promote, retire) a worker thread builds the
 missing volumes and reconciles configfs; it also re-runs every `RESYNC` seconds, so a failure
@@ -23,7 +23,7 @@ def extend(ctx) -> None:
     from pifarm.target.settings import TargetSettings
     from pifarm.target.volumes import VolumeBuilder
 
-    settings: TargetSettings = ctx.sections.get("target") or TargetSettings()
+    settings: TargetSettings = ctx.config.target
     target = kernel_target(settings, ctx.data_dir)
 
     def drive_reports():

@@ -218,7 +218,7 @@ class Farm:
 
 
 def _expected(x: np.ndarray, seed: int) -> np.ndarray:
-    from pifarm.appliance.samplemodel import expected
+    from pifarm.appliance.demo.samplemodel import expected
 
     return expected("linear", x, seed=seed, **DIMS)
 
@@ -309,7 +309,7 @@ class Demo:
     def _publish(self, seed: int, channel: str | None = "stable") -> int:
         """Publish a sample model and build its volume. With channel=None the version is only
         stored: nodes fetch it once it is promoted (the operator's publish → export → promote)."""
-        from pifarm.appliance.samplemodel import write_sample
+        from pifarm.appliance.demo.samplemodel import write_sample
 
         d = self.f.workdir / "models" / f"seed{seed}"
         d.mkdir(parents=True, exist_ok=True)

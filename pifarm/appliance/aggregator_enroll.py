@@ -1,4 +1,4 @@
-"""Aggregator extension: node enrollment.
+"""The aggregator's enrollment part: node enrollment.
 
 Hands the aggregator the host-registration hook for the enrollment routes it mounts on the API
 (renewal works there over mTLS) and, when the API runs
@@ -14,13 +14,13 @@ import threading
 
 from pifarm.pki.certs import CA_KEY, PKI_DIR, HostRecord
 from pifarm.pki.settings import EnrollSettings
-from pifarm.registry.enroll_api import enroll_listen, enroll_router, enrollment_server
+from pifarm.registry.enroll_api import enroll_listen, enrollment_server
 
 log = logging.getLogger(__name__)
 
 
 def extend(ctx) -> None:
-    settings: EnrollSettings = ctx.sections.get("enroll") or EnrollSettings()
+    settings: EnrollSettings = ctx.config.enroll
     if not settings.enabled:
         return
 
@@ -30,11 +30,8 @@ def extend(ctx) -> None:
         attrs = HostStore(ctx.data_dir / "target" / "hosts.json").allow(rec.hostnqn, dhchap=settings.dhchap)
         return attrs.get("dhchap_key")
 
-    if hasattr(ctx, "register_host"):
-        ctx.register_host = register_host  # the aggregator mounts the enrollment routes itself
-    else:
-        ctx.routers.append(enroll_router(ctx.data_dir, cert_days=settings.cert_days, register_host=register_host))
-    api = ctx.sections["api"]
+    ctx.register_host = register_host  # the aggregator mounts the enrollment routes itself
+    api = ctx.config.api
     if not (api.tls_cert and (ctx.data_dir / PKI_DIR / CA_KEY).is_file()):
         return
     host, port = enroll_listen(settings, api.listen)

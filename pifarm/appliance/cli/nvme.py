@@ -1,11 +1,9 @@
-"""`pifarm nvme discover|ls|read`: userspace NVMe/TCP for kernels without nvme-cli support, and
-`pifarm target serve-userspace`: the read-only userspace target."""
+"""`pifarm nvme discover|ls|read`: the userspace NVMe/TCP host, for kernels without nvme-cli support."""
 
 from __future__ import annotations
 
 import sys
 import uuid
-from pathlib import Path
 
 import click
 
@@ -106,49 +104,3 @@ def read(address: str, subnqn: str, nsid: int, offset: int, length: int | None, 
         for chunk in c.iter_read(ns, offset, end - offset):
             out.write(chunk)
         out.flush()
-
-
-@click.command("serve-userspace")
-@click.option("--data-dir", type=click.Path(path_type=Path), required=True,
-              help="Directory holding the volume files to export (searched recursively, rescanned every 2 s).")
-@click.option("--listen", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, help="HOST:PORT to listen on.")
-@click.option("--subnqn", default=None, help="Subsystem NQN (default: derived from the host name).")
-@click.option("--allow-host", "allow_hosts", multiple=True, help="Host NQN allowed to connect (repeatable).")
-@click.option("--allow-any-host", is_flag=True, help="Let any host connect (only for demos on a closed network).")
-def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts: tuple[str, ...],
-                    allow_any_host: bool) -> None:
-    """Export model volumes READ-ONLY over userspace NVMe/TCP (for hosts without kernel nvmet)."""
-    from pifarm.initiator.nvme_tcp import parse_address
-    from pifarm.target.userspace import default_nqn, directory_exports, serve
-
-    host, port = parse_address(listen, DEFAULT_PORT)
-    if not allow_hosts and not allow_any_host:
-        raise UsageError("no host may connect: pass --allow-host NQN (repeatable) or --allow-any-host")
-    if data_dir.exists() and not data_dir.is_dir():
-        raise UsageError(f"--data-dir {data_dir} is not a directory")
-    if not data_dir.exists():
-        click.echo(f"warning: {data_dir} does not exist yet; its volumes are exported once it does", err=True)
-    nqn = subnqn or default_nqn()
-    config = directory_exports(data_dir, nqn, frozenset(allow_hosts), allow_any_host=allow_any_host,
-                               host=host, port=port)
-    first = config()
-    for ns in first.subsystems[0].namespaces:
-        click.echo(f"nsid {ns.nsid}: {ns.path} uuid {ns.uuid}", err=True)
-    click.echo(f"serving {nqn} on {host}:{port} (read-only, {len(first.subsystems[0].namespaces)} volumes; "
-               f"new volumes under {data_dir} appear within seconds)", err=True)
-    try:
-        serve(first, rescan=config)
-    except KeyboardInterrupt:
-        pass
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(nvme)
-    target = cli.commands.get("target")
-    if not isinstance(target, click.Group):
-        @click.group("target")
-        def target() -> None:
-            """NVMe/TCP target commands."""
-
-        cli.add_command(target)
-    target.add_command(serve_userspace)

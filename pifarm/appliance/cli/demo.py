@@ -1,4 +1,4 @@
-"""`pifarm demo [--check] [--s3]`: the whole farm on this machine (see appliance/demo.py)."""
+"""`pifarm demo [--check] [--s3]`: the whole farm on this machine (see pifarm.appliance.demo)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,10 @@ from pifarm.errors import PifarmError
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep everything here (default: a temporary directory, removed when all passed).")
 @click.option("--keep-running", is_flag=True, help="After the script, keep the farm up until Ctrl-C.")
-def demo_command(check: bool, s3: bool, workdir: str | None, keep_running: bool) -> None:
+def demo(check: bool, s3: bool, workdir: str | None, keep_running: bool) -> None:
     """One machine, no root, loopback only: aggregator, userspace NVMe/TCP target, node, inference."""
-    from pifarm.appliance.demo import run_demo
+    from pifarm.appliance.demo.farm import run_demo
 
     rc = run_demo(check=check, s3=s3, workdir=workdir, keep=keep_running and not check, echo=click.echo)
     if rc != 0:
         raise PifarmError("demo: some steps failed (see above)")
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(demo_command)

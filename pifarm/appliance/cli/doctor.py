@@ -1,0 +1,27 @@
+"""`pifarm doctor`: check this machine for its role, with the fix for each failure."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from pifarm.errors import PifarmError
+
+
+@click.command("doctor")
+@click.option("--role", type=click.Choice(["aggregator", "node", "auto"]), default="auto", show_default=True)
+@click.option("--config", "config_path", default=None, help="Role config (default /etc/pifarm/<role>.toml).")
+@click.option("--json", "as_json", is_flag=True)
+def doctor(role, config_path, as_json) -> None:
+    """Check this machine for the farm: pass / warn / fail, with the fix for each."""
+    from pifarm.appliance import doctor as checks
+
+    results = checks.run(checks.Env.system(role=role, config=config_path))
+    if as_json:
+        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        checks.render(results, echo=click.echo)
+    failed = [r.check for r in results if r.status == "fail"]
+    if failed:
+        raise PifarmError(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}")

@@ -1,0 +1,194 @@
+"""The node's commands: `node run`, `node identity`, `pull`, `status`."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import click
+
+from pifarm.appliance.cli._node import cache_option, config_option, human, node_config, open_cache, trust_option
+from pifarm.errors import NotFound, SourceError, UsageError
+
+SPEC_RE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<channel>stable|canary)|@(?P<version>[0-9]+))?$")
+
+
+def parse_pull_spec(spec: str) -> tuple[str, str | None, int | None]:
+    """NAME, NAME:CHANNEL or NAME@VERSION."""
+    from pifarm.signed.manifest import check_name
+
+    m = SPEC_RE.match(spec)
+    if not m:
+        raise UsageError(f"cannot parse {spec!r}: use NAME, NAME:stable, NAME:canary or NAME@VERSION")
+    check_name(m.group("name"))
+    return m.group("name"), m.group("channel"), int(m.group("version")) if m.group("version") else None
+
+
+
+@click.group("node")
+def node() -> None:
+    """The Pi node: its daemon and its NVMe host identity."""
+
+@node.command("run")
+@click.option("--aggregator", default=None, help="http(s)://aggregator:port ([node] aggregator).")
+@config_option
+@cache_option
+@click.option("--state-dir", default=None, help="Where node.json lives ([node] state_dir).")
+@click.option("--channel", type=click.Choice(["stable", "canary"]), default=None)
+@click.option("--listen", default=None, help="HOST:PORT of the inference server ([node] listen).")
+@trust_option
+@click.option("--no-serve", is_flag=True, help="Only keep the cache current; start no inference server.")
+def node_run(aggregator, config, cache_dir, state_dir, channel, listen, trust, no_serve):
+    """Follow the registry, keep the cache verified and current, and serve inference."""
+    from pifarm.appliance.node import run_node
+
+    cfg = node_config(config, registry=aggregator, cache=cache_dir, state_dir=state_dir, trust=trust,
+                      channel=channel, listen=listen)
+    if not cfg.node.aggregator and not cfg.s3.url:
+        raise UsageError("pass --aggregator URL (or set [node] aggregator / [s3] url in the config)")
+    run_node(cfg, serve=not no_serve)
+
+
+@node.command("identity")
+@click.option("--root", "root", default="/etc/nvme", show_default=True, type=click.Path(file_okay=False),
+              help="Directory of the hostnqn and hostid files nvme-cli reads.")
+@click.option("--no-create", is_flag=True, help="Only print; fail if the identity does not exist yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def identity(root: str, no_create: bool, as_json: bool) -> None:
+    """Print this node's NVMe host NQN and host ID, writing them once if absent.
+
+    Give the host NQN to the aggregator (`pifarm target allow-host NQN`). The files are
+    never rewritten, so the NQN survives reboots and reinstalls of pifarm.
+    """
+    from pifarm.errors import NotFound
+    from pifarm.initiator.identity import ensure_identity, read_identity
+
+    if no_create:
+        ident = read_identity(root)
+        if ident is None:
+            raise NotFound(f"no NVMe host identity in {root}; run `pifarm node identity --root {root}` to create it")
+    else:
+        ident = ensure_identity(root)
+    if as_json:
+        click.echo(json.dumps(ident.to_json(), sort_keys=True))
+        return
+    click.echo(f"hostnqn: {ident.hostnqn}")
+    click.echo(f"hostid:  {ident.hostid}")
+    if ident.created:
+        click.echo(f"(created {', '.join(ident.created)} in {ident.root})", err=True)
+
+
+@click.command("pull")
+@click.argument("spec")
+@click.option("--registry", default=None, help="http(s)://aggregator:port or s3://bucket/prefix.")
+@cache_option
+@config_option
+@trust_option
+@click.option("--endpoint-url", default=None, help="S3 endpoint (e.g. SeaweedFS) for s3:// registries.")
+@click.option("--retry-for", type=float, default=0.0, show_default=True,
+              help="Keep retrying (and resuming) for this many seconds when every source fails.")
+@click.option("-q", "--quiet", is_flag=True)
+def pull(spec, registry, cache_dir, config, trust, endpoint_url, retry_for, quiet):
+    """Pull NAME[:CHANNEL|@VERSION], verify every byte, and make it active in the cache."""
+    cfg = node_config(config, registry=registry, cache=cache_dir, trust=trust, endpoint_url=endpoint_url)
+    pull_into_cache(cfg, spec, retry_for=retry_for, quiet=quiet)
+
+
+def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = False, echo=click.echo):
+    """`pifarm pull`: returns the `Installed` record."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    from pifarm.appliance.node import trusted_keys
+    from pifarm.cache.nodestate import read_state
+    from pifarm.initiator.chain import build_sources, close_all, default_specs
+    from pifarm.initiator.http_source import tls_context
+    from pifarm.initiator.metadata import AggregatorClient
+    from pifarm.initiator.s3_source import S3Store
+    from pifarm.initiator.settings import SourceContext
+    from pifarm.initiator.versions import Documents, install_version, pick
+
+    name, channel, version = parse_pull_spec(spec)
+    if not cfg.node.aggregator and not cfg.s3.url:
+        raise UsageError("no registry: pass --registry http(s)://aggregator:port or --registry s3://bucket/prefix")
+    trusted = trusted_keys(cfg.node.trusted_keys)
+    cache = open_cache(cfg)
+    tls = tls_context(cfg.node.tls_ca, cfg.node.tls_cert, cfg.node.tls_key)
+    docs = Documents(AggregatorClient(cfg.node.aggregator, tls=tls) if cfg.node.aggregator else None,
+                     S3Store(cfg.s3) if cfg.s3.url else None)
+    ctx = SourceContext(trusted=trusted, aggregator_url=cfg.node.aggregator, state_dir=Path(cfg.node.state_dir),
+                        cache_root=Path(cfg.cache.root), s3=cfg.s3, metrics=cache.metrics, tls=tls)
+    sources = build_sources(list(cfg.sources) or default_specs(cfg.node.aggregator, cfg.s3.url), ctx, strict=False)
+    if not sources:
+        raise SourceError("no usable source in [[sources]]; see the warnings above")
+    t0 = time.monotonic()
+    give_up = t0 + retry_for
+    try:
+        # a node's own highest revision guards a manual pull against a replayed old snapshot too
+        prior = read_state(cfg.node.state_dir)
+        snap, via = docs.snapshot(trusted, highest_seen=prior.revision if prior else -1)
+        ptr = pick(snap, name, channel, version)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                            TimeRemainingColumn(), TextColumn("[bold]{task.fields[source]}"),
+                            console=Console(stderr=True), disable=quiet, transient=False)
+        attempt = 0
+        with progress:
+            task = progress.add_task(f"{name} v{ptr.version}", total=None, source="")
+
+            def on_bytes(n: int, source: str) -> None:
+                progress.update(task, advance=n, source=source)
+
+            while True:
+                try:
+                    done = install_version(cache, docs, trusted, name, ptr, sources, progress=on_bytes,
+                                           on_manifest=lambda m: progress.update(task, total=m.total_size))
+                    break
+                except SourceError as e:
+                    attempt += 1
+                    wait = min(10.0, random.uniform(0, 0.5 * 2 ** min(attempt, 6)))
+                    if time.monotonic() + wait > give_up:
+                        raise
+                    progress.console.print(f"pull: {e}; retrying in {wait:.1f}s (resumes where it stopped)")
+                    time.sleep(wait)
+                    progress.reset(task, total=None, source="")
+    finally:
+        close_all(sources)
+        docs.close()
+    secs = time.monotonic() - t0
+    if not quiet:
+        echo(f"pulled {name} v{done.manifest.version} ({done.value.manifest_digest}) via {done.source}: "
+             f"{human(done.fetched)} fetched in {secs:.1f}s, {len(done.manifest.files)} file(s), now active"
+             + (f"; previous v{done.previous.version}" if done.previous else ""))
+    return done
+
+
+@click.command("status")
+@click.option("--state-dir", default=None, help="Where node.json lives ([node] state_dir).")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def status(state_dir, config, as_json):
+    """What this node serves, from where, and whether it is degraded."""
+    from pifarm.cache.nodestate import STATE_NAME, read_state
+
+    cfg = node_config(config, state_dir=state_dir)
+    st = read_state(cfg.node.state_dir)
+    if st is None:
+        raise NotFound(f"no node state at {Path(cfg.node.state_dir) / STATE_NAME}; is `pifarm node run` running "
+                       f"with this --state-dir?")
+    if as_json:
+        click.echo(json.dumps(st.to_json(), indent=1, sort_keys=True))
+        return
+    mode = f"DEGRADED since {st.degraded_since}: {st.degraded_reason}" if st.degraded else "ok"
+    click.echo(f"node: {mode}; channel {st.channel}; snapshot revision {st.revision}; updated {st.updated}")
+    click.echo("paths: " + ", ".join(f"{k}={v}" for k, v in sorted(st.paths.items())) +
+               (f" (live: {st.live_path})" if st.live_path else ""))
+    if st.last_error:
+        click.echo(f"last error: {st.last_error}")
+    for name, m in sorted(st.models.items()):
+        prev = f", previous v{m['previous']}" if m.get("previous") else ""
+        err = f"  [{m['error']}]" if m.get("error") else ""
+        click.echo(f"  {name}: v{m.get('version')} from {m.get('source', '?')}{prev}{err}")
