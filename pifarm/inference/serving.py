@@ -74,7 +74,7 @@ class Serving:
         self.metrics = metrics
         self.stats = manager.stats
         self._requests: dict[tuple[str, int], Any] = {}  # bound Prometheus children (label lookups cost)
-        self._latency: dict[str, Any] = {}
+        self._latency: dict[Any, Any] = {}  # model -> its histogram, (model, version) -> that version's
 
     # -- inference -------------------------------------------------------------------------
     def start(self, model: str, version: str | None, tensors: list[tuple[str, str, list[int], Any]],
@@ -84,6 +84,8 @@ class Serving:
         for _ in range(3):  # a swap may retire the pool between get() and put()
             active = self.manager.get(model, version)
             mv = active.version
+            if mv.batch.batchable:  # before decoding: a huge leading dimension is refused unread
+                self._check_rows(mv, tensors)
             arrays, rows = fit_inputs(mv.inputs, tensors, mv.batch.batchable)
             if wanted:
                 names = {o.name for o in mv.outputs}
@@ -97,6 +99,13 @@ class Serving:
                 continue
             return Call(model, mv, job, wanted, t0, perf_counter_ns())
         raise NotReady(f"model {model} is being swapped; retry")
+
+    @staticmethod
+    def _check_rows(mv: ModelVersion, tensors: list[tuple[str, str, list[int], Any]]) -> None:
+        limit = mv.settings.max_rows
+        for name, _, shape, _ in tensors:
+            if shape and isinstance(shape[0], int) and shape[0] > limit:
+                raise BadInput(f"input {name}: {shape[0]} rows in one request; the limit is {limit} (max_rows)")
 
     @staticmethod
     def outputs(call: Call) -> list[tuple[TensorInfo, np.ndarray]]:
@@ -118,8 +127,10 @@ class Serving:
         if c is None:
             c = self._requests[key] = self.metrics.requests.labels(call.model, str(mv.version))
             self._latency[call.model] = self.metrics.latency.labels(call.model)
+            self._latency[key] = self.metrics.version_latency.labels(call.model, str(mv.version))
         c.inc()
         self._latency[call.model].observe((done - call.t0) / 1e9)
+        self._latency[key].observe((done - call.t0) / 1e9)
 
     def failed(self, model: str, version: str | None, t0: int, status: int) -> None:
         self.metrics.errors.labels(model, str(status)).inc()

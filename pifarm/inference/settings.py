@@ -55,11 +55,12 @@ class ModelSettings:
     max_workers: int = 2
     idle_seconds: float = 10.0                 # a worker above min_workers exits after this idle time
     queue_limit: int = 256                     # requests beyond this get 503 rather than unbounded waits
+    max_rows: int = 256                        # rows one request may carry (a batchable model); more is 400
     warmup: bool = True
 
     def __post_init__(self) -> None:
         _check(self.batching in BATCHING, f"batching must be one of {', '.join(BATCHING)}, got {self.batching!r}")
-        for k in ("num_threads", "max_batch", "min_workers", "max_workers", "queue_limit", "batch_min_queue"):
+        for k in ("num_threads", "max_batch", "min_workers", "max_workers", "queue_limit", "batch_min_queue", "max_rows"):
             v = getattr(self, k)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be an integer >= 1, got {v!r}")
         for k in ("max_delay_ms", "batch_max_mean_wait_ms", "idle_seconds"):
