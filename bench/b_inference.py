@@ -254,7 +254,8 @@ def p8(work: Path, switches: int = 20) -> dict:
 def p4(work: Path) -> dict:
     from pifarm.appliance.demo.samplemodel import large_model
     from pifarm.inference.runtime import build_interpreter, resolve
-    from tests.support.aggregator import free_port, start_aggregator
+    from tests.support.aggregator import start_aggregator
+    from tests.support.procs import free_port
 
     model = large_model(0)
     f = work / "model.tflite"

@@ -21,7 +21,8 @@ from pathlib import Path
 from pifarm.signed.integrity import digest_bytes
 from pifarm.signed.manifest import FileEntry, Manifest
 from pifarm.volume.format import write_volume
-from tests.support.procs import stop_process
+from tests.support.procs import free_port, stop_process
+from tests.support.wait import wait_listening
 
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555"
 SUBNQN = "nqn.2024-01.io.pifarm:bench"
@@ -80,19 +81,12 @@ def _host_loopback(workdir: Path) -> dict:
 
     vol = _volume(workdir / "host", 128 << 20)
     size = vol.stat().st_size
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     target = subprocess.Popen([sys.executable, "-m", "pifarm", "target", "serve-userspace", "--data-dir",
                                str(vol.parent), "--listen", f"127.0.0.1:{port}", "--subnqn", SUBNQN,
                                "--allow-host", HOSTNQN], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_listening(port, target)
         best, cpu = None, None
         for hd in (False, True):
             params = ConnectParams("127.0.0.1", port, SUBNQN, HOSTNQN, hdgst=hd, ddgst=hd, io_queues=2, queue_depth=32)

@@ -15,7 +15,7 @@ import pytest
 from pifarm.appliance import doctor as d
 from pifarm.pki.farm import AggregatorPki
 from pifarm.pki import certs as x
-from tests.appliance.procs import free_port, run_cli
+from tests.support.procs import free_port, run_cli
 
 
 def _env(tmp_path: Path, role: str = "node", config: dict | None = None) -> d.Env:

@@ -15,7 +15,7 @@ from cryptography import x509
 from pifarm.pki.farm import AggregatorPki, NodeTls, enroll_node, renew_node
 from pifarm.errors import Conflict, IntegrityError, PifarmError, UsageError
 from pifarm.pki import certs as x
-from tests.appliance.procs import free_port, start
+from tests.support.procs import free_port, start_pifarm
 
 NQN = "nqn.2014-08.org.nvmexpress:uuid:6b1c1a3e-6a45-4a5e-9a55-7b8b1f0c2d11"
 HOSTID = "6b1c1a3e-6a45-4a5e-9a55-7b8b1f0c2d11"
@@ -102,7 +102,7 @@ def enroll_server(tmp_path):
     (data / "keys" / "signing.pub").write_text("-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAx\n-----END PUBLIC KEY-----\n")
     port = free_port()
     ctx = ssl.create_default_context(cafile=str(p.bundle))
-    proc = start(["pki", "serve-enroll", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+    proc = start_pifarm(["pki", "serve-enroll", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
                  tmp_path / "enroll.log", f"https://127.0.0.1:{port}/v1/enroll/ca", verify=ctx)
     yield f"https://127.0.0.1:{port}", p
     proc.stop()

@@ -9,15 +9,7 @@ import time
 from pifarm.cache.store import Cache
 from pifarm.cache.tamper import TamperWatch
 from tests.cache.helpers import MemSource, blob
-
-
-def wait_for(cond, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
+from tests.support.wait import eventually
 
 
 def test_modified_blob_is_quarantined_and_refetched(tmp_path):
@@ -41,7 +33,7 @@ def test_modified_blob_is_quarantined_and_refetched(tmp_path):
         with open(p, "r+b") as f:
             f.seek(5000)
             f.write(b"\xff\xfe")
-        assert wait_for(refetched.is_set)
+        assert eventually(refetched.is_set)
         assert watch.detected[0][0] == ref.digest and "modified" in watch.detected[0][1]
         assert cache.metrics.tampered._value.get() == 1
         assert len(os.listdir(cache.quarantine_dir)) == 1
@@ -61,7 +53,7 @@ def test_deleted_blob_is_reported_but_own_eviction_is_not(tmp_path):
     try:
         cache._delete_blob(blob(a).digest)  # what eviction and gc do
         os.unlink(cache.layout.blob(blob(b).digest))  # behind the cache's back
-        assert wait_for(lambda: seen == [blob(b).digest])
+        assert eventually(lambda: seen == [blob(b).digest])
         time.sleep(0.3)
         assert seen == [blob(b).digest]
         assert watch.detected == [(blob(b).digest, "deleted")]
@@ -86,7 +78,7 @@ def test_write_right_after_own_touch_is_still_caught(tmp_path):
             with open(p, "r+b") as f:
                 f.write(bytes([data[0] ^ 0xFF]))
             cache._remember(p)  # as if our own touch had landed in the same tick: fingerprint matches
-        assert wait_for(lambda: bool(seen))
+        assert eventually(lambda: bool(seen))
         assert "modified" in seen[0]
     finally:
         watch.stop()

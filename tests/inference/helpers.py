@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import httpx
-
 from pifarm.cache.layout import RefValue
 from pifarm.cache.store import Cache
 from pifarm.signed.integrity import BlobRef, digest_bytes
@@ -112,19 +110,6 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
-
-
-def wait_for(client: httpx.Client, path: str, predicate, timeout: float = 30.0, what: str = "") -> httpx.Response:
-    """Poll `path` until predicate(response) holds; bounded by `timeout`."""
-    deadline = time.monotonic() + timeout
-    r = None
-    while time.monotonic() < deadline:
-        r = client.get(path)
-        if predicate(r):
-            return r
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or path}; last response {r.status_code if r else None}: "
-                         f"{r.text[:500] if r else ''}")
 
 
 def infer_body(name: str, array, datatype: str = "FP32") -> dict:

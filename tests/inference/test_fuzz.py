@@ -18,7 +18,8 @@ from schemathesis import GenerationMode
 from pifarm.appliance.demo import samplemodel as sm
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
-from tests.inference.helpers import LiveServer, make_cache, wait_for
+from tests.inference.helpers import LiveServer, make_cache
+from tests.support.wait import wait_http
 
 MODELS = {"lin": (1, sm.linear_model(16, 4, 1)), "nb": (3, sm.nobatch_model(8, 2)), "i64": (1, sm.add_model("int64", 4, 3))}
 
@@ -30,7 +31,7 @@ def live(tmp_path_factory):
         tc.publish(name, version, model)
     app = create_app(InferenceSettings(max_body=256 * 1024), tc.root, None)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200)
+        wait_http(c, "/health", lambda r: r.status_code == 200)
         yield srv.url, c.get("/openapi.json").json()
 
 

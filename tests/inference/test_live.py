@@ -17,10 +17,10 @@ import pytest
 from pifarm.appliance.demo import samplemodel as sm
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
-from tests.conftest import require
-from tests.inference.helpers import REPO, LiveServer, infer_body, make_cache, wait_for
+from tests.inference.helpers import REPO, LiveServer, infer_body, make_cache
 from tests.support.models import require_models
 from tests.support.procs import stop_process
+from tests.support.wait import wait_http
 
 LIN = dict(in_features=16, out_features=4)
 # ai-edge-litert's Delegate.__del__ raises on a delegate that never loaded; harmless noise.
@@ -44,7 +44,7 @@ def test_health_flips_from_503_to_200_when_the_configured_model_loads(tmp_path):
         r = c.post("/v2/models/lin/infer", json=infer_body("x", np.ones((1, 16), np.float32)))
         assert r.status_code == 503 and "not loaded yet" in r.json()["error"]
         tc.publish("lin", 1, sm.linear_model(16, 4, 1))
-        r = wait_for(c, "/health", lambda r: r.status_code == 200, what="health 200 after publish")
+        r = wait_http(c, "/health", lambda r: r.status_code == 200, what="health 200 after publish")
         assert r.json()["models"]["lin"]["version"] == 1
         assert c.post("/v2/models/lin/infer", json=infer_body("x", np.ones((1, 16), np.float32))).status_code == 200
 
@@ -56,7 +56,7 @@ def test_hot_swap_under_load_drops_no_request_and_answers_from_one_version(tmp_p
     x = np.random.default_rng(3).standard_normal((1, 16)).astype(np.float32)
     want = {"1": sm.expected("linear", x, 1, **LIN), "2": sm.expected("linear", x, 2, **LIN)}
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200)
+        wait_http(c, "/health", lambda r: r.status_code == 200)
 
         def hammer(n: int) -> list[tuple[int, str, np.ndarray]]:
             out = []
@@ -71,7 +71,7 @@ def test_hot_swap_under_load_drops_no_request_and_answers_from_one_version(tmp_p
             time.sleep(0.2)
             tc.publish("lin", 2, sm.linear_model(16, 4, 2))
             results = [r for f in futs for r in f.result(timeout=120)]
-        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="version 2 served")
+        wait_http(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="version 2 served")
         results += hammer(5)
     assert all(status == 200 for status, _, _ in results), {s for s, _, _ in results}
     seen = {v for _, v, _ in results}
@@ -87,12 +87,12 @@ def test_a_damaged_new_version_is_refused_and_the_old_one_keeps_serving(tmp_path
     tc.publish("lin", 1, sm.linear_model(16, 4, 1))
     app = create_app(InferenceSettings(), tc.root, None)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200)
+        wait_http(c, "/health", lambda r: r.status_code == 200)
         v2 = sm.linear_model(16, 4, 2)
         ref = tc.publish("lin", 2, v2, activate=False)
         tc.tamper(v2, v2[:100] if damage == "truncate" else v2[:-1] + bytes([v2[-1] ^ 1]))
         tc.cache.set_ref("lin", "active", ref)  # the ref moves; the bytes behind it are bad
-        r = wait_for(c, "/health", lambda r: (r.json()["models"]["lin"].get("error") or "") != "", what="refusal")
+        r = wait_http(c, "/health", lambda r: (r.json()["models"]["lin"].get("error") or "") != "", what="refusal")
         h = r.json()
         assert r.status_code == 200 and h["models"]["lin"]["version"] == 1
         assert "version 2" in h["models"]["lin"]["error"]
@@ -110,7 +110,7 @@ def test_delegate_failure_falls_back_to_cpu_and_is_reported(tmp_path):
                                                  "delegate_options": {"device": "0"}}})
     app = create_app(settings, tc.root, None)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        h = wait_for(c, "/health", lambda r: r.status_code == 200).json()
+        h = wait_http(c, "/health", lambda r: r.status_code == 200).json()
         assert "running on CPU" in h["models"]["lin"]["delegate_warning"]
         assert 'pifarm_inference_delegate_fallback_total{model="lin"} 1.0' in c.get("/metrics").text
         x = np.ones((2, 16), np.float32)
@@ -142,7 +142,7 @@ def test_real_models_answer_like_a_direct_interpreter_call(tmp_path):
     app = create_app(InferenceSettings(max_body=64 * 2**20, models={n: {} for n in names}), tc.root, None)
     rng = np.random.default_rng(0)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=60) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200, timeout=120, what="real models loaded")
+        wait_http(c, "/health", lambda r: r.status_code == 200, timeout=120, what="real models loaded")
         for name, path in names.items():
             meta = c.get(f"/v2/models/{name}").json()
             inputs = [rng.random([1 if d == -1 else d for d in t["shape"]], dtype=np.float32) for t in meta["inputs"]]
@@ -176,7 +176,7 @@ def test_pifarm_serve_command_serves_the_cache(tmp_path):
         m = re.search(r"http://[\d.]+:\d+", line)
         assert m, f"no URL announced; last line {line!r}, exit {proc.poll()}"
         with httpx.Client(base_url=m.group(0), timeout=30) as c:
-            h = wait_for(c, "/health", lambda r: r.status_code == 200).json()
+            h = wait_http(c, "/health", lambda r: r.status_code == 200).json()
             assert h["runtime"].startswith("ai-edge-litert") and h["models"]["lin"]["version"] == 1
     finally:
         stop_process(proc)
@@ -197,15 +197,15 @@ def test_a_refused_version_is_retried_after_the_cache_repairs_it(tmp_path):
     tc.publish("lin", 1, sm.linear_model(16, 4, 1))
     app = create_app(InferenceSettings(retry_failed_seconds=0.3, state_poll_seconds=0.2), tc.root, None)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200)
+        wait_http(c, "/health", lambda r: r.status_code == 200)
         v2 = sm.linear_model(16, 4, 2)
         ref = tc.publish("lin", 2, v2, activate=False)
         good = tc.blob_path(v2).read_bytes()
         tc.tamper(v2, good[:-1] + bytes([good[-1] ^ 1]))
         tc.cache.set_ref("lin", "active", ref)
-        wait_for(c, "/health", lambda r: "corrupt" in (r.json()["models"]["lin"].get("error") or ""), what="refusal")
+        wait_http(c, "/health", lambda r: "corrupt" in (r.json()["models"]["lin"].get("error") or ""), what="refusal")
         tc.blob_path(v2).write_bytes(good)  # what a scrub + re-pull does
-        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 after repair")
+        wait_http(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 after repair")
         assert c.get("/health").json()["models"]["lin"]["error"] is None
 
 
@@ -216,7 +216,7 @@ def test_a_truncated_first_version_never_reaches_the_runtime_and_health_says_why
     tc.tamper(model, model[: len(model) - 7])  # a runtime handed this may crash the process
     app = create_app(InferenceSettings(models={"lin": {}}), tc.root, None)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        r = wait_for(c, "/health", lambda r: r.json()["models"]["lin"]["error"] and not r.json()["models"]["lin"]["loading"],
+        r = wait_http(c, "/health", lambda r: r.json()["models"]["lin"]["error"] and not r.json()["models"]["lin"]["loading"],
                      what="refusal of v1")
         assert r.status_code == 503
         assert "bytes on disk, manifest says" in r.json()["models"]["lin"]["error"]
@@ -232,7 +232,7 @@ def test_concurrent_requests_through_a_batching_server_each_get_their_own_answer
                                                  "max_workers": 1}})
     with LiveServer(create_app(settings, tc.root, None)) as srv:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
-            wait_for(c, "/health", lambda r: r.status_code == 200)
+            wait_http(c, "/health", lambda r: r.status_code == 200)
 
         def ask(i: int) -> tuple[np.ndarray, np.ndarray]:
             x = np.random.default_rng(i).standard_normal((1 + i % 3, 16)).astype(np.float32)
@@ -252,17 +252,17 @@ def test_a_prefetched_version_is_loaded_warm_and_swapped_in_without_a_new_load(t
     app = create_app(InferenceSettings(), tc.root, None)
     x = np.ones((1, 16), np.float32)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200)
+        wait_http(c, "/health", lambda r: r.status_code == 200)
         ref = tc.publish("lin", 2, sm.linear_model(16, 4, 2), activate=False)
         tc.cache.set_ref("lin", "prefetched", ref)  # what the watcher does before a switch
-        h = wait_for(c, "/health", lambda r: r.json()["models"]["lin"]["prefetched"] == 2, what="v2 warm").json()
+        h = wait_http(c, "/health", lambda r: r.json()["models"]["lin"]["prefetched"] == 2, what="v2 warm").json()
         assert h["models"]["lin"]["version"] == 1  # still serving v1
         assert np.allclose(y_of(c.post("/v2/models/lin/infer", json=infer_body("x", x))),
                            sm.expected("linear", x, 1, **LIN), atol=1e-5)
         loads = 'pifarm_inference_model_load_seconds_count{model="lin"} 2.0'
         assert loads in c.get("/metrics").text
         tc.cache.activate("lin", ref)
-        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 served")
+        wait_http(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 served")
         r = c.post("/v2/models/lin/infer", json=infer_body("x", x))
         assert r.json()["model_version"] == "2"
         assert np.allclose(y_of(r), sm.expected("linear", x, 2, **LIN), atol=1e-5)
@@ -275,7 +275,7 @@ def test_prefetched_before_its_blob_arrives_is_not_a_failure_and_activation_is_n
     tc.publish("lin", 1, sm.linear_model(16, 4, 1))
     app = create_app(InferenceSettings(state_poll_seconds=0.1), tc.root, None)
     with LiveServer(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
-        wait_for(c, "/health", lambda r: r.status_code == 200)
+        wait_http(c, "/health", lambda r: r.status_code == 200)
         v2 = sm.linear_model(16, 4, 2)
         ref = tc.publish("lin", 2, v2, activate=False)
         tc.blob_path(v2).unlink()  # the watcher names `prefetched` while the blob is still arriving
@@ -285,4 +285,4 @@ def test_prefetched_before_its_blob_arrives_is_not_a_failure_and_activation_is_n
         assert h["version"] == 1 and h["prefetched"] is None and "prefetch_error" not in h and h["error"] is None
         assert 'pifarm_inference_model_load_failures_total{model="lin"}' not in c.get("/metrics").text
         tc.publish("lin", 2, v2)  # blob lands, version activated
-        wait_for(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 served")
+        wait_http(c, "/v2/models/lin", lambda r: r.json().get("versions") == ["2"], what="v2 served")

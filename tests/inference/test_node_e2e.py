@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from pifarm.appliance.demo import samplemodel as sm
-from tests.inference.helpers import REPO, wait_for
-from tests.support.aggregator import aggregator, aggregator_factory, free_port  # noqa: F401 (fixtures)
-from tests.support.procs import stop_process
+from tests.inference.helpers import REPO
+from tests.support.aggregator import aggregator, aggregator_factory  # noqa: F401 (fixtures)
+from tests.support.procs import free_port, stop_process
+from tests.support.wait import wait_http
 
 
 @pytest.mark.slow
@@ -43,7 +44,7 @@ def test_node_run_serves_the_published_sample_model(aggregator, tmp_path):  # no
             sm.write_sample(model, "linear", seed=4)
             with aggregator.client() as rc:
                 rc.publish(model, "sample", "stable")
-            h = wait_for(c, "/health", lambda r: r.status_code == 200, timeout=60, what="node serving the model").json()
+            h = wait_http(c, "/health", lambda r: r.status_code == 200, timeout=60, what="node serving the model").json()
             assert h["models"]["sample"]["version"] == 1 and h["revision"] is not None and h["degraded"] is False
             x = np.random.default_rng(1).standard_normal((2, 16)).astype(np.float32)
             r = c.post("/v2/models/sample/infer", json={"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32",

@@ -12,7 +12,8 @@ from pifarm.appliance.demo import samplemodel as sm
 from pifarm.cache.nodestate import NodeState, write_state
 from pifarm.inference.server import create_app
 from pifarm.inference.settings import InferenceSettings
-from tests.inference.helpers import infer_body, make_cache, wait_for
+from tests.inference.helpers import infer_body, make_cache
+from tests.support.wait import wait_http
 
 LIN = dict(in_features=16, out_features=4)
 
@@ -29,7 +30,7 @@ def served(tmp_path_factory):
     write_state(state, NodeState(revision=7))
     app = create_app(InferenceSettings(max_body=64 * 1024), tc.root, state)
     with TestClient(app) as client:
-        wait_for(client, "/health", lambda r: r.status_code == 200, what="all models loaded")
+        wait_http(client, "/health", lambda r: r.status_code == 200, what="all models loaded")
         yield client, state
 
 
@@ -240,7 +241,7 @@ def test_calibration_reaches_the_live_pool(served):
     from pifarm.inference.model import PENDING
 
     c, _ = served
-    h = wait_for(c, "/health", lambda r: r.json()["models"]["lin"]["batching"]["reason"] != PENDING,
+    h = wait_http(c, "/health", lambda r: r.json()["models"]["lin"]["batching"]["reason"] != PENDING,
                  what="calibration of lin").json()
     lin = h["models"]["lin"]["batching"]
     assert lin["batchable"] is True

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +13,7 @@ from pifarm.initiator.http_source import HttpSource
 from pifarm.signed.integrity import BlobRef, digest_file
 from tests.cache.helpers import MemSource, blob
 from tests.initiator.docserver import DocServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def pifarm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pifarm", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **(env or {})})
+from tests.support.procs import pifarm
 
 
 def publish(agg, path: Path, name: str, channel: str = "stable") -> dict:

@@ -19,7 +19,8 @@ from pifarm.errors import SourceError
 from pifarm.initiator.s3_source import S3Source, S3Store
 from pifarm.initiator.settings import S3Settings
 from pifarm.signed.integrity import BlobRef, digest_bytes, digest_hex
-from tests.support.procs import stop_process
+from tests.support.procs import pifarm, stop_process
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.s3
@@ -115,9 +116,6 @@ def test_r2_outage_mid_pull_resumes_and_refetches_at_most_one_part(seaweed, s3_b
     assert src.received - len(data) <= part, f"re-downloaded {src.received - len(data)} bytes"
 
 
-def pifarm(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pifarm", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def s3_aggregator(aggregator_factory, seaweed, bucket: str, tmp_path: Path, name: str = "agg"):
@@ -149,14 +147,7 @@ def test_pull_cli_from_seaweedfs_alone(aggregator_factory, seaweed, s3_bucket, r
 
 
 def wait_state(state: Path, cond, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        st = read_state(state)
-        if st is not None and cond(st):
-            return True
-        time.sleep(0.05)
-    st = read_state(state)
-    return bool(st is not None and cond(st))
+    return eventually(lambda: (st := read_state(state)) is not None and cond(st), timeout)
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from datetime import timedelta
@@ -19,18 +18,10 @@ from pifarm.initiator.watcher import Watcher
 from pifarm.signed.signing import SigningKey, TrustedKeys
 from tests.cache.helpers import manifest_doc, snapshot_doc
 from tests.initiator.docserver import DocServer
+from tests.support.wait import eventually
 
 FAST = WatcherSettings(poll_wait=2, connect_timeout=1.0, rate=50, burst=50, backoff_base=0.05, backoff_max=0.5,
                        s3_poll_interval=0.5)
-
-
-def wait_for(cond, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return bool(cond())
 
 
 class Running:
@@ -43,14 +34,6 @@ class Running:
         self.stop.set()
         self.t.join(timeout=30)
         self.w.close()
-
-
-def closed_port() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}"
 
 
 def active(cache: Cache, name: str):
@@ -69,19 +52,19 @@ def test_follows_real_aggregator_publish_and_rollback(aggregator, tmp_path):
                 state_dir=state, aggregator=AggregatorClient(aggregator.url), settings=FAST)
     run = Running(w)
     try:
-        assert wait_for(lambda: (a := active(cache, "follow")) is not None and a.version == 1)
+        assert eventually(lambda: (a := active(cache, "follow")) is not None and a.version == 1)
         client.publish(f2, "follow", "stable", format="raw")
-        assert wait_for(lambda: active(cache, "follow").version == 2)
+        assert eventually(lambda: active(cache, "follow").version == 2)
         assert cache.layout.read_ref("follow", "previous").version == 1
-        assert wait_for(lambda: read_state(state).models["follow"]["version"] == 2)
+        assert eventually(lambda: read_state(state).models["follow"]["version"] == 2)
         st = read_state(state)
         assert st.models["follow"]["source"] == "http" and st.models["follow"]["previous"] == 1
         assert st.paths["http"] == "live" and not st.degraded
         fetched = w.sources[0].received
         client.rollback("follow", "stable")  # registry rollback: v1 is still in the cache
-        assert wait_for(lambda: active(cache, "follow").version == 1)
+        assert eventually(lambda: active(cache, "follow").version == 1)
         assert w.sources[0].received == fetched  # nothing downloaded again
-        assert wait_for(lambda: read_state(state).models["follow"]["source"] == "cache")
+        assert eventually(lambda: read_state(state).models["follow"]["source"] == "cache")
     finally:
         run.close()
         client.close()
@@ -163,11 +146,11 @@ def test_degraded_within_5s_when_nothing_answers_and_recovers(tmp_path):
                 aggregator=AggregatorClient(url, connect_timeout=1.0), settings=slow_poll)
     run = Running(w)
     try:
-        assert wait_for(lambda: active(cache, "m") is not None)
+        assert eventually(lambda: active(cache, "m") is not None)
         port = int(url.rsplit(":", 1)[1])
         srv.stop()
         t0 = time.monotonic()
-        assert wait_for(lambda: (s := read_state(state)) is not None and s.degraded, timeout=5.0)
+        assert eventually(lambda: (s := read_state(state)) is not None and s.degraded, timeout=5.0)
         st = read_state(state)
         assert "http:" in st.degraded_reason and st.degraded_since and st.paths["http"] == "unreachable"
         assert active(cache, "m").version == 1  # keeps serving what it has
@@ -175,7 +158,7 @@ def test_degraded_within_5s_when_nothing_answers_and_recovers(tmp_path):
         # the aggregator comes back on the same port: degraded mode ends by itself
         revived = _serve_on(port, srv)
         try:
-            assert wait_for(lambda: not read_state(state).degraded, timeout=10.0)
+            assert eventually(lambda: not read_state(state).degraded, timeout=10.0)
             assert read_state(state).degraded_reason is None
         finally:
             revived.stop()

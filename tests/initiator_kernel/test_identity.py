@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import uuid
 
@@ -12,6 +10,7 @@ import pytest
 
 from pifarm.errors import ConfigError
 from pifarm.initiator.identity import UUID_NQN_PREFIX, ensure_identity, identity_root, read_identity
+from tests.support.procs import pifarm
 
 
 def test_first_start_writes_both_files_and_later_starts_only_read_them(tmp_path):
@@ -86,14 +85,12 @@ def test_identity_root_accepts_the_directory_or_the_hostnqn_file(tmp_path):
     assert str(identity_root(None)) == "/etc/nvme"
 
 
-def _pifarm(*args):
-    return subprocess.run([sys.executable, "-m", "pifarm", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_cli_node_identity_prints_the_same_identity_every_time(tmp_path):
-    r1 = _pifarm("node", "identity", "--root", str(tmp_path), "--json")
+    r1 = pifarm("node", "identity", "--root", str(tmp_path), "--json")
     assert r1.returncode == 0, r1.stderr
-    r2 = _pifarm("node", "identity", "--root", str(tmp_path))
+    r2 = pifarm("node", "identity", "--root", str(tmp_path))
     assert r2.returncode == 0, r2.stderr
     doc = json.loads(r1.stdout)
     assert f"hostnqn: {doc['hostnqn']}" in r2.stdout and f"hostid:  {doc['hostid']}" in r2.stdout
@@ -101,7 +98,7 @@ def test_cli_node_identity_prints_the_same_identity_every_time(tmp_path):
 
 
 def test_cli_node_identity_no_create_fails_with_one_clear_line(tmp_path):
-    r = _pifarm("node", "identity", "--root", str(tmp_path / "none"), "--no-create")
+    r = pifarm("node", "identity", "--root", str(tmp_path / "none"), "--no-create")
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "no NVMe host identity" in r.stderr
     assert not (tmp_path / "none").exists()

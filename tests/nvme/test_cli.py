@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 
 from pifarm.appliance.cli import main
 from pifarm.signed.manifest import namespace_uuid
 from tests.nvme.conftest import HOSTNQN, OTHER_HOST, SUBNQN, make_volume
-from tests.support.procs import stop_process
+from tests.support.procs import free_port, stop_process
+from tests.support.wait import wait_for, wait_listening
 
 
 def test_discover_lists_the_subsystem(target, capsys):
@@ -51,30 +50,21 @@ def test_bad_input_gets_one_line_and_the_right_exit_code(target, capsys):
 
 def test_serve_userspace_exports_volumes_published_while_it_runs(tmp_path, capsys):
     data = tmp_path / "volumes"  # created only at the first publish, after the target started
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pifarm", "target", "serve-userspace", "--data-dir", str(data),
                              "--listen", f"127.0.0.1:{port}", "--subnqn", SUBNQN, "--allow-host", HOSTNQN],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode()
-                time.sleep(0.05)
+        wait_listening(port, proc)
         vol = make_volume(tmp_path / "pub", "late", 3, (5000,))
         (data / "late").mkdir(parents=True)
         (data / "late" / "3.vol").write_bytes(vol.path.read_bytes())
         want = str(namespace_uuid(vol.manifest.digest))
-        for _ in range(100):  # the target rescans every 2 s
+
+        def listed() -> bool:
             main(["nvme", "ls", f"127.0.0.1:{port}", "--subnqn", SUBNQN, "--hostnqn", HOSTNQN])
-            if want in capsys.readouterr().out:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the new volume never appeared")
+            return want in capsys.readouterr().out
+
+        wait_for(listed, "the new volume to appear", timeout=60, interval=0.1)  # the target rescans every 2 s
     finally:
         stop_process(proc, timeout=10)

@@ -12,7 +12,7 @@ import pytest
 
 from pifarm.appliance.cli import main
 from pifarm.signed.integrity import digest_bytes
-from tests.support.aggregator import free_port
+from tests.support.procs import free_port
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

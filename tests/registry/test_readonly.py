@@ -9,7 +9,7 @@ from pifarm.registry.service import Registry
 from pifarm.registry.settings import RegistrySettings, StoreSettings
 from pifarm.registry.store import SNAPSHOT_KEY
 from tests.registry.conftest import s3_settings
-from tests.support.aggregator import free_port
+from tests.support.procs import free_port
 
 
 def _break_fs_store(reg) -> None:

@@ -11,26 +11,17 @@ own conftest.py: `from tests.support.aggregator import aggregator, aggregator_fa
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.procs import free_port, stop_process, wait_ready
+
 READY_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @dataclass
@@ -79,32 +70,16 @@ class AggregatorProc:
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"aggregator exited with {self._proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1, verify=verify).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"aggregator not ready after {timeout}s:\n{self.log()[-3000:]}")
+        wait_ready(self._proc, lambda: httpx.get(self.url + "/health", timeout=1, verify=verify).status_code == 200,
+                   "aggregator", timeout, lambda: self.log()[-3000:])
+        return self
 
     def stop(self, timeout: float = 15.0) -> int | None:
         """SIGTERM and wait (SIGKILL after `timeout`); returns the exit code."""
         if self._proc is None:
             return None
         p, self._proc = self._proc, None
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=5)
-        return p.returncode
+        return stop_process(p, timeout)
 
     def kill(self) -> None:
         """SIGKILL (crash tests)."""

@@ -9,15 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from tests.support.procs import free_port, stop_process, wait_ready
 
 ADMIN_KEY = "PIFARMADMIN0000001"
 ADMIN_SECRET = "pifarmadminsecret000000000000001"
@@ -32,10 +32,7 @@ def weed_binary() -> str | None:
 
 def _free_base(count: int = 10) -> int:
     for _ in range(200):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        base = s.getsockname()[1]
-        s.close()
+        base = free_port()
         if base + count > 65000:
             continue
         ok = True
@@ -90,14 +87,7 @@ class SeaweedS3:
     def stop(self) -> None:
         if self._proc is None:
             return
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-            self._proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.kill(self.pid, signal.SIGKILL)
-            self._proc.wait(timeout=5)
+        stop_process(self._proc, timeout=15)
         self._proc = None
         for sock in Path("/tmp").glob("seaweedfs-*-grpc-*.sock"):
             port = sock.stem.rsplit("-", 1)[-1]
@@ -134,20 +124,17 @@ class SeaweedS3:
                                       env=env, start_new_session=True)
         out.close()
         self.pid = self._proc.pid
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"weed exited early: {(d / 'logs' / 'mini.out').read_text()[-2000:]}")
-            try:
-                ok = httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=1).status_code == 200
-                vols = "DataNodes" in httpx.get(f"http://127.0.0.1:{p + 1}/dir/status", timeout=1).text
-                if ok and vols:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"SeaweedFS not ready after {timeout}s")
+
+        def ready() -> bool:  # S3 answers and the master knows a volume server
+            ok = httpx.get(f"http://127.0.0.1:{p}/healthz", timeout=1).status_code == 200
+            return ok and "DataNodes" in httpx.get(f"http://127.0.0.1:{p + 1}/dir/status", timeout=1).text
+
+        try:
+            wait_ready(self._proc, ready, "SeaweedFS (weed mini)", timeout,
+                       lambda: (d / "logs" / "mini.out").read_text(errors="replace")[-2000:], interval=0.1)
+        except RuntimeError:
+            self.stop()  # also removes its gRPC sockets
+            raise
 
 
 def start_seaweed(data_dir: Path) -> SeaweedS3:

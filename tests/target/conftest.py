@@ -10,13 +10,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
 import pytest
 
 from pifarm.target.configfs import RealBackend, Root
 from pifarm.testing.fake_configfs import FakeConfigfs
+from tests.support.procs import free_port
 
 REAL_ROOT = os.environ.get("PIFARM_CONFIGFS_ROOT", "")
 
@@ -56,6 +56,4 @@ def names():
 @pytest.fixture
 def free_tcp_port() -> int:
     """A TCP port free on 127.0.0.1 right now (a real nvmet port binds it when enabled)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import httpx
 
 from pifarm.appliance.target_root import open_root
 from pifarm.target.spec import observe
 from tests.support.aggregator import start_aggregator
+from tests.support.wait import wait_for
 
 NQN = "nqn.2014-08.org.pifarm:aggregator:ext"
 WAIT = 60.0  # bound for a 2-core CI box; the loop ends as soon as the state is reached
-
-
-def wait_for(cond, what: str):
-    deadline = time.monotonic() + WAIT
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def namespaces(cfs):
@@ -45,12 +35,12 @@ def test_publish_and_retire_reach_configfs(tmp_path):
         model.write_bytes(os.urandom(10_000))
         with agg.client() as c:
             c.publish(model, "mobilenet", format="raw")
-            wait_for(lambda: namespaces(cfs) == {1: True}, "namespace 1 after the first publish")
+            wait_for(lambda: namespaces(cfs) == {1: True}, "namespace 1 after the first publish", WAIT)
             model.write_bytes(os.urandom(10_000))
             c.publish(model, "mobilenet", format="raw")
-            wait_for(lambda: namespaces(cfs) == {1: True, 2: True}, "namespace 2 after the second publish")
+            wait_for(lambda: namespaces(cfs) == {1: True, 2: True}, "namespace 2 after the second publish", WAIT)
             c.retire("mobilenet", 1)
-            wait_for(lambda: namespaces(cfs) == {2: True}, "namespace 1 gone after retire")
+            wait_for(lambda: namespaces(cfs) == {2: True}, "namespace 1 gone after retire", WAIT)
         assert sorted(p.name for p in (tmp_path / "agg" / "volumes").glob("*.vol")) == ["mobilenet-v2.vol"]
         health = httpx.get(agg.url + "/health", timeout=10).json()
         assert health["target"]["subsystem"] == NQN and health["target"]["last_error"] is None
