@@ -140,8 +140,14 @@ def _hint(op: str, rel: str, err: int) -> str:
     return _HINTS.get((op, err), "the kernel refused it")
 
 
+#: attributes whose values are secrets: never in an error, a plan, a log line or /health
+SECRET_ATTRS = ("dhchap_key", "dhchap_ctrl_key")
+
+
 def configfs_error(op: str, label: str, rel: str, e: OSError, value: str | None = None) -> ConfigfsError:
     path = posixpath.join(label, rel) if rel else label
+    if value is not None and posixpath.basename(rel) in SECRET_ATTRS:
+        value = "<secret>"  # the error ends up in last_error, GET /health and the journal
     what = f"{op} {path}" + (f" = {value!r}" if value is not None else "")
     return ConfigfsError(f"configfs {what}: {os.strerror(e.errno or 0)} (errno {e.errno}); {_hint(op, rel, e.errno or 0)}", path)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from pifarm.errors import UsageError
 
-__all__ = ["DhchapKey", "gen_dhchap_key", "parse_dhchap_key", "HASHES", "KERNEL_HASH_NAMES", "DHGROUPS"]
+__all__ = ["DhchapKey", "gen_dhchap_key", "parse_dhchap_key", "redact", "HASHES", "KERNEL_HASH_NAMES", "DHGROUPS"]
 
 #: hh -> (hashlib name, key length); hh 0 accepts any of 32/48/64
 HASHES = {0: (None, 32), 1: ("sha256", 32), 2: ("sha384", 48), 3: ("sha512", 64)}
@@ -27,6 +27,12 @@ HASHES = {0: (None, 32), 1: ("sha256", 32), 2: ("sha384", 48), 3: ("sha512", 64)
 KERNEL_HASH_NAMES = {"sha256": "hmac(sha256)", "sha384": "hmac(sha384)", "sha512": "hmac(sha512)"}
 DHGROUPS = ("null", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192")
 _RE = re.compile(r"^DHHC-1:([0-9]{2}):([A-Za-z0-9+/]+={0,2}):\Z")
+_ANYWHERE = re.compile(r"DHHC-1:[0-9A-Fa-f]{2}:[A-Za-z0-9+/=]*:?")
+
+
+def redact(text: str) -> str:
+    """`text` with every DH-HMAC-CHAP secret in it replaced (for errors that leave the process)."""
+    return _ANYWHERE.sub("DHHC-1:<secret>", text)
 
 
 @dataclass(frozen=True)

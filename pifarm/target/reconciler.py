@@ -26,14 +26,15 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from pifarm.errors import Conflict, ConfigfsError
-from pifarm.target.configfs import Root, configfs_error
+from pifarm.target.configfs import SECRET_ATTRS, Root, configfs_error
+from pifarm.target.dhchap import redact
 from pifarm.target.spec import LOCKED_NS_ATTRS, NamespaceSpec, Scope, TargetSpec
 
 __all__ = ["Op", "diff", "apply", "render"]
 
 log = logging.getLogger(__name__)
 
-_SECRET_ATTRS = ("dhchap_key", "dhchap_ctrl_key")
+_SECRET_ATTRS = SECRET_ATTRS
 _HOST_ORDER = ("dhchap_hash", "dhchap_dhgroup", "dhchap_key", "dhchap_ctrl_key")
 _PORT_FIRST = ("addr_trtype", "addr_adrfam", "addr_traddr", "addr_trsvcid")
 _SUBSYS_FIRST = ("attr_allow_any_host",)
@@ -229,8 +230,9 @@ def apply(root: Root, ops: list[Op], log_step: Callable[[str], None] | None = No
         try:
             op.run(root)
         except ConfigfsError as e:
-            raise ConfigfsError(f"step {i}/{len(ops)} ({op}): {e}; fix it and run `pifarm target apply` "
-                                f"again: it resumes from the live state", e.path) from e
+            # redact: whatever the kernel echoed, a key must not reach last_error, /health or logs
+            raise ConfigfsError(redact(f"step {i}/{len(ops)} ({op}): {e}; fix it and run `pifarm target apply` "
+                                       f"again: it resumes from the live state"), e.path) from e
         line = f"[{i}/{len(ops)}] {op}"
         log.info("configfs: %s", line)
         if log_step:
