@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pifarm.appliance import node_report
 from pifarm.appliance.config import NodeConfig
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.cache.store import Cache
@@ -54,7 +53,6 @@ class NodeDaemon:
         self.watcher: Watcher | None = None
         self.tamper: TamperWatch | None = None
         self.sources: list = []
-        self.reporter: Any = None  # pifarm.initiator.report.Reporter, see node_report.attach
         self._metrics_server: Any = None  # (httpd, thread) of [node] metrics_listen
 
     def start(self) -> None:
@@ -88,10 +86,7 @@ class NodeDaemon:
 
             host, port = parse_listen(c.node.metrics_listen)
             self._metrics_server = start_http_server(port, addr=host, registry=self.metrics.registry)
-        self.reporter = node_report.attach(self)
         self._spawn("watcher", self.watcher.run, self.stop_event)
-        if self.reporter is not None:
-            self._spawn("reporter", self.reporter.run, self.stop_event)
         if c.cache.tamper_watch:
             self.tamper = TamperWatch(self.cache, on_damage=self._refetch)
             self.tamper.start()
@@ -126,8 +121,6 @@ class NodeDaemon:
 
     def stop(self) -> None:
         self.stop_event.set()
-        if self.reporter is not None:
-            self.reporter.poke()  # it waits on its own event
         if self.tamper is not None:
             self.tamper.stop()
         for t in self._threads:
@@ -154,9 +147,9 @@ def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event
 
 def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     """Blocking `pifarm node run`; returns the exit code."""
-    from pifarm.appliance import threaddump
+    import faulthandler
 
-    threaddump.install()  # `kill -USR1` dumps every thread's stack (from a normal thread: issue 19)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
     daemon = NodeDaemon(cfg)
     daemon.start()
     log.warning("node: cache %s, state %s, channel %s, sources %s", cfg.cache.root, cfg.node.state_dir,
