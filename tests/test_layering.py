@@ -15,16 +15,19 @@ import pifarm
 PKG = Path(pifarm.__file__).parent
 
 #: Small packages both roles read. They import only each other and `pifarm.errors`.
-LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen"}
+LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "fleetwire", "s3", "client"}
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "listen": {"errors"},  # the one HOST:PORT parser
+    "fleetwire": {"errors"},  # node reports and their histograms (fleet, rollout gates)
     "durable": set(),
     "nvmewire": {"errors"},
     "signed": {"errors", "durable"},
     "volume": {"errors", "durable", "signed"},
-    "pki": {"errors", "durable", "signed", "listen"},
+    "pki": {"errors", "durable", "signed", "listen", "client"},
+    "s3": {"errors", "signed"},  # the S3 layer: key layout, client, URL, error mapping
+    "client": {"errors", "signed"},  # the aggregator's HTTP client and the one TLS context builder
     # the aggregator's side
     "registry": LEAVES,
     "target": LEAVES,

@@ -3,6 +3,7 @@
     pifarm_inference_requests_total{model,version}          completed infer requests
     pifarm_inference_errors_total{model,code}                failed requests by HTTP status
     pifarm_inference_request_seconds{model}                  end-to-end infer latency
+    pifarm_inference_version_request_seconds{model,version} the same per version (node reports, rollout gates)
     pifarm_inference_queue_depth{model}                      jobs waiting for a worker
     pifarm_inference_batch_size{model}                       rows per invoke
     pifarm_inference_workers{model}                          worker threads of the active version
@@ -32,6 +33,9 @@ class ServerMetrics:
         self.errors = Counter(p + "errors", "Failed requests by HTTP status", ["model", "code"], registry=r)
         self.latency = Histogram(p + "request_seconds", "Inference request latency", ["model"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        # per version: what a node reports to its aggregator, and what rollout gates compare
+        self.version_latency = Histogram(p + "version_request_seconds", "Inference request latency per version",
+                                         ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(p + "queue_depth", "Requests waiting for a worker", ["model"], registry=r)
         self.batch_size = Histogram(p + "batch_size", "Rows per interpreter invoke", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)

@@ -3,7 +3,13 @@
     {"type": "snapshot", "revision": 42, "expires": "2026-12-04T10:00:00Z",
      "models": {"mobilenet": {"channels": {"stable": {"version": 3, "manifest_digest": "blake3:…"},
                                            "canary": {...}},
-                              "versions": [{"version": 3, "manifest_digest": "blake3:…"}, …]}}}
+                              "versions": [{"version": 3, "manifest_digest": "blake3:…"}, …]}},
+     "rollouts": {"mobilenet": {"version": 4, "manifest_digest": "blake3:…", "cohort": 1073741824,
+                                "seed": "r7f3…"}}}
+
+`rollouts` is optional (absent when no rollout runs, so older snapshots and older nodes stay
+valid): a node on `stable` whose `cohort.bucket(seed, node_id) < cohort` runs the rollout's
+version instead of the channel's (see `Snapshot.desired`).
 
 `verify_snapshot` is what every node runs, whatever transport delivered the document: signature,
 then rollback (a revision below the highest seen), then freeze (an expired snapshot).
@@ -11,11 +17,12 @@ then rollback (a revision below the highest seen), then freeze (an expired snaps
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from pifarm.errors import IntegrityError
+from pifarm.signed.cohort import SPACE, member
 from pifarm.signed.integrity import digest_hex
 from pifarm.signed.manifest import check_name
 from pifarm.signed.signing import TrustedKeys
@@ -70,18 +77,52 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class RolloutPointer:
+    """A rollout in the snapshot: the version a cohort of `stable` nodes runs instead."""
+
+    version: int
+    manifest_digest: str
+    cohort: int  # 0 .. cohort.SPACE (everyone)
+    seed: str
+
+    @property
+    def pointer(self) -> VersionPointer:
+        return VersionPointer(self.version, self.manifest_digest)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "manifest_digest": self.manifest_digest, "cohort": self.cohort,
+                "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, d: Any) -> "RolloutPointer":
+        p = VersionPointer.from_json(d)
+        try:
+            cohort, seed = d["cohort"], d["seed"]
+        except (KeyError, TypeError) as e:
+            raise IntegrityError(f"malformed rollout {d!r}") from e
+        if not isinstance(cohort, int) or isinstance(cohort, bool) or not 0 <= cohort <= SPACE \
+                or not isinstance(seed, str) or not 0 < len(seed) <= 64:
+            raise IntegrityError(f"malformed rollout {d!r} (cohort 0..2**32, seed a short string)")
+        return cls(p.version, p.manifest_digest, cohort, seed)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     revision: int
     expires: str
     models: dict[str, ModelEntry]
+    rollouts: dict[str, RolloutPointer] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": "snapshot",
             "revision": self.revision,
             "expires": self.expires,
             "models": {n: m.to_json() for n, m in sorted(self.models.items())},
         }
+        if self.rollouts:  # absent otherwise: the bytes of a snapshot without rollouts do not change
+            out["rollouts"] = {n: r.to_json() for n, r in sorted(self.rollouts.items())}
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> "Snapshot":
@@ -99,7 +140,11 @@ class Snapshot:
             if not isinstance(rev, int) or rev < 0:
                 raise ValueError("revision must be a non-negative integer")
             parse_iso(d["expires"])
-            return cls(rev, d["expires"], models)
+            rollouts = {}
+            for name, r in (d.get("rollouts") or {}).items():
+                check_name(name)
+                rollouts[name] = RolloutPointer.from_json(r)
+            return cls(rev, d["expires"], models, rollouts)
         except IntegrityError:
             raise
         except Exception as e:
@@ -109,13 +154,19 @@ class Snapshot:
         m = self.models.get(model)
         return m.channels.get(channel) if m else None
 
-    def desired(self, channel: str, only: list[str] | None = None) -> dict[str, VersionPointer]:
-        """What a node on `channel` should run: canary falls back to stable where unset."""
+    def desired(self, channel: str, only: list[str] | None = None,
+                node_id: str | None = None) -> dict[str, VersionPointer]:
+        """What a node on `channel` should run: canary falls back to stable where unset; a node
+        following stable (`node_id` given) whose id falls in a rollout's cohort runs its version."""
         out = {}
         for name, m in self.models.items():
             if only and name not in only:
                 continue
-            p = m.channels.get(channel) or (m.channels.get("stable") if channel == "canary" else None)
+            explicit = m.channels.get(channel) if channel != "stable" else None  # canary set for this model
+            p = explicit or (m.channels.get("stable") if channel in ("stable", "canary") else None)
+            r = self.rollouts.get(name)
+            if r is not None and explicit is None and (r.cohort >= SPACE or node_id and member(r.cohort, r.seed, node_id)):
+                p = r.pointer
             if p:
                 out[name] = p
         return out

@@ -1,0 +1,178 @@
+"""Fleet state on the aggregator: the last report of every node, first and last seen.
+
+Kept in memory and written to `<data>/fleet/nodes.json` (durable write) at most every
+`flush_interval` seconds and on stop, so 1,000 nodes reporting every 10 s cost one small write
+every few seconds, not a hundred. A crash loses at most the last few seconds of reports, which
+the nodes send again anyway; first-seen times survive.
+
+A node is `missing` once nothing came from it for 3 of its own report intervals; the next report
+makes it whatever that report says again (ready / degraded / not-ready).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pifarm.durable import atomic_write
+from pifarm.errors import NotFound, PifarmError, UsageError
+from pifarm.fleetwire.report import ModelReport, Report, report_from_json
+from pifarm.signed.snapshot import iso
+from datetime import datetime, timezone
+
+log = logging.getLogger(__name__)
+
+MISSING_AFTER = 3  # report intervals without a report
+
+
+def _iso(t: float) -> str:
+    return iso(datetime.fromtimestamp(t, timezone.utc))
+
+
+@dataclass
+class NodeRecord:
+    report: Report
+    first_seen: float
+    last_seen: float
+    peer: str = ""  # how it authenticated: "token" or "mtls"
+
+    @property
+    def node(self) -> str:
+        return self.report.node
+
+    def state(self, now: float) -> str:
+        if now - self.last_seen > MISSING_AFTER * self.report.interval:
+            return "missing"
+        return self.report.state
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        return {"node": self.node, "state": self.state(now), "first_seen": _iso(self.first_seen),
+                "last_seen": _iso(self.last_seen), "seconds_since": round(max(0.0, now - self.last_seen), 3),
+                "auth": self.peer, "report": self.report.to_json()}
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What a rollout looks at for one node and one model."""
+
+    node: str
+    missing: bool
+    channel: str
+    model: ModelReport | None
+
+
+class Fleet:
+    def __init__(self, data_dir: str | Path, *, flush_interval: float = 2.0, clock: Callable[[], float] = time.time):
+        self.path = Path(data_dir) / "fleet" / "nodes.json"
+        self.flush_interval = flush_interval
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeRecord] = {}
+        self._dirty = False
+        self._flushed = 0.0
+        self.reports = 0
+        self._load()
+
+    # -- persistence ----------------------------------------------------------------------
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.warning("fleet state %s unreadable (%s); starting empty", self.path, e)
+            return
+        for node, rec in (doc.get("nodes") or {}).items():
+            try:
+                self._nodes[node] = NodeRecord(report_from_json(rec["report"]), float(rec["first_seen"]),
+                                               float(rec["last_seen"]), str(rec.get("auth", "")))
+            except (PifarmError, KeyError, TypeError, ValueError) as e:
+                log.warning("fleet state: node %s dropped (%s)", node, e)
+
+    def flush(self, force: bool = False) -> None:
+        now = self.clock()
+        with self._lock:
+            if not self._dirty or (not force and now - self._flushed < self.flush_interval):
+                return
+            doc = {"nodes": {n: {"first_seen": r.first_seen, "last_seen": r.last_seen, "auth": r.peer,
+                                 "report": r.report.to_json()} for n, r in self._nodes.items()}}
+            self._dirty, self._flushed = False, now
+        try:
+            atomic_write(self.path, json.dumps(doc, separators=(",", ":")).encode())
+        except OSError as e:
+            log.error("cannot write fleet state %s: %s", self.path, e)
+            with self._lock:
+                self._dirty = True
+
+    # -- reports --------------------------------------------------------------------------
+    def record(self, report: Report, auth: str = "token") -> NodeRecord:
+        now = self.clock()
+        with self._lock:
+            old = self._nodes.get(report.node)
+            rec = NodeRecord(report, old.first_seen if old else now, now, auth)
+            self._nodes[report.node] = rec
+            self._dirty = True
+            self.reports += 1
+        if old is None:
+            log.warning("fleet: new node %s (%s) at %s", report.node, report.hostname, report.address)
+        return rec
+
+    def forget(self, node: str) -> str:
+        with self._lock:
+            nid = self._resolve(node)
+            del self._nodes[nid]
+            self._dirty = True
+        self.flush(force=True)
+        return nid
+
+    # -- reads ----------------------------------------------------------------------------
+    def _resolve(self, node: str) -> str:
+        """A node id, a unique hostname or a unique id prefix (what an operator types)."""
+        if node in self._nodes:
+            return node
+        hits = [n for n, r in self._nodes.items() if r.report.hostname == node] or \
+               [n for n in self._nodes if len(node) >= 4 and n.startswith(node)]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            raise NotFound(f"no node {node!r} in the fleet (see `pifarm fleet ls`)")
+        raise UsageError(f"{node!r} names {len(hits)} nodes ({', '.join(sorted(hits)[:4])}); give the node id")
+
+    def get(self, node: str) -> dict[str, Any]:
+        with self._lock:
+            return self._nodes[self._resolve(node)].to_json(self.clock())
+
+    def all(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        with self._lock:
+            recs = list(self._nodes.values())
+        return [r.to_json(now) for r in sorted(recs, key=lambda r: (r.report.hostname, r.node))]
+
+    def views(self, model: str) -> list[NodeView]:
+        now = self.clock()
+        with self._lock:
+            recs = list(self._nodes.values())
+        return [NodeView(r.node, r.state(now) == "missing", r.report.channel, r.report.models.get(model))
+                for r in recs if model in r.report.models]
+
+    def counts(self) -> tuple[dict[str, int], dict[tuple[str, str], int]]:
+        """(nodes by state, nodes by (model, active version)) for the metrics."""
+        now = self.clock()
+        with self._lock:
+            recs = list(self._nodes.values())
+        states: dict[str, int] = {s: 0 for s in ("ready", "degraded", "not-ready", "missing")}
+        versions: dict[tuple[str, str], int] = {}
+        for r in recs:
+            st = r.state(now)
+            states[st] = states.get(st, 0) + 1
+            if st == "missing":
+                continue
+            for name, m in r.report.models.items():
+                key = (name, str(m.serving if m.serving is not None else m.active))
+                versions[key] = versions.get(key, 0) + 1
+        return states, versions
