@@ -22,6 +22,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -99,16 +100,17 @@ def parse_address(address: str, default_port: int = 4420) -> tuple[str, int]:
         raise ConfigError(f"NVMe target address {address!r}: port must be a number") from e
 
 
-def run_bounded(argv: Sequence[str], timeout: float) -> tuple[int, str]:
+def run_bounded(argv: Sequence[str], timeout: float, input: str | None = None) -> tuple[int, str]:
     """Run a command with a hard bound; (rc, stdout+stderr). A process stuck in the kernel
-    (uninterruptible write to /dev/nvme-fabrics) is killed and then abandoned, never waited for."""
+    (uninterruptible write to /dev/nvme-fabrics) is killed and then abandoned, never waited for.
+    `input` goes to its stdin (how secrets travel: never in argv)."""
     try:
-        p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+        p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL if input is None else subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     except FileNotFoundError as e:
         raise SourceError(f"{argv[0]} not found: install nvme-cli", SOURCE) from e
     try:
-        out, _ = p.communicate(timeout=timeout)
+        out, _ = p.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         p.kill()
         try:
@@ -186,15 +188,14 @@ class KernelAttacher:
             return "gone"
 
     def connect(self, subnqn: str) -> None:
-        argv = [self.s.nvme, "connect", *self._common(), "-n", subnqn,
-                f"--ctrl-loss-tmo={self.s.ctrl_loss_tmo}", f"--reconnect-delay={self.s.reconnect_delay}"]
-        if self.s.fast_io_fail_tmo >= 0:
-            argv.append(f"--fast_io_fail_tmo={self.s.fast_io_fail_tmo}")
-        if self.s.dhchap_secret:
-            argv.append(f"--dhchap-secret={self.s.dhchap_secret}")
-        if self.s.dhchap_ctrl_secret:
-            argv.append(f"--dhchap-ctrl-secret={self.s.dhchap_ctrl_secret}")
-        rc, out = self._run(argv, self.s.command_timeout)
+        if self.s.dhchap_secret or self.s.dhchap_ctrl_secret:
+            rc, out = self._connect_fabrics(subnqn)
+        else:
+            argv = [self.s.nvme, "connect", *self._common(), "-n", subnqn,
+                    f"--ctrl-loss-tmo={self.s.ctrl_loss_tmo}", f"--reconnect-delay={self.s.reconnect_delay}"]
+            if self.s.fast_io_fail_tmo >= 0:
+                argv.append(f"--fast_io_fail_tmo={self.s.fast_io_fail_tmo}")
+            rc, out = self._run(argv, self.s.command_timeout)
         if rc != 0 and "already connected" not in out:
             hint = ""
             if "Key was rejected" in out or "Required key not available" in out or "TLS key" in out:
@@ -203,6 +204,24 @@ class KernelAttacher:
                 hint = f" (is host {self.identity.hostnqn} allowed on the target? `pifarm target allow-host`)"
             raise SourceError(f"nvme connect {subnqn} at {self.s.address}:{self.s.port} failed: "
                               f"{' '.join(out.split())[:300]}{hint}", SOURCE)
+
+    def _connect_fabrics(self, subnqn: str) -> tuple[int, str]:
+        """Connect with DH-HMAC-CHAP secrets: nvme-cli would need them in argv (world-readable
+        /proc/<pid>/cmdline), so the options go to /dev/nvme-fabrics through a child's stdin."""
+        from pifarm.initiator.fabrics_write import options
+
+        fields: dict[str, str | int] = {
+            "nqn": subnqn, "transport": "tcp", "traddr": self.s.address, "trsvcid": self.s.port,
+            "hostnqn": self.identity.hostnqn, "hostid": self.identity.hostid,
+            "ctrl_loss_tmo": self.s.ctrl_loss_tmo, "reconnect_delay": self.s.reconnect_delay}
+        if self.s.fast_io_fail_tmo >= 0:
+            fields["fast_io_fail_tmo"] = self.s.fast_io_fail_tmo
+        if self.s.dhchap_secret:
+            fields["dhchap_secret"] = self.s.dhchap_secret
+        if self.s.dhchap_ctrl_secret:
+            fields["dhchap_ctrl_secret"] = self.s.dhchap_ctrl_secret
+        argv = [sys.executable, "-m", "pifarm.initiator.fabrics_write"]
+        return self._run(argv, self.s.command_timeout, input=options(fields))  # type: ignore[call-arg]
 
     # ------------------------------------------------------------------ a round, and retries
     def attach_once(self) -> AttachResult:
