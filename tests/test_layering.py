@@ -15,12 +15,11 @@ import pifarm
 PKG = Path(pifarm.__file__).parent
 
 #: Small packages both roles read. They import only each other and `pifarm.errors`.
-LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "fleetwire", "s3", "client"}
+LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "s3", "client"}
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "listen": {"errors"},  # the one HOST:PORT parser
-    "fleetwire": {"errors"},  # node reports and their histograms (fleet, rollout gates)
     "durable": set(),
     "nvmewire": {"errors"},
     "signed": {"errors", "durable"},

@@ -24,7 +24,7 @@ from pifarm.errors import ConfigError, PifarmError
 from pifarm.initiator.chain import build_sources, close_all, default_specs
 from pifarm.initiator.http_source import tls_context
 from pifarm.initiator.metadata import AggregatorClient
-from pifarm.initiator.s3_source import S3Store, make_client
+from pifarm.initiator.s3_source import S3Documents
 from pifarm.initiator.settings import SourceContext
 from pifarm.initiator.watcher import Watcher
 from pifarm.listen import parse_listen
@@ -76,7 +76,7 @@ class NodeDaemon:
         s3 = None
         if c.s3.url:
             quick = dataclasses.replace(c.s3, connect_timeout=c.watcher.connect_timeout, read_timeout=10.0)
-            s3 = S3Store(quick, make_client(quick))
+            s3 = S3Documents(quick)
         self.watcher = Watcher(
             cache=self.cache, sources=self.sources, trusted=trusted, state_dir=state_dir, channel=c.node.channel,
             models=c.node.models, aggregator=aggregator, s3=s3, settings=c.watcher, metrics=self.metrics,

@@ -16,7 +16,7 @@ from pifarm.cache.source import Source
 from pifarm.cache.store import Cache, ProgressFn
 from pifarm.errors import IntegrityError, NotFound, PifarmError, SourceError, UsageError
 from pifarm.initiator.metadata import AggregatorClient
-from pifarm.initiator.s3_source import S3Store
+from pifarm.initiator.s3_source import S3Documents
 from pifarm.signed.manifest import Manifest, manifest_digest
 from pifarm.signed.signing import TrustedKeys
 from pifarm.signed.snapshot import Snapshot, VersionPointer, verify_manifest, verify_snapshot
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class Documents:
     """Signed documents from the aggregator first, S3 second."""
 
-    def __init__(self, aggregator: AggregatorClient | None = None, s3: S3Store | None = None):
+    def __init__(self, aggregator: AggregatorClient | None = None, s3: S3Documents | None = None):
         if aggregator is None and s3 is None:
             raise SourceError("no registry configured: pass --registry URL (http(s):// or s3://bucket/prefix)")
         self.aggregator, self.s3 = aggregator, s3

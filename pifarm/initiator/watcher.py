@@ -31,7 +31,7 @@ from pifarm.cache.store import Cache
 from pifarm.errors import IntegrityError, PifarmError, SourceError
 from pifarm.initiator.backoff import Backoff, TokenBucket
 from pifarm.initiator.metadata import AggregatorClient
-from pifarm.initiator.s3_source import S3Store
+from pifarm.initiator.s3_source import S3Documents
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.versions import Documents, install_version
 from pifarm.signed.signing import TrustedKeys
@@ -68,7 +68,7 @@ class Watcher:
         channel: str = "stable",
         models: Sequence[str] = (),
         aggregator: AggregatorClient | None = None,
-        s3: S3Store | None = None,
+        s3: S3Documents | None = None,
         settings: WatcherSettings = WatcherSettings(),
         metrics: NodeMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,

@@ -1,11 +1,8 @@
-"""The store contract shared by the filesystem and S3 stores, and the key layout they share.
+"""The store contract shared by the filesystem and S3 stores.
 
-    blobs/blake3/<hex>              content, immutable once written
-    models/<name>/<version>.json    signed manifest document
-    snapshot.json                   signed registry snapshot
-
-The layout is the same in both stores so a node can work from S3 (or a copy of the directory)
-alone while the aggregator is down. Every store failure surfaces as `StoreUnavailable`, which
+Both use the key layout of `pifarm.s3.layout` (blobs/blake3/<hex>, models/<name>/<version>.json,
+snapshot.json), so a node can work from S3 (or a copy of the directory) alone while the
+aggregator is down. Every store failure surfaces as `StoreUnavailable`, which
 turns the registry read-only until a reachability check passes again.
 """
 
@@ -16,25 +13,13 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from pifarm.errors import SourceError
-from pifarm.signed.integrity import BlobRef, digest_hex
-from pifarm.signed.manifest import check_name
 from pifarm.registry.settings import StoreSettings
-
-SNAPSHOT_KEY = "snapshot.json"
-BLOB_PREFIX = "blobs/blake3/"
-MODEL_PREFIX = "models/"
+from pifarm.s3.layout import BLOB_PREFIX, MODEL_PREFIX, SNAPSHOT_KEY, blob_key, manifest_key
+from pifarm.signed.integrity import BlobRef
 
 
 class StoreUnavailable(SourceError):
     """The store could not be reached or refused an operation (the registry goes read-only)."""
-
-
-def blob_key(digest: str) -> str:
-    return BLOB_PREFIX + digest_hex(digest)
-
-
-def manifest_key(name: str, version: int) -> str:
-    return f"{MODEL_PREFIX}{check_name(name)}/{int(version)}.json"
 
 
 class Store(Protocol):
@@ -87,3 +72,7 @@ def open_store(settings: StoreSettings, data_dir: str | os.PathLike) -> Store:
     url = settings.url
     root = Path(url[len("file://"):]) if url.startswith("file://") else Path(data_dir) / "store"
     return FsStore(root)
+
+
+__all__ = ["BLOB_PREFIX", "MODEL_PREFIX", "SNAPSHOT_KEY", "Store", "StoreUnavailable", "blob_key", "manifest_key",
+           "open_store"]

@@ -16,7 +16,7 @@ import pytest
 from pifarm.cache.nodestate import read_state
 from pifarm.cache.store import Cache
 from pifarm.errors import SourceError
-from pifarm.initiator.s3_source import S3Source, S3Store
+from pifarm.initiator.s3_source import S3Documents, S3Source
 from pifarm.initiator.settings import S3Settings
 from pifarm.signed.integrity import BlobRef, digest_bytes, digest_hex
 from tests.support.procs import pifarm, stop_process
@@ -65,7 +65,7 @@ def test_wrong_credentials_are_a_clear_source_error(seaweed, s3_bucket, monkeypa
     put_blob(seaweed, s3_bucket, "", b"x")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "WRONGKEY0000000000")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrongsecret")
-    store = S3Store(S3Settings(url=f"s3://{s3_bucket}", endpoint_url=seaweed.endpoint))
+    store = S3Documents(S3Settings(url=f"s3://{s3_bucket}", endpoint_url=seaweed.endpoint))
     with pytest.raises(SourceError, match="access denied"):
         store.snapshot()
 

@@ -10,9 +10,9 @@ from pifarm.errors import ReadOnlyError
 from pifarm.signed.integrity import StreamVerifier
 from pifarm.registry.service import Registry
 from pifarm.registry.settings import RegistrySettings
+from pifarm.s3.bucket import parse_url as parse_s3_url
 from pifarm.signed.signing import TrustedKeys
 from pifarm.signed.snapshot import verify_manifest, verify_snapshot
-from pifarm.registry.store_s3 import parse_s3_url
 from tests.registry.conftest import s3_settings
 
 pytestmark = pytest.mark.s3

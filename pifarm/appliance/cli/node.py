@@ -108,7 +108,7 @@ def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = Fal
     from pifarm.initiator.chain import build_sources, close_all, default_specs
     from pifarm.initiator.http_source import tls_context
     from pifarm.initiator.metadata import AggregatorClient
-    from pifarm.initiator.s3_source import S3Store
+    from pifarm.initiator.s3_source import S3Documents
     from pifarm.initiator.settings import SourceContext
     from pifarm.initiator.versions import Documents, install_version, pick
 
@@ -119,7 +119,7 @@ def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = Fal
     cache = open_cache(cfg)
     tls = tls_context(cfg.node.tls_ca, cfg.node.tls_cert, cfg.node.tls_key)
     docs = Documents(AggregatorClient(cfg.node.aggregator, tls=tls) if cfg.node.aggregator else None,
-                     S3Store(cfg.s3) if cfg.s3.url else None)
+                     S3Documents(cfg.s3) if cfg.s3.url else None)
     ctx = SourceContext(trusted=trusted, aggregator_url=cfg.node.aggregator, state_dir=Path(cfg.node.state_dir),
                         cache_root=Path(cfg.cache.root), s3=cfg.s3, metrics=cache.metrics, tls=tls)
     sources = build_sources(list(cfg.sources) or default_specs(cfg.node.aggregator, cfg.s3.url), ctx, strict=False)
