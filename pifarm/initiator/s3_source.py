@@ -1,8 +1,8 @@
-"""Blobs and signed documents straight from the registry's S3 mirror (boto3).
+"""Blobs and signed documents straight from the registry's S3 mirror (through `pifarm.s3`).
 
-Layout under `s3://bucket/prefix/`: `blobs/blake3/<hex>`, `models/<name>/<version>.json`,
-`snapshot.json`. Blobs come as ranged GETs of `part_size`, `concurrency` in flight, yielded in
-order so the cache can hash and write sequentially.
+Layout under `s3://bucket/prefix/`: `pifarm.s3.layout`. Blobs come as ranged GETs of
+`part_size`, `concurrency` in flight, yielded in order so the cache can hash and write
+sequentially.
 
 Resumable twice over: across processes, the cache keeps the written prefix and asks for the rest;
 within one process, every part's received bytes are held (bounded: the parts in the window) so a
@@ -11,7 +11,6 @@ pull interrupted by an outage re-requests only what never arrived.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import threading
@@ -20,97 +19,48 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 from pifarm.errors import NotFound, SourceError, SourceTimeout
+from pifarm.s3.bucket import Bucket, Missing, make_client
+from pifarm.s3.layout import SNAPSHOT_KEY, blob_key, manifest_key
 from pifarm.initiator.settings import S3Options, S3Settings, SourceContext, SourceSpec
-from pifarm.signed.integrity import CHUNK, BlobRef, digest_hex
-from pifarm.signed.manifest import check_name
+from pifarm.signed.integrity import CHUNK, BlobRef
 
 MAX_DOCUMENT = 64 * 2**20  # a snapshot of many models is large, but never this large
 
 
-def make_client(s: S3Settings):
-    import boto3
-    from botocore.config import Config
-
-    cfg = Config(
-        connect_timeout=s.connect_timeout,
-        read_timeout=s.read_timeout,
-        retries={"max_attempts": 2, "mode": "standard"},
-        max_pool_connections=s.concurrency + 4,
-        s3={"addressing_style": "path"},
-    )
-    return boto3.session.Session().client(
-        "s3", endpoint_url=s.endpoint_url or None, region_name=s.region or None, config=cfg
-    )
+def client_for(s: S3Settings) -> Any:
+    return make_client(endpoint_url=s.endpoint_url, region=s.region, connect_timeout=s.connect_timeout,
+                       read_timeout=s.read_timeout, max_pool_connections=s.concurrency + 4)
 
 
-@contextlib.contextmanager
-def s3_errors(what: str, source: str = "s3") -> Iterator[None]:
-    """Every botocore/urllib3 failure becomes a SourceError (or SourceTimeout) naming `what`."""
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError, NoCredentialsError,
-                                     ReadTimeoutError)
-
-    try:
-        yield
-    except ClientError as e:
-        code = e.response.get("Error", {}).get("Code", "?")
-        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
-            raise NotFoundAtSource(f"{what}: not in the bucket (404)", source) from e
-        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch") or status == 403:
-            raise SourceError(f"{what}: access denied ({code}); check the AWS_* credentials", source) from e
-        raise SourceError(f"{what}: S3 error {code}", source) from e
-    except (ConnectTimeoutError, ReadTimeoutError) as e:
-        raise SourceTimeout(f"{what}: timed out ({e})", source) from e
-    except NoCredentialsError as e:
-        raise SourceError(f"{what}: no S3 credentials; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY", source) from e
-    except BotoCoreError as e:
-        raise SourceError(f"{what}: {type(e).__name__}: {e}", source) from e
-    except OSError as e:  # urllib3 read errors surface as OSError subclasses mid-body
-        raise SourceError(f"{what}: connection failed: {e}", source) from e
-    except Exception as e:
-        if type(e).__module__.startswith("urllib3"):
-            raise SourceError(f"{what}: {type(e).__name__}: {e}", source) from e
-        raise
+def bucket_for(s: S3Settings, client: Any = None, name: str = "s3") -> Bucket:
+    if not s.url:
+        raise SourceError("S3 is not configured: set [s3] url = \"s3://bucket/prefix\" (PIFARM_S3_URL)", name)
+    return Bucket(client if client is not None else client_for(s), s.url, source=name)
 
 
-class NotFoundAtSource(SourceError):
-    """The source answered but does not hold the object."""
-
-
-class S3Store:
-    """Read-only view of the registry's S3 layout (documents; blobs via S3Source)."""
+class S3Documents:
+    """The registry's signed documents in its S3 mirror (blobs: S3Source)."""
 
     def __init__(self, settings: S3Settings, client: Any = None, name: str = "s3"):
-        if not settings.url:
-            raise SourceError("S3 is not configured: set [s3] url = \"s3://bucket/prefix\" (PIFARM_S3_URL)", name)
-        self.settings = settings
+        self.bucket = bucket_for(settings, client, name)
         self.name = name
-        self.bucket, self.prefix = settings.bucket, settings.prefix
-        self.client = client if client is not None else make_client(settings)
-
-    def blob_key(self, digest: str) -> str:
-        return f"{self.prefix}blobs/blake3/{digest_hex(digest)}"
 
     def get_json(self, key: str) -> Any:
-        what = f"s3://{self.bucket}/{key}"
-        with s3_errors(f"GET {what}", self.name):
-            r = self.client.get_object(Bucket=self.bucket, Key=key)
-            if int(r.get("ContentLength") or 0) > MAX_DOCUMENT:
-                raise SourceError(f"GET {what}: document larger than {MAX_DOCUMENT} bytes", self.name)
-            body = r["Body"].read(MAX_DOCUMENT + 1)
+        what = f"GET {self.bucket.location}{key}"
+        body = self.bucket.get(key, what, limit=MAX_DOCUMENT)
         try:
             return json.loads(body)
         except ValueError as e:
-            raise SourceError(f"GET {what}: not JSON ({e})", self.name) from e
+            raise SourceError(f"{what}: not JSON ({e})", self.name) from e
 
     def snapshot(self) -> Any:
-        return self.get_json(f"{self.prefix}snapshot.json")
+        return self.get_json(SNAPSHOT_KEY)
 
     def manifest(self, name: str, version: int) -> Any:
         try:
-            return self.get_json(f"{self.prefix}models/{check_name(name)}/{int(version)}.json")
-        except NotFoundAtSource as e:
-            raise NotFound(f"{name} v{version} has no manifest in s3://{self.bucket}/{self.prefix}") from e
+            return self.get_json(manifest_key(name, version))
+        except Missing as e:
+            raise NotFound(f"{name} v{version} has no manifest in {self.bucket.location}") from e
 
 
 @dataclasses.dataclass
@@ -131,7 +81,7 @@ class _Held:
 
 class S3Source:
     def __init__(self, settings: S3Settings, deadline: float = 300.0, client: Any = None, name: str = "s3"):
-        self.store = S3Store(settings, client, name)
+        self.bucket = bucket_for(settings, client, name)
         self.name = name
         self.settings = settings
         self.deadline = deadline
@@ -156,14 +106,14 @@ class S3Source:
                 h.cond.notify_all()
 
     def _fill_locked(self, ref: BlobRef, h: _Held) -> None:
-        key = self.store.blob_key(ref.digest)
-        what = f"GET s3://{self.store.bucket}/{key}"
+        key = blob_key(ref.digest)
+        what = f"GET {self.bucket.location}{key}"
         size = len(h.buf)
         while h.filled < size:
             a, end = h.base + h.filled, h.base + size - 1
             before = h.filled
-            with s3_errors(f"{what} bytes {a}-{end}", self.name):
-                body = self.store.client.get_object(Bucket=self.store.bucket, Key=key, Range=f"bytes={a}-{end}")["Body"]
+            with self.bucket.mapped(f"{what} bytes {a}-{end}"):
+                body = self.bucket.open(key, a, end + 1, f"{what} bytes {a}-{end}")
                 try:
                     for chunk in body.iter_chunks(CHUNK):
                         pos, n = h.filled, len(chunk)
