@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pifarm.errors import ConfigError
 from pifarm.listen import parse_listen
+from pifarm.s3.bucket import parse_url
 
 if TYPE_CHECKING:  # only an annotation: loading a config must not import cryptography
     from pifarm.signed.signing import TrustedKeys
@@ -36,13 +37,11 @@ class S3Settings:
 
     @property
     def bucket(self) -> str:
-        return self.url[5:].split("/", 1)[0]
+        return parse_url(self.url)[0]
 
     @property
     def prefix(self) -> str:
-        rest = self.url[5:].split("/", 1)
-        p = rest[1].strip("/") if len(rest) > 1 else ""
-        return p + "/" if p else ""
+        return parse_url(self.url)[1]
 
 
 @dataclass(frozen=True)
