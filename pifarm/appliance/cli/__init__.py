@@ -10,7 +10,6 @@ Every PifarmError becomes one line on stderr and its exit code (1, or 2 for usag
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -25,6 +24,8 @@ from pifarm.errors import PifarmError
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """pifarm: signed model registry, NVMe/TCP volumes and a verified model cache for Pi farms."""
+    import logging
+
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

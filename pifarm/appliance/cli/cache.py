@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from pifarm.appliance.cli._node import cache_option, config_option, human, node_config, open_cache
+from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import IntegrityError
 
 @click.group("cache")
@@ -35,7 +35,7 @@ def cache_ls(cache_dir, config, as_json):
     total = {"blobs": len(blobs), "bytes": sum(b.size for b in blobs), "max_bytes": cache.max_bytes,
              "pinned_bytes": sum(b.size for b in blobs if b.digest in cache.pinned())}
     if as_json:
-        click.echo(json.dumps({"root": str(cache.root), "models": rows, **total}, indent=1))
+        echo_json({"root": str(cache.root), "models": rows, **total}, indent=1)
         return
     from rich.console import Console
     from rich.table import Table

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import PifarmError
 
 
@@ -19,7 +18,7 @@ def doctor(role, config_path, as_json) -> None:
 
     results = checks.run(checks.Env.system(role=role, config=config_path))
     if as_json:
-        click.echo(json.dumps([r.to_json() for r in results], indent=2))
+        echo_json([r.to_json() for r in results], indent=2)
     else:
         checks.render(results, echo=click.echo)
     failed = [r.check for r in results if r.status == "fail"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import random
 import re
 import time
 from pathlib import Path
@@ -11,6 +9,7 @@ from pathlib import Path
 import click
 
 from pifarm.appliance.cli._node import cache_option, config_option, human, node_config, open_cache, trust_option
+from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import NotFound, SourceError, UsageError
 
 SPEC_RE = re.compile(r"^(?P<name>[^:@]+)(?::(?P<channel>stable|canary)|@(?P<version>[0-9]+))?$")
@@ -73,7 +72,7 @@ def identity(root: str, no_create: bool, as_json: bool) -> None:
     else:
         ident = ensure_identity(root)
     if as_json:
-        click.echo(json.dumps(ident.to_json(), sort_keys=True))
+        echo_json(ident.to_json(), sort_keys=True)
         return
     click.echo(f"hostnqn: {ident.hostnqn}")
     click.echo(f"hostid:  {ident.hostid}")
@@ -99,6 +98,8 @@ def pull(spec, registry, cache_dir, config, trust, endpoint_url, retry_for, quie
 
 def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = False, echo=click.echo):
     """`pifarm pull`: returns the `Installed` record."""
+    import random
+
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
@@ -180,7 +181,7 @@ def status(state_dir, config, as_json):
         raise NotFound(f"no node state at {Path(cfg.node.state_dir) / STATE_NAME}; is `pifarm node run` running "
                        f"with this --state-dir?")
     if as_json:
-        click.echo(json.dumps(st.to_json(), indent=1, sort_keys=True))
+        echo_json(st.to_json(), indent=1, sort_keys=True)
         return
     mode = f"DEGRADED since {st.degraded_since}: {st.degraded_reason}" if st.degraded else "ok"
     click.echo(f"node: {mode}; channel {st.channel}; snapshot revision {st.revision}; updated {st.updated}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import uuid
 
 import click
 
@@ -14,6 +13,8 @@ DEFAULT_PORT = 4420
 
 def _params(address: str, hostnqn: str, subnqn: str | None, hostid: str | None, digest: tuple[bool, bool],
             timeout: float, dhchap_secret: str | None = None, **extra):
+    import uuid
+
     from pifarm.initiator.nvme_tcp import ConnectParams, parse_address
     from pifarm.nvmewire import DISCOVERY_NQN
 

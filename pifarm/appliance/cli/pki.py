@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
+from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import PifarmError, UsageError
 
 
@@ -41,7 +41,7 @@ def pki_status(data_dir, as_json) -> None:
 
     st = AggregatorPki(Path(data_dir)).status()
     if as_json:
-        click.echo(json.dumps(st, indent=2))
+        echo_json(st, indent=2)
         return
     if not st["initialised"]:
         raise PifarmError(f"no PKI in {st['dir']}; run `pifarm pki init` or `pifarm setup aggregator`")

@@ -5,13 +5,13 @@
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import click
 
+from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import Conflict, PifarmError, UsageError
 
 REGISTRY_ENV = "PIFARM_REGISTRY"
@@ -142,7 +142,7 @@ def publish(path, name, channel, labels, fmt, as_json, url, token, data_dir, con
     with _open(url, token, data_dir, config) as reg, _progress_bar(not as_json) as progress:
         out = reg.publish(path, name, channel, labels_d, format=fmt, progress=progress)
     if as_json:
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        echo_json(out, indent=2, sort_keys=True)
     else:
         ch = f", {channel}" if channel else ""
         click.echo(f"published {out['name']} version {out['version']}{ch} ({out['manifest_digest']}) "
@@ -156,7 +156,7 @@ def models(as_json, url, token, data_dir, config) -> None:
     with _open(url, token, data_dir, config, readonly=True) as reg:
         models = reg.models()
     if as_json:
-        click.echo(json.dumps(models, indent=2, sort_keys=True))
+        echo_json(models, indent=2, sort_keys=True)
         return
     from rich.console import Console
     from rich.table import Table
@@ -177,7 +177,7 @@ def show(name, version, url, token, data_dir, config) -> None:
     """Show a model (or one version's signed manifest) as JSON."""
     with _open(url, token, data_dir, config, readonly=True) as reg:
         out = reg.manifest_document(name, version) if version is not None else reg.model(name)
-    click.echo(json.dumps(out, indent=2, sort_keys=True))
+    echo_json(out, indent=2, sort_keys=True)
 
 @click.command("promote")
 @click.argument("name")

@@ -8,12 +8,12 @@ in-memory one).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import UsageError
 
 NVME_PORT = 4420
@@ -116,7 +116,7 @@ def status_cmd(as_json, config, data_dir) -> None:
     def go(ctx):
         st = ctx.target.status()
         if as_json:
-            click.echo(json.dumps(st, indent=2))
+            echo_json(st, indent=2)
             return
         _print_status(st)
     _with_ctx(go)(config, data_dir)
@@ -285,7 +285,7 @@ def _inspect(file: str, keys, no_verify: bool, as_json: bool) -> None:
             "entries": [{"path": p, "digest": d, "offset": o, "size": s} for p, d, o, s in r.entries],
         }
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        echo_json(info, indent=2)
         return
     from rich.console import Console
     from rich.table import Table
