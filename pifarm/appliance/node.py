@@ -147,9 +147,9 @@ def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event
 
 def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     """Blocking `pifarm node run`; returns the exit code."""
-    import faulthandler
+    from pifarm.appliance import threaddump
 
-    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1` dumps every thread's stack
+    threaddump.install()  # `kill -USR1` dumps every thread's stack (from a normal thread: issue 19)
     daemon = NodeDaemon(cfg)
     daemon.start()
     log.warning("node: cache %s, state %s, channel %s, sources %s", cfg.cache.root, cfg.node.state_dir,
