@@ -11,7 +11,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import threading
-import time
 
 import httpx
 
@@ -26,6 +25,7 @@ from pifarm.inference.runtime import build_interpreter, resolve
 from tests.inference.helpers import make_cache
 from tests.support.models import model_path, require_models
 from tests.support.procs import free_port, start_pifarm
+from tests.support.wait import wait_for
 
 MODELS = {"face-landmark": "face_landmark", "selfie": "selfie_segmentation", "hands": "hand_landmark_full"}
 TOKEN = "s3cret-token"
@@ -59,14 +59,6 @@ def node(tmp_path_factory):
         http.close()
         grpc.close()
         proc.stop()
-
-
-def wait_until(predicate, what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def direct(model: bytes, x: np.ndarray) -> list[np.ndarray]:
@@ -217,10 +209,11 @@ def test_unload_while_serving_lets_in_flight_requests_finish(node):
 
     with concurrent.futures.ThreadPoolExecutor(3) as ex:
         futs = [ex.submit(hammer) for _ in range(3)]
-        wait_until(lambda: results.count("ok") >= 5 or any(f.done() for f in futs), "requests flowing")
+        wait_for(lambda: results.count("ok") >= 5 or any(f.done() for f in futs), "requests flowing", 60, interval=0.01)
         http.unload_model(served, headers=AUTH)
         seen = len(results)
-        wait_until(lambda: len(results) >= seen + 3 or any(f.done() for f in futs), "requests after the unload")
+        wait_for(lambda: len(results) >= seen + 3 or any(f.done() for f in futs), "requests after the unload", 60,
+                 interval=0.01)
         stop.set()
         for f in futs:
             f.result(timeout=60)

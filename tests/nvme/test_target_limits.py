@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-import time
 import uuid
 
 from pifarm import nvmewire as w
@@ -14,6 +13,7 @@ from pifarm.nvmewire import status as st
 from pifarm.target.userspace import ThreadedTarget
 from tests.nvme.conftest import OTHER_HOST, target_config
 from tests.nvme.test_target_behaviour import RawHost
+from tests.support.wait import wait_for
 
 
 def discovery_host(port: int) -> RawHost:
@@ -23,13 +23,6 @@ def discovery_host(port: int) -> RawHost:
     assert h.command(sqe, data)[0].status == 0
     h.command(w.property_set(w.Prop.CC, 0x460001))
     return h
-
-
-def wait_until(cond, what: str, bound: float = 60.0) -> None:
-    end = time.monotonic() + bound
-    while not cond():
-        assert time.monotonic() < end, f"never happened: {what}"
-        time.sleep(0.05)
 
 
 def test_reply_is_never_larger_than_mdts(volume):
@@ -67,7 +60,7 @@ def test_connections_beyond_the_cap_are_closed(volume):
             pass  # closed with RST: equally refused
         assert t.target.controllers.limits.counts["connections"] == 1
         first.sock.close()
-        wait_until(lambda: len(t.target._conns) < 2, "the first queue to close")
+        wait_for(lambda: len(t.target._conns) < 2, "the first queue to close", 60)
         RawHost(t.port)  # a freed slot is usable again
         second.sock.close()
 
@@ -93,7 +86,7 @@ def test_a_host_that_never_reads_cannot_pile_up_replies(volume):
             s.sendall(burst)
         except (socket.timeout, ConnectionError):
             pass  # the target stopped reading us: that is the point
-        wait_until(lambda: t.target.controllers.limits.counts["send_timeout"] >= 1, "the silent reader dropped")
+        wait_for(lambda: t.target.controllers.limits.counts["send_timeout"] >= 1, "the silent reader dropped", 60)
         # bounded: the high-water mark plus one reply (discovery Identify is answered, not refused)
         assert t.target.peak_queued <= cfg.max_queued + cfg.max_transfer + 4096
         s.close()
