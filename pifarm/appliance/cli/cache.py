@@ -10,9 +10,11 @@ from pifarm.appliance.cli._node import cache_option, config_option, human, node_
 from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import IntegrityError
 
+
 @click.group("cache")
 def cache() -> None:
     """Inspect and maintain the node's model cache."""
+
 
 @cache.command("ls")
 @cache_option
@@ -50,6 +52,7 @@ def cache_ls(cache_dir, config, as_json):
     budget = human(cache.max_bytes) if cache.max_bytes else "unlimited"
     click.echo(f"{total['blobs']} blobs, {human(total['bytes'])} ({human(total['pinned_bytes'])} pinned), budget {budget}")
 
+
 @cache.command("verify")
 @cache_option
 @config_option
@@ -66,6 +69,7 @@ def cache_verify(cache_dir, config):
                              f"{len(broken)} ref(s) dropped; run `pifarm pull` or `pifarm node run` to re-fetch")
     click.echo(f"cache {cache.root}: {rep.checked} blobs, {human(rep.bytes)}, all verified")
 
+
 @cache.command("gc")
 @cache_option
 @config_option
@@ -75,6 +79,7 @@ def cache_gc(cache_dir, config):
     rep = open_cache(cfg).gc()
     click.echo(f"removed {rep.removed_blobs} blobs ({human(rep.freed_bytes)}), {rep.removed_manifests} manifests, "
                f"{rep.removed_tmp} temp files")
+
 
 @cache.command("rollback")
 @click.argument("name")

@@ -26,10 +26,10 @@ def parse_pull_spec(spec: str) -> tuple[str, str | None, int | None]:
     return m.group("name"), m.group("channel"), int(m.group("version")) if m.group("version") else None
 
 
-
 @click.group("node")
 def node() -> None:
     """The Pi node: its daemon and its NVMe host identity."""
+
 
 @node.command("run")
 @click.option("--aggregator", default=None, help="http(s)://aggregator:port ([node] aggregator).")

@@ -116,6 +116,7 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 def aggregator() -> None:
     """The aggregator daemon."""
 
+
 @aggregator.command("run")
 @click.option("--config", type=click.Path(dir_okay=False), default=None, help="aggregator.toml")
 @click.option("--data-dir", default=None, help="Data dir (keys, database, filesystem store).")
@@ -126,6 +127,7 @@ def run_cmd(config, data_dir, listen) -> None:
 
     if run(config, data_dir, listen):
         raise PifarmError("aggregator stopped before it served (see the log above)")
+
 
 @click.command("publish")
 @click.argument("path", type=click.Path())
@@ -148,6 +150,7 @@ def publish(path, name, channel, labels, fmt, as_json, url, token, data_dir, con
         click.echo(f"published {out['name']} version {out['version']}{ch} ({out['manifest_digest']}) "
                    f"revision {out['revision']}")
 
+
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True)
 @_registry_options
@@ -169,6 +172,7 @@ def models(as_json, url, token, data_dir, config) -> None:
                   ", ".join(str(v["version"]) for v in vs), str(vs[-1]["size"]) if vs else "-")
     Console().print(t)
 
+
 @click.command("show")
 @click.argument("name")
 @click.argument("version", type=int, required=False)
@@ -178,6 +182,7 @@ def show(name, version, url, token, data_dir, config) -> None:
     with _open(url, token, data_dir, config, readonly=True) as reg:
         out = reg.manifest_document(name, version) if version is not None else reg.model(name)
     echo_json(out, indent=2, sort_keys=True)
+
 
 @click.command("promote")
 @click.argument("name")
@@ -190,6 +195,7 @@ def promote(name, version, channel, url, token, data_dir, config) -> None:
         out = reg.promote(name, version, channel)
     click.echo(f"{name} {channel} -> version {version} (revision {out['revision']})")
 
+
 @click.command("rollback")
 @click.argument("name")
 @click.option("--channel", type=click.Choice(["canary", "stable"]), required=True)
@@ -199,6 +205,7 @@ def rollback(name, channel, url, token, data_dir, config) -> None:
     with _open(url, token, data_dir, config) as reg:
         out = reg.rollback(name, channel)
     click.echo(f"{name} {channel} rolled back to version {out['version']} (revision {out['revision']})")
+
 
 @click.command("retire")
 @click.argument("name")
@@ -210,9 +217,11 @@ def retire(name, version, url, token, data_dir, config) -> None:
         out = reg.retire(name, version)
     click.echo(f"{name} version {version} retired (revision {out['revision']})")
 
+
 @click.group("keys")
 def keys() -> None:
     """Signing keys."""
+
 
 @keys.command("generate")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),

@@ -90,6 +90,7 @@ def _print_plan(ops, empty: str = "nothing to do: configfs matches the desired s
 def target() -> None:
     """The kernel NVMe/TCP target (nvmet through configfs): one namespace per served version."""
 
+
 @target.command("plan")
 @_options
 def plan_cmd(config, data_dir) -> None:
@@ -97,6 +98,7 @@ def plan_cmd(config, data_dir) -> None:
     def go(ctx):
         _print_plan(ctx.target.plan(ctx.planned_exports()))
     _with_ctx(go)(config, data_dir)
+
 
 @target.command("apply")
 @_options
@@ -107,6 +109,7 @@ def apply_cmd(config, data_dir) -> None:
         if not ops:
             click.echo("nothing to do: configfs matches the desired state")
     _with_ctx(go)(config, data_dir)
+
 
 @target.command("status")
 @click.option("--json", "as_json", is_flag=True)
@@ -120,6 +123,7 @@ def status_cmd(as_json, config, data_dir) -> None:
             return
         _print_status(st)
     _with_ctx(go)(config, data_dir)
+
 
 @target.command("allow-host")
 @click.argument("nqn")
@@ -145,6 +149,7 @@ def allow_host_cmd(nqn, dhchap, bidirectional, hmac, dhgroup, key, do_apply, con
             ctx.target.apply(ctx.built_exports(), log_step=click.echo)
     _with_ctx(go)(config, data_dir)
 
+
 @target.command("deny-host")
 @click.argument("nqn")
 @click.option("--apply/--no-apply", "do_apply", default=True, show_default=True)
@@ -158,6 +163,7 @@ def deny_host_cmd(nqn, do_apply, config, data_dir) -> None:
             ctx.target.apply(ctx.built_exports(), log_step=click.echo)
     _with_ctx(go)(config, data_dir)
 
+
 @target.command("save")
 @click.argument("file", type=click.Path(dir_okay=False))
 @_options
@@ -169,6 +175,7 @@ def save_cmd(file, config, data_dir) -> None:
         p = save_file(file, dump(ctx.target.root))
         click.echo(f"saved {p}")
     _with_ctx(go)(config, data_dir)
+
 
 @target.command("restore")
 @click.argument("file", type=click.Path(dir_okay=False))
@@ -184,6 +191,7 @@ def restore_cmd(file, dry_run, config, data_dir) -> None:
             _print_plan(ops)
     _with_ctx(go)(config, data_dir)
 
+
 @target.command("clear")
 @click.option("--dry-run", is_flag=True, help="Only print the steps.")
 @_options
@@ -197,6 +205,7 @@ def clear_cmd(dry_run, config, data_dir) -> None:
         if not ops:
             click.echo("nothing to do: the tree is empty")
     _with_ctx(go)(config, data_dir)
+
 
 @target.command("serve-userspace")
 @click.option("--data-dir", type=click.Path(path_type=Path), required=True,
@@ -236,6 +245,7 @@ def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts
 def volume() -> None:
     """Model volumes: the immutable per-version files exported as NVMe namespaces."""
 
+
 @volume.command("build")
 @click.argument("name")
 @click.argument("version", type=int)
@@ -248,6 +258,7 @@ def build_cmd(name, version, config, data_dir) -> None:
         e = VolumeBuilder(ctx.registry, ctx.target.volume_dir).build(name, version)
         click.echo(f"{e.path} ({Path(e.path).stat().st_size} bytes, manifest {e.manifest_digest})")
     _with_ctx(go)(config, data_dir)
+
 
 @volume.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False))
