@@ -20,6 +20,7 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 
 from pifarm.appliance import aggregator_enroll, aggregator_target
+from pifarm.appliance import aggregator_fleet
 from pifarm.appliance.config import AggregatorConfig, load_aggregator_config
 from pifarm.errors import PifarmError
 from pifarm.listen import parse_listen
@@ -134,9 +135,10 @@ def run(config=None, data_dir=None, listen=None) -> int:
         app = create_app(registry, api, token=token, health_providers=ctx.health_providers,
                          metrics_registry=ctx.metrics_registry)
         _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll_api)")
+        aggregator_fleet.mount(app, ctx, token)
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
-            access_log=False, **uvicorn_ssl_kwargs(api)))
+            access_log=False, **uvicorn_ssl_kwargs(api), **aggregator_fleet.uvicorn_kwargs(api)))
         try:
             for hook in ctx.on_start:
                 hook()

@@ -27,6 +27,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from pifarm.durable import atomic_write
 from pifarm.errors import Forbidden, PifarmError, TooLarge, Unauthorized, UsageError
 from pifarm.fleetwire.report import MAX_BYTES, parse_report
@@ -160,22 +162,22 @@ class ReportPath:
         await send({"type": "http.response.body", "body": body})
 
 
+class StartBody(BaseModel):
+    version: int
+    waves: str = Field("1,25%,100%", max_length=200)
+    bake: float = Field(300.0, ge=0)
+    max_error_rate: float = Field(0.01, ge=0)
+    max_latency_ratio: float = Field(1.5, ge=1)
+    min_requests: int = Field(100, ge=0)
+    max_missing: int | None = Field(None, ge=0)
+    activate_timeout: float = Field(600.0, ge=0)
+
+
 def fleet_router(service: FleetService):
     from fastapi import APIRouter, Header, Request
-    from pydantic import BaseModel, Field
     from starlette.concurrency import run_in_threadpool
 
     router = APIRouter(tags=["fleet"])
-
-    class StartBody(BaseModel):
-        version: int
-        waves: str = Field("1,25%,100%", max_length=200)
-        bake: float = Field(300.0, ge=0)
-        max_error_rate: float = Field(0.01, ge=0)
-        max_latency_ratio: float = Field(1.5, ge=1)
-        min_requests: int = Field(100, ge=0)
-        max_missing: int | None = Field(None, ge=0)
-        activate_timeout: float = Field(600.0, ge=0)
 
     @router.post(REPORT_PATH, summary="A node's report (answered by ReportPath; declared here for the schema)")
     async def report(request: Request, authorization: str | None = Header(None)) -> dict:

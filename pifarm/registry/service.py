@@ -35,7 +35,8 @@ from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_file
 from pifarm.signed.manifest import FileEntry, Manifest, TensorSpec, check_name
 from pifarm.registry.settings import RegistrySettings, StoreSettings
 from pifarm.signed.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
-from pifarm.signed.snapshot import CHANNELS, ModelEntry, Snapshot, VersionPointer, iso, parse_iso, utcnow
+from pifarm.signed.snapshot import (CHANNELS, ModelEntry, RolloutPointer, Snapshot, VersionPointer, iso,
+                                    parse_iso, utcnow)
 from pifarm.registry.store import SNAPSHOT_KEY, MODEL_PREFIX, Store, StoreUnavailable, manifest_key, open_store
 from pifarm.registry.tflite_info import read_signature
 
@@ -220,8 +221,35 @@ class Registry:
             ch = {c: VersionPointer(v, versions[v]) for c, v in channels.get(name, {}).items() if v in versions}
             entries[name] = ModelEntry(ch, tuple(VersionPointer(v, d) for v, d in sorted(versions.items())))
         expires = iso(utcnow() + timedelta(seconds=self.settings.snapshot_lifetime))
-        snap = Snapshot(revision, expires, entries)
+        rollouts = {n: r for n, r in self._rollouts().items()
+                    if n in entries and any(v.version == r.version for v in entries[n].versions)}
+        snap = Snapshot(revision, expires, entries, rollouts)
         return canonical_bytes(self.key.sign(snap.to_json()))
+
+    def _rollouts(self) -> dict[str, RolloutPointer]:
+        raw = self.db.get_meta("rollouts")
+        return {n: RolloutPointer.from_json(r) for n, r in json.loads(raw).items()} if raw else {}
+
+    def set_rollouts(self, rollouts: Mapping[str, RolloutPointer], promote: tuple[str, int] | None = None) -> int:
+        """Make the snapshot carry exactly `rollouts` (pifarm.registry.rollout decides them) and,
+        with `promote`, point stable at a version in the same revision; unchanged -> no revision."""
+        data = json.dumps({n: r.to_json() for n, r in sorted(rollouts.items())}, sort_keys=True)
+        with self._write:
+            same = self.db.get_meta("rollouts", "{}") == data
+            if same and (promote is None or self.db.channels(promote[0]).get("stable") == promote[1]):
+                return self.revision
+            self._require_writable()
+
+            def change(conn) -> None:
+                Database.set_meta(conn, "rollouts", data)
+                if promote is not None:
+                    self._row(*promote)
+                    Database.set_channel(conn, promote[0], "stable", int(promote[1]))
+
+            with self.db.transaction() as conn:
+                rev = self._commit_change(conn, change)
+        self._after_commit(rev)
+        return rev
 
     def _commit_change(self, conn, change: Callable[[Any], None] | None = None) -> int:
         """Inside a transaction: apply `change`, bump the revision, sign and store the snapshot."""

@@ -15,7 +15,7 @@ import sys
 import click
 
 from pifarm import __version__
-from pifarm.appliance.cli import cache, demo, doctor, node, nvme, pki, registry, serve, setup, target
+from pifarm.appliance.cli import cache, demo, doctor, fleet, node, nvme, pki, registry, serve, setup, target
 from pifarm.errors import PifarmError
 
 
@@ -35,6 +35,8 @@ COMMANDS: tuple[click.Command, ...] = (
     # the aggregator: daemon, registry operations, keys
     registry.aggregator, registry.publish, registry.models, registry.show, registry.promote, registry.rollback,
     registry.retire, registry.keys,
+    # the fleet: node reports, rollouts
+    fleet.fleet, fleet.rollout,
     # the kernel NVMe/TCP target and model volumes; the userspace NVMe/TCP host
     target.target, target.volume, nvme.nvme,
     # the node: daemon, pulls, status, cache; the inference server alone

@@ -1,0 +1,28 @@
+"""The aggregator's fleet part: node reports, fleet state, rollouts (pifarm.registry.fleet_api).
+
+Unlike the `PARTS`, it needs the built app: `mount(app, ctx, token)` adds the report fast path,
+the fleet and rollout routes, the Prometheus collector and the rollout engine's start/stop hooks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pifarm.registry.fleet_api import FleetCollector, FleetService, ReportPath, fleet_router, peer_cert_protocol
+
+
+def mount(app, ctx, token: str | None) -> FleetService:
+    service = FleetService(ctx.registry, ctx.data_dir, token)
+    app.add_middleware(ReportPath, service=service)
+    app.include_router(fleet_router(service))
+    ctx.metrics_registry.register(FleetCollector(service))
+    ctx.on_start.append(service.start)
+    ctx.on_stop.append(service.stop)
+    app.state.fleet = service
+    return service
+
+
+def uvicorn_kwargs(api) -> dict[str, Any]:
+    """With client certificates required, the HTTP protocol hands each connection's certificate
+    to the report route (it names the node)."""
+    return {"http": peer_cert_protocol()} if api.tls_client_ca else {}

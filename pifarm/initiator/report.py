@@ -1,0 +1,267 @@
+"""The node's reports to its aggregator (`POST /v1/fleet/report`).
+
+Every `[node] report_interval` seconds, and at once when the node's state changes (the watcher
+pokes after each state write: a version activated, degraded entered or left; after a poke the
+inference server is watched closely for `SETTLE` seconds, so a version that fails to load is
+reported within a second). A report is built from what the node already keeps: `node.json`
+(watcher), the cache refs and size, the inference server's /health, its statistics and its
+per-version latency histogram (read over loopback, so `pifarm serve` may run as its own
+service), the Pi firmware's throttling bits and the SoC temperature.
+
+Nothing is queued: a report that cannot be delivered is dropped and the next one is built from
+the state of that moment (the latest state wins).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from pifarm import __version__
+from pifarm.cache.nodestate import read_state
+from pifarm.cache.store import Cache
+from pifarm.fleetwire.report import MAX_VERSIONS, ModelReport, Report, VersionStats, clip
+
+log = logging.getLogger(__name__)
+
+SETTLE = 30.0      # seconds of close watching after a state change
+SETTLE_TICK = 0.5
+THROTTLED_PATH = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
+THERMAL_PATH = Path("/sys/class/thermal/thermal_zone0")
+# get_throttled bits: now (0-3) and since boot (16-19)
+THROTTLE_BITS = {0: "undervoltage", 1: "frequency-capped", 2: "throttled", 3: "soft-temperature-limit"}
+_HIST = "pifarm_inference_version_request_seconds_bucket{"
+_LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def throttling(path: Path = THROTTLED_PATH) -> dict[str, Any]:
+    """The firmware's throttling bits on a Pi; status unknown with the reason elsewhere."""
+    raw = None
+    try:
+        raw = path.read_text().strip()
+    except OSError:
+        exe = shutil.which("vcgencmd")
+        if exe:
+            try:
+                out = subprocess.run([exe, "get_throttled"], capture_output=True, text=True, timeout=2).stdout
+                raw = out.strip().partition("=")[2] or None
+            except (OSError, subprocess.SubprocessError):
+                raw = None
+    if raw is None:
+        return {"status": "unknown", "bits": None, "flags": [],
+                "reason": "not a Raspberry Pi (no firmware get_throttled, no vcgencmd)"}
+    try:
+        bits = int(raw, 16)
+    except ValueError:
+        return {"status": "unknown", "bits": None, "flags": [], "reason": clip(f"unreadable get_throttled {raw!r}")}
+    flags = [n for b, n in THROTTLE_BITS.items() if bits >> b & 1]
+    flags += [f"{n}-since-boot" for b, n in THROTTLE_BITS.items() if bits >> (b + 16) & 1]
+    return {"status": "throttled" if bits & 0xF else "ok", "bits": bits, "flags": flags, "reason": None}
+
+
+def temperature(zone: Path = THERMAL_PATH) -> dict[str, Any]:
+    try:
+        milli = int((zone / "temp").read_text().strip())
+        kind = (zone / "type").read_text().strip() if (zone / "type").exists() else "?"
+    except (OSError, ValueError) as e:
+        return {"celsius": None, "zone": None, "reason": clip(f"no SoC thermal zone ({e.__class__.__name__})")}
+    return {"celsius": round(milli / 1000.0, 1), "zone": kind[:64], "reason": None}
+
+
+def histograms(metrics_text: str) -> dict[tuple[str, str], list[tuple[float, int]]]:
+    """(model, version) -> cumulative [(le, count)] from the inference server's /metrics."""
+    out: dict[tuple[str, str], list[tuple[float, int]]] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith(_HIST):
+            continue
+        labels_part, _, value = line[len(_HIST):].rpartition("} ")
+        labels = dict(_LABEL_RE.findall(labels_part))
+        le = labels.get("le")
+        if le is None or le == "+Inf":
+            continue
+        try:
+            out.setdefault((labels.get("model", ""), labels.get("version", "")), []).append(
+                (float(le), int(float(value))))
+        except ValueError:
+            continue
+    return out
+
+
+def _failed_version(text: str | None) -> int | None:
+    """The version a load/verify failure concerns: "version 4 (…) refused: …" (inference server)
+    or "v4: …" (watcher)."""
+    m = re.match(r"^(?:version |v)(\d+)\b", text or "")
+    return int(m.group(1)) if m else None
+
+
+class Reporter:
+    def __init__(self, *, aggregator: str, node_id: str, token: str = "", interval: float = 10.0,
+                 state_dir: Path, cache: Cache | None, inference_url: str = "", address: str = "",
+                 tls: Any = None, hostname: str | None = None, clock: Callable[[], float] = time.monotonic):
+        self.url = aggregator.rstrip("/") + "/v1/fleet/report"
+        self.node_id, self.token, self.interval = node_id, token, interval
+        self.state_dir, self.cache = Path(state_dir), cache
+        self.inference_url = inference_url.rstrip("/")
+        self.address = address
+        self.hostname = hostname or socket.gethostname()
+        self.clock = clock
+        self._wake = threading.Event()
+        self._http = httpx.Client(timeout=5.0, verify=tls if tls is not None else True)
+        self._local = httpx.Client(timeout=2.0)
+        self._seq = 0
+        self._last_fp: str | None = None
+        self._failures = 0
+        self.sent = 0
+
+    def poke(self) -> None:
+        """Something changed: report now if the state differs from the last report delivered."""
+        self._wake.set()
+
+    def close(self) -> None:
+        self._http.close()
+        self._local.close()
+
+    # -- building ---------------------------------------------------------------------------
+    def _inference(self) -> tuple[dict | None, dict, str, str | None]:
+        """(/health body, /v2/models/stats body, /metrics text, why unreachable)."""
+        if not self.inference_url:
+            return None, {}, "", "no inference server configured"
+        try:
+            h = self._local.get(self.inference_url + "/health")
+            health = h.json()
+            stats = self._local.get(self.inference_url + "/v2/models/stats")
+            metrics = self._local.get(self.inference_url + "/metrics")
+            return health, (stats.json() if stats.status_code == 200 else {}), metrics.text, None
+        except (httpx.HTTPError, ValueError) as e:
+            return None, {}, "", f"inference server {self.inference_url} not answering: {e.__class__.__name__}"
+
+    def build(self) -> Report:
+        st = read_state(self.state_dir)
+        health, stats, metrics_text, down = self._inference()
+        hists = histograms(metrics_text)
+        counts: dict[tuple[str, str], tuple[int, int, float]] = {}
+        for e in stats.get("model_stats", []):
+            s = e.get("inference_stats", {})
+            counts[(e.get("name", ""), str(e.get("version", "")))] = (
+                s.get("success", {}).get("count", 0), s.get("fail", {}).get("count", 0),
+                s.get("success", {}).get("ns", 0) / 1e9)
+        hmodels = (health or {}).get("models", {})
+        names = sorted(set(hmodels) | set(st.models if st else {}) |
+                       (set(self.cache.layout.models()) if self.cache else set()))
+        models = {}
+        for name in names:
+            w = (st.models.get(name) if st else None) or {}
+            h = hmodels.get(name) or {}
+            ref = lambda kind: self.cache.layout.read_ref(name, kind) if self.cache else None  # noqa: E731
+            try:
+                active, previous, pre = ref("active"), ref("previous"), ref("prefetched")
+            except Exception:  # a damaged ref is the cache's to report; the report goes on
+                active = previous = pre = None
+            error = h.get("error") or w.get("error")
+            versions = sorted({v for (m, v) in set(counts) | set(hists) if m == name and v.isdigit()},
+                              key=int)[-MAX_VERSIONS:]
+            vstats = {}
+            for v in versions:
+                req, err, total = counts.get((name, v), (0, 0, 0.0))
+                buckets = tuple(hists.get((name, v), ()))[:32]
+                req = max(req, buckets[-1][1] if buckets else 0)
+                vstats[v] = VersionStats(req, err, round(total, 6), buckets)
+            models[name] = ModelReport(
+                active=active.version if active else w.get("version"), previous=previous.version if previous else w.get("previous"),
+                prefetched=pre.version if pre and (not active or pre.version != active.version) else h.get("prefetched"),
+                source=clip(w.get("source"), 128), ready=bool(h.get("ready")), serving=h.get("version"),
+                error=clip(error), failed=_failed_version(error), stats=vstats)
+        if st and st.degraded:
+            state, reason = "degraded", st.degraded_reason or "registry and storage unreachable"
+        elif health is not None and health.get("ready"):
+            state, reason = "ready", None
+        else:
+            state = "not-ready"
+            reason = down or (health or {}).get("reason") or (health or {}).get("status") or "not ready"
+        cache = {"used": None, "budget": None}
+        if self.cache is not None:
+            try:
+                cache = {"used": self.cache.used_bytes(), "budget": self.cache.max_bytes}
+            except OSError:
+                pass
+        self._seq += 1
+        return Report(node=self.node_id, hostname=self.hostname[:255], pifarm=__version__, address=self.address,
+                      interval=self.interval, seq=self._seq, state=state, reason=clip(reason),
+                      channel=st.channel if st else "stable", revision=st.revision if st else -1, cache=cache,
+                      paths=dict(list((st.paths if st else {}).items())[:8]), throttling=throttling(),
+                      temperature=temperature(), models=models)
+
+    @staticmethod
+    def fingerprint(rep: Report) -> str:
+        """The part of a report whose change is worth an immediate report (not counters, not time)."""
+        d = rep.to_json()
+        for k in ("seq", "cache", "temperature"):
+            d.pop(k, None)
+        for m in d["models"].values():
+            m.pop("stats", None)
+        return json.dumps(d, sort_keys=True)
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, rep: Report) -> bool:
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            r = self._http.post(self.url, content=rep.encode(), headers=headers)
+        except httpx.HTTPError as e:
+            self._failed(f"aggregator unreachable: {e.__class__.__name__}: {e}")
+            return False
+        if r.status_code != 200:
+            try:
+                why = r.json().get("error", r.text)
+            except ValueError:
+                why = r.text[:200]
+            self._failed(f"HTTP {r.status_code}: {why}")
+            return False
+        if self._failures:
+            log.warning("report delivered again after %d failure(s)", self._failures)
+        self._failures = 0
+        self.sent += 1
+        return True
+
+    def _failed(self, why: str) -> None:
+        self._failures += 1
+        if self._failures in (1, 10) or self._failures % 100 == 0:  # say it, not every 10 s
+            log.warning("report not delivered (%d in a row; dropped, the next one carries the state): %s",
+                        self._failures, why)
+
+    def run(self, stop: threading.Event) -> None:
+        next_at = 0.0
+        settle_until = 0.0
+        while not stop.is_set():
+            now = self.clock()
+            wait = max(0.0, next_at - now)
+            if now < settle_until:
+                wait = min(wait, SETTLE_TICK)
+            poked = self._wake.wait(wait)
+            self._wake.clear()
+            if stop.is_set():
+                return
+            now = self.clock()
+            if poked:
+                settle_until = now + SETTLE
+            try:
+                rep = self.build()
+                fp = self.fingerprint(rep)
+                if now >= next_at or fp != self._last_fp:
+                    if self.send(rep):
+                        self._last_fp = fp
+                    next_at = now + self.interval
+            except Exception:  # a bug in one report must not end reporting
+                log.exception("building the node report failed")
+                next_at = now + self.interval
