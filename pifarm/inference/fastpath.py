@@ -58,16 +58,18 @@ class InferFastPath:
         msg = await receive()
         body = msg.get("body", b"")
         if msg.get("more_body"):
-            parts = bytearray(body)
+            parts, size = [body], len(body)
             while msg.get("more_body"):
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
                     return
-                parts += msg.get("body", b"")
-                if len(parts) > self.max_body:
+                chunk = msg.get("body", b"")
+                parts.append(chunk)
+                size += len(chunk)
+                if size > self.max_body:
                     return await self._send(send, *_error(413, f"request body exceeds the limit of {self.max_body} "
                                                                f"bytes (max_body)"), close=True)
-            body = bytes(parts)
+            body = b"".join(parts)  # one copy, however many chunks
         elif msg["type"] == "http.disconnect":
             return
         if len(body) > self.max_body:

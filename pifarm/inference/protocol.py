@@ -70,7 +70,8 @@ def parse_request(body: bytes, header_length: str | None) -> ParsedRequest:
                 or int(header_length) > len(body):
             raise BadInput(f"Inference-Header-Content-Length {header_length!r} does not fit a {len(body)}-byte body")
         n = int(header_length)
-        body, binary = body[:n], body[n:]
+        view = memoryview(body)  # the tensors stay where they are: numpy reads them in place
+        body, binary = bytes(view[:n]), view[n:]
     try:
         req = InferenceRequest.model_validate_json(body)
     except ValidationError as e:
