@@ -190,4 +190,4 @@ class WorkerPool:
             self.on_execute(batch, rows, t1 - t0 + s_in, s_infer, t3 - t2 + s_out)
         live = self.live
         if live is not None:
-            live.record(rows, bool(self._queue))
+            live.record(rows, bool(self._queue) or len(batch) > 1)  # load: others waiting, or gathered
