@@ -76,9 +76,10 @@ def split(outputs: list[np.ndarray], jobs: list[Job]) -> list[list[np.ndarray]]:
 class LiveCheck:
     """Batched against unbatched windows while serving; the decision follows live throughput.
 
-    A trial runs only under load: `pairs` pairs of windows of `window` seconds each, unbatched
-    then batched, each delivering some rows; the ratio is taken within a pair (neighbouring
-    windows see the same machine noise) and its median decides. Batching stays on only while it
+    A trial runs only under load: `pairs` pairs of windows of `window` seconds each, one
+    unbatched and one batched (the order alternates, off-on then on-off, so a load that rises
+    or falls through the trial favours neither), each delivering some rows; the ratio is taken
+    within a pair (neighbouring windows see the same machine noise) and its median decides. Batching stays on only while it
     delivers at least `keep` times the unbatched rows per second; once off, it comes back only
     for a clear gain (`regain`). Trials repeat at growing intervals while the verdict holds, so
     a settled model spends almost no time in the losing mode.
@@ -88,7 +89,7 @@ class LiveCheck:
     REGAIN = 1.15   # and 15% more to come back once switched off
 
     def __init__(self, enabled: bool, on_change: Callable[[bool, str], None] | None = None,
-                 window: float = 0.25, pairs: int = 3, first_interval: float = 0.5,
+                 window: float = 0.3, pairs: int = 4, first_interval: float = 0.5,
                  min_rows: int = 8, clock: Callable[[], float] = time.monotonic):
         self.enabled = enabled
         self._on_change = on_change or (lambda enabled, reason: None)
@@ -109,7 +110,7 @@ class LiveCheck:
         t = self._trial
         if t is None:
             return self.enabled
-        return len(t) % 2 == 1  # windows alternate: unbatched (even), batched (odd)
+        return len(t) % 4 in (1, 2)  # windows: off, on, on, off, off, on, on, off
 
     def record(self, rows: int, busy: bool) -> None:
         """After each invoke: `rows` done; `busy` when requests were still waiting (load)."""
@@ -127,12 +128,15 @@ class LiveCheck:
                 # too little traffic to judge: abandon, keep the current decision, retry later
                 self._trial, self._next = None, now + self._interval
                 return
-            self._trial.append((len(self._trial) % 2 == 1, self._win_rows / elapsed))
+            self._trial.append((len(self._trial) % 4 in (1, 2), self._win_rows / elapsed))
             self._win_start, self._win_rows = now, 0
             if len(self._trial) < 2 * self._pairs:
                 return
             windows, self._trial = self._trial, None
-        ratios = [windows[i + 1][1] / max(windows[i][1], 1e-9) for i in range(0, len(windows), 2)]
+        ratios = []
+        for a, b in zip(windows[::2], windows[1::2]):
+            on, off = (b, a) if b[0] else (a, b)
+            ratios.append(on[1] / max(off[1], 1e-9))
         self._decide(statistics.median(ratios), now)
 
     def _decide(self, ratio: float, now: float) -> None:
