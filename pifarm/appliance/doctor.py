@@ -139,7 +139,7 @@ def check_identity(env: Env) -> list[Result]:
 
     nqn = env.read(env.etc_root / "nvme" / "hostnqn")
     hid = env.read(env.etc_root / "nvme" / "hostid")
-    fix = "pifarm setup node --aggregator URL --enroll SECRET (writes /etc/nvme/hostnqn and hostid once)"
+    fix = "pifarm setup node --aggregator URL --enroll-file TOKEN --ca-hash sha256:... (writes /etc/nvme/hostnqn and hostid once)"
     if not nqn or not hid:
         return [Result("host identity", FAIL, f"{env.etc_root}/nvme/hostnqn or hostid is missing: the aggregator's "
                        "host allowlist cannot recognise this node", fix)]
@@ -299,9 +299,10 @@ def _tls_verify(env: Env):
     files = _node_tls(env)
     if files is None:
         return True
-    from pifarm.pki.certs import client_ssl_context
+    from pifarm.client.tls import tls_context
 
-    return client_ssl_context(*files)
+    cert, key, ca = files
+    return tls_context(ca, cert, key)
 
 
 def _aggregator_url(env: Env) -> str:
@@ -323,14 +324,12 @@ def _aggregator_tls(env: Env):
     data = Path(str(env.section("registry").get("data_dir") or "/var/lib/pifarm/aggregator"))
     admin = data / "pki" / "admin"
     files = (admin / "node.crt", admin / "node.key", admin / "ca-bundle.pem")
+    from pifarm.client.tls import tls_context
+
     if ca and all(p.is_file() for p in files):
-        from pifarm.pki.certs import client_ssl_context
-
-        return client_ssl_context(*files)
-    import ssl
-
-    bundle = ca if ca and Path(ca).is_file() else None
-    return ssl.create_default_context(cafile=bundle) if bundle else True
+        cert, key, bundle = files
+        return tls_context(bundle, cert, key)
+    return tls_context(ca) if ca and Path(ca).is_file() else True
 
 
 def check_aggregator(env: Env, now: Callable[[], dt.datetime] | None = None) -> list[Result]:

@@ -18,12 +18,11 @@ from typing import Any
 
 from pifarm.appliance.config import NodeConfig
 from pifarm.cache.metrics import NodeMetrics
+from pifarm.client.http import AggregatorClient
 from pifarm.cache.store import Cache
 from pifarm.cache.tamper import TamperWatch
 from pifarm.errors import ConfigError, PifarmError
 from pifarm.initiator.chain import build_sources, close_all, default_specs
-from pifarm.initiator.http_source import tls_context
-from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.s3_source import S3Documents
 from pifarm.initiator.settings import SourceContext
 from pifarm.initiator.watcher import Watcher
@@ -64,7 +63,7 @@ class NodeDaemon:
         except OSError as e:
             raise ConfigError(f"state directory {state_dir} cannot be created: {e.strerror}") from e
         self.cache = Cache(c.cache.root, c.cache.max_bytes, metrics=self.metrics)
-        tls = tls_context(c.node.tls_ca, c.node.tls_cert, c.node.tls_key)
+        tls = c.node.tls_context()
         ctx = SourceContext(
             trusted=trusted, aggregator_url=c.node.aggregator, state_dir=state_dir, cache_root=Path(c.cache.root),
             host_identity_path=Path(c.node.host_identity) if c.node.host_identity else None, s3=c.s3,
@@ -72,7 +71,8 @@ class NodeDaemon:
         )
         specs = list(c.sources) or default_specs(c.node.aggregator, c.s3.url)
         self.sources = build_sources(specs, ctx, strict=False)
-        aggregator = AggregatorClient(c.node.aggregator, c.watcher.connect_timeout, tls) if c.node.aggregator else None
+        aggregator = (AggregatorClient(c.node.aggregator, connect_timeout=c.watcher.connect_timeout, tls=tls)
+                      if c.node.aggregator else None)
         s3 = None
         if c.s3.url:
             quick = dataclasses.replace(c.s3, connect_timeout=c.watcher.connect_timeout, read_timeout=10.0)

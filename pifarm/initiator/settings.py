@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pifarm.errors import ConfigError
 from pifarm.listen import parse_listen
 from pifarm.s3.bucket import parse_url
+from pifarm.client.tls import tls_context
 
 if TYPE_CHECKING:  # only an annotation: loading a config must not import cryptography
     from pifarm.signed.signing import TrustedKeys
@@ -201,3 +203,7 @@ class NodeSettings:
         parse_listen(self.listen)
         if self.metrics_listen:
             parse_listen(self.metrics_listen, key="metrics_listen")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """What the node's clients of the aggregator pass as `verify=` (None: system CAs)."""
+        return tls_context(self.tls_ca, self.tls_cert, self.tls_key, hint=" ([node] tls_ca / tls_cert / tls_key)")

@@ -15,7 +15,7 @@ from pifarm.cache.layout import RefValue
 from pifarm.cache.source import Source
 from pifarm.cache.store import Cache, ProgressFn
 from pifarm.errors import IntegrityError, NotFound, PifarmError, SourceError, UsageError
-from pifarm.initiator.metadata import AggregatorClient
+from pifarm.client.http import AggregatorClient
 from pifarm.initiator.s3_source import S3Documents
 from pifarm.signed.manifest import Manifest, manifest_digest
 from pifarm.signed.signing import TrustedKeys

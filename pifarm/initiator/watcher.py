@@ -30,7 +30,7 @@ from pifarm.cache.source import Source
 from pifarm.cache.store import Cache
 from pifarm.errors import IntegrityError, PifarmError, SourceError
 from pifarm.initiator.backoff import Backoff, TokenBucket
-from pifarm.initiator.metadata import AggregatorClient
+from pifarm.client.http import AggregatorClient
 from pifarm.initiator.s3_source import S3Documents
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.versions import Documents, install_version

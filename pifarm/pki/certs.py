@@ -1,5 +1,5 @@
 """X.509 primitives of the farm PKI and the enrolled-host records: keys, certificates, proofs
-of possession, the client TLS context nodes use, and `hosts/<hostnqn>.json`.
+of possession, and `hosts/<hostnqn>.json`.
 
 Both the aggregator (CA, enrollment) and the node (client certificates) use these.
 """
@@ -219,23 +219,6 @@ def host_path(data_dir: Path, hostnqn: str) -> Path:
         raise UsageError(f"host NQN {hostnqn!r} cannot name a file")
     return data_dir / HOSTS_DIR / f"{hostnqn}.json"
 
-
-
-def client_ssl_context(cert: str | os.PathLike, key: str | os.PathLike, ca: str | os.PathLike):
-    """What a node's HTTP clients pass as httpx `verify=`: trust the farm CA bundle and present
-    the node's client certificate (mTLS). Lives here because node-side code may not import the
-    appliance."""
-    import ssl
-
-    for p in (cert, key, ca):
-        if not Path(p).is_file():
-            raise ConfigError(f"TLS file {p} does not exist; enroll with `pifarm setup node --enroll SECRET`")
-    ctx = ssl.create_default_context(cafile=str(ca))
-    try:
-        ctx.load_cert_chain(str(cert), str(key))
-    except ssl.SSLError as e:
-        raise ConfigError(f"client certificate {cert} / key {key} unusable: {e}") from e
-    return ctx
 
 
 def default_hostname() -> str:

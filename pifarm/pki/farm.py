@@ -41,8 +41,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from pifarm.client.tls import tls_context
 from pifarm.durable import atomic_write
-from pifarm.errors import ConfigError, Conflict, IntegrityError, PifarmError, SourceError, UsageError
+from pifarm.errors import ConfigError, Conflict, IntegrityError, PifarmError, UsageError
 from pifarm.pki import certs as x
 
 CA_DAYS = 3650
@@ -281,7 +282,7 @@ class NodeTls:
         """Client context: verify the aggregator against the bundle and present our certificate."""
         if not self.exists():
             raise ConfigError(f"no client certificate in {self.dir}; enroll with `pifarm setup node --enroll SECRET`")
-        return x.client_ssl_context(self.cert, self.key, self.bundle)
+        return tls_context(self.bundle, self.cert, self.key, hint="; enroll with `pifarm setup node --enroll SECRET`")
 
 
 
@@ -298,10 +299,10 @@ def make_csr(key, common_name: str) -> str:
 def _post(url: str, body: dict[str, Any], verify, timeout: float) -> dict[str, Any]:
     import httpx
 
-    try:
+    from pifarm.client.http import http_errors
+
+    with http_errors(f"cannot reach {url}", "aggregator"):
         r = httpx.post(url, json=body, verify=verify, timeout=timeout)
-    except httpx.HTTPError as e:
-        raise SourceError(f"cannot reach {url}: {e}", source="aggregator") from e
     if r.status_code == 403:
         raise IntegrityError(f"{url} refused: {_detail(r)}")
     if r.status_code >= 400:
@@ -321,10 +322,10 @@ def fetch_bundle(url: str, *, ca_hash: str | None, timeout: float = 10.0) -> tup
     then require the pinned CA to be in it. Returns (bundle PEM, fingerprints)."""
     import httpx
 
-    try:
+    from pifarm.client.http import http_errors
+
+    with http_errors(f"cannot reach the aggregator's enrollment endpoint at {url}", "aggregator"):
         r = httpx.get(url.rstrip("/") + "/v1/enroll/ca", verify=False, timeout=timeout)
-    except httpx.HTTPError as e:
-        raise SourceError(f"cannot reach the aggregator's enrollment endpoint at {url}: {e}", source="aggregator") from e
     if r.status_code != 200:
         raise PifarmError(f"{url}/v1/enroll/ca answered {r.status_code}: {_detail(r)}")
     certs = x.load_certs(r.content, f"{url}/v1/enroll/ca")
@@ -333,10 +334,6 @@ def fetch_bundle(url: str, *, ca_hash: str | None, timeout: float = 10.0) -> tup
         raise IntegrityError(f"the aggregator's CA {', '.join(prints)} does not match --ca-hash {ca_hash}; "
                              f"someone may be intercepting the connection")
     return r.content, prints
-
-
-def _verify_ctx(bundle_pem: bytes) -> ssl.SSLContext:
-    return ssl.create_default_context(cadata=bundle_pem.decode())
 
 
 def enroll_node(url: str, secret: str, *, hostnqn: str, hostid: str, hostname: str, tls_dir: str | os.PathLike,
@@ -349,7 +346,7 @@ def enroll_node(url: str, secret: str, *, hostnqn: str, hostid: str, hostname: s
     key = x.new_key()
     resp = _post(url.rstrip("/") + "/v1/enroll", {"secret": secret, "hostnqn": hostnqn, "hostid": hostid,
                                                   "hostname": hostname, "csr": make_csr(key, hostname)},
-                 _verify_ctx(bundle), timeout)
+                 tls_context(cadata=bundle.decode()), timeout)
     tls = NodeTls(Path(tls_dir))
     tls.store(key_pem=x.key_pem(key), cert_pem=resp["certificate"].encode(), bundle_pem=resp["ca_bundle"].encode())
     return resp

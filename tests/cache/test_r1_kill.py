@@ -29,7 +29,7 @@ VERSIONS = 3
 
 def _pull_forever(url: str, pubkey: str, root: str, versions: int) -> None:
     from pifarm.initiator.http_source import HttpSource
-    from pifarm.initiator.metadata import AggregatorClient
+    from pifarm.client.http import AggregatorClient
     from pifarm.initiator.versions import Documents, install_version, pick
     from pifarm.signed.signing import TrustedKeys
 

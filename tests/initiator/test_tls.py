@@ -11,8 +11,9 @@ from pifarm.pki.farm import AggregatorPki, NodeTls
 from pifarm.cache.nodestate import read_state
 from pifarm.cache.store import Cache
 from pifarm.errors import ConfigError
-from pifarm.initiator.http_source import HttpSource, tls_context
-from pifarm.initiator.metadata import AggregatorClient
+from pifarm.client.http import AggregatorClient
+from pifarm.client.tls import tls_context
+from pifarm.initiator.http_source import HttpSource
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.watcher import Watcher
 from pifarm.signed.integrity import digest_bytes

@@ -11,8 +11,8 @@ import pytest
 
 from pifarm.cache.nodestate import read_state
 from pifarm.cache.store import Cache
+from pifarm.client.http import AggregatorClient
 from pifarm.initiator.http_source import HttpSource
-from pifarm.initiator.metadata import AggregatorClient
 from pifarm.initiator.settings import WatcherSettings
 from pifarm.initiator.watcher import Watcher
 from pifarm.signed.signing import SigningKey, TrustedKeys

@@ -89,9 +89,9 @@ class AggregatorProc:
             self._proc = None
 
     def client(self, token: bool = True):
-        from pifarm.registry.client import RegistryClient
+        from pifarm.client.http import AggregatorClient
 
-        return RegistryClient(self.url, self.token if token else None)
+        return AggregatorClient(self.url, self.token if token else None)
 
 
 def start_aggregator(data_dir: Path, *, config: Path | None = None, env: dict | None = None,

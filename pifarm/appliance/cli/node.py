@@ -107,8 +107,7 @@ def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = Fal
     from pifarm.appliance.node import trusted_keys
     from pifarm.cache.nodestate import read_state
     from pifarm.initiator.chain import build_sources, close_all, default_specs
-    from pifarm.initiator.http_source import tls_context
-    from pifarm.initiator.metadata import AggregatorClient
+    from pifarm.client.http import AggregatorClient
     from pifarm.initiator.s3_source import S3Documents
     from pifarm.initiator.settings import SourceContext
     from pifarm.initiator.versions import Documents, install_version, pick
@@ -118,7 +117,7 @@ def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = Fal
         raise UsageError("no registry: pass --registry http(s)://aggregator:port or --registry s3://bucket/prefix")
     trusted = trusted_keys(cfg.node.trusted_keys)
     cache = open_cache(cfg)
-    tls = tls_context(cfg.node.tls_ca, cfg.node.tls_cert, cfg.node.tls_key)
+    tls = cfg.node.tls_context()
     docs = Documents(AggregatorClient(cfg.node.aggregator, tls=tls) if cfg.node.aggregator else None,
                      S3Documents(cfg.s3) if cfg.s3.url else None)
     ctx = SourceContext(trusted=trusted, aggregator_url=cfg.node.aggregator, state_dir=Path(cfg.node.state_dir),

@@ -77,9 +77,9 @@ def _open(url: str | None, token: str | None, data_dir: str | None, config: str 
         return
     if not url:
         raise UsageError(f"no registry given: use --registry URL (or {REGISTRY_ENV}) or --data-dir D")
-    from pifarm.registry.client import RegistryClient
+    from pifarm.client.http import AggregatorClient
 
-    with RegistryClient(url, token) as c:
+    with AggregatorClient(url, token) as c:
         yield c
 
 
