@@ -156,16 +156,19 @@ def _stats(v: Any, where: str) -> VersionStats:
     if not isinstance(buckets, list) or len(buckets) > MAX_BUCKETS:
         raise _bad(f"{where}.buckets", f"must be a list of at most {MAX_BUCKETS} [le, count] pairs")
     pairs = []
-    for i, b in enumerate(buckets):
-        if not (isinstance(b, list) and len(b) == 2):
+    prev_le, prev_c = -1.0, 0
+    for i, b in enumerate(buckets):  # the hot loop of a report (`type() is` also refuses bools)
+        if type(b) is not list or len(b) != 2:
             raise _bad(f"{where}.buckets[{i}]", "must be a [le, count] pair")
-        le = _num(b[0], f"{where}.buckets[{i}][0]")
-        c = b[1]
-        if not isinstance(c, int) or isinstance(c, bool) or c < 0:
+        le, c = b
+        if type(le) not in (int, float) or not 0 <= le < math.inf:
+            raise _bad(f"{where}.buckets[{i}][0]", f"must be a finite number >= 0, got {le!r}")
+        if type(c) is not int or c < 0:
             raise _bad(f"{where}.buckets[{i}][1]", "must be a count >= 0")
-        if pairs and (le <= pairs[-1][0] or c < pairs[-1][1]):
+        if le <= prev_le or c < prev_c:
             raise _bad(f"{where}.buckets", "must rise in le and be cumulative")
-        pairs.append((le, c))
+        pairs.append((float(le), c))
+        prev_le, prev_c = le, c
     requests = _int(v, "requests", f"{where}.")
     if pairs and pairs[-1][1] > requests:
         raise _bad(f"{where}.buckets", f"count more requests than requests={requests}")

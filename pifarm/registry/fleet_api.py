@@ -61,7 +61,7 @@ class FleetService:
     """Fleet state, rollouts, node authentication and metrics of one aggregator."""
 
     def __init__(self, registry, data_dir: str | os.PathLike, admin_token: str | None, *,
-                 tick: float = 0.5, flush_interval: float = 2.0):
+                 tick: float = 0.5, flush_interval: float = 5.0):
         self.data_dir = Path(data_dir)
         self.fleet = Fleet(self.data_dir, flush_interval=flush_interval)
         self.engine = RolloutEngine(registry, self.fleet, self.data_dir, tick=tick)
@@ -115,7 +115,7 @@ class FleetService:
             if not secrets.compare_digest(token.encode(), node_token(self.key, rep.node).encode()):
                 raise Forbidden(f"the token is not node {rep.node}'s report token; a node reports only as itself")
             how = "token"
-        rec = self.fleet.record(rep, how)
+        rec = self.fleet.record(rep, how, body)
         return {"node": rec.node, "state": rec.state(rec.last_seen), "received": True}
 
 
