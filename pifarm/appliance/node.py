@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pifarm.appliance import node_report
 from pifarm.appliance.config import NodeConfig
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.client.http import AggregatorClient
@@ -52,6 +53,7 @@ class NodeDaemon:
         self.watcher: Watcher | None = None
         self.tamper: TamperWatch | None = None
         self.sources: list = []
+        self.reporter: Any = None  # pifarm.initiator.report.Reporter, see node_report.attach
         self._metrics_server: Any = None  # (httpd, thread) of [node] metrics_listen
 
     def start(self) -> None:
@@ -86,7 +88,10 @@ class NodeDaemon:
 
             host, port = parse_listen(c.node.metrics_listen)
             self._metrics_server = start_http_server(port, addr=host, registry=self.metrics.registry)
+        self.reporter = node_report.attach(self)
         self._spawn("watcher", self.watcher.run, self.stop_event)
+        if self.reporter is not None:
+            self._spawn("reporter", self.reporter.run, self.stop_event)
         if c.cache.tamper_watch:
             self.tamper = TamperWatch(self.cache, on_damage=self._refetch)
             self.tamper.start()
@@ -121,6 +126,8 @@ class NodeDaemon:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self.reporter is not None:
+            self.reporter.poke()  # it waits on its own event
         if self.tamper is not None:
             self.tamper.stop()
         for t in self._threads:

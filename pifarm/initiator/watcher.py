@@ -97,6 +97,10 @@ class Watcher:
         self.state.paths.setdefault("s3", "disabled" if s3 is None else "unknown")
         self.revision = self.state.revision if prior else -1
         self._lock = threading.Lock()
+        #: this node's id: decides its membership in a rollout's cohort (pifarm.signed.cohort)
+        self.node_id: str | None = None
+        #: called after every state write (the reporter reports at once when the state changed)
+        self.on_state: Callable[[], None] | None = None
         self._write()
 
     # ----------------------------------------------------------------- state file
@@ -124,6 +128,8 @@ class Watcher:
             write_state(self.state_dir, self.state)
         self.metrics.degraded.set(1 if self.state.degraded else 0)
         self.metrics.revision.set(self.revision)
+        if self.on_state is not None:
+            self.on_state()
 
     def _set_degraded(self, degraded: bool, reason: str | None = None) -> None:
         if degraded and not self.state.degraded:
@@ -235,7 +241,7 @@ class Watcher:
         self.reconcile(snap)
 
     def reconcile(self, snap: Snapshot) -> None:
-        for name, ptr in sorted(snap.desired(self.channel, self.models or None).items()):
+        for name, ptr in sorted(snap.desired(self.channel, self.models or None, node_id=self.node_id).items()):
             want = RefValue(ptr.version, ptr.manifest_digest)
             if self.cache.layout.read_ref(name, "active") == want:
                 continue
