@@ -12,7 +12,7 @@ import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from pifarm.errors import NotFound
 from pifarm.durable import atomic_write, fsync_dir
@@ -29,6 +29,18 @@ def _mapped(what: str):
         yield
     except OSError as e:
         raise StoreUnavailable(f"filesystem store: {what}: {e.strerror or e}", source="fs") from e
+
+
+def read_range(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    """Bytes [start, end) of an open file in CHUNK pieces (fewer when the file is shorter)."""
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            break
+        left -= len(chunk)
+        yield chunk
 
 
 def _discard(tmp: Path) -> None:
@@ -113,14 +125,7 @@ class FsStore:
         except FileNotFoundError as e:
             raise NotFound(f"blob {digest} is not in the store") from e
         with f:
-            f.seek(start)
-            left = (end if end is not None else os.fstat(f.fileno()).st_size) - start
-            while left > 0:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                left -= len(chunk)
-                yield chunk
+            yield from read_range(f, start, end if end is not None else os.fstat(f.fileno()).st_size)
 
     def local_blob_path(self, digest: str) -> Path | None:
         return self._path(blob_key(digest))
@@ -180,4 +185,4 @@ class FsStore:
         pass
 
 
-__all__ = ["FsStore", "fsync_dir"]
+__all__ = ["FsStore", "fsync_dir", "read_range"]

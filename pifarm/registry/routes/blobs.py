@@ -14,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from pifarm.errors import TooLarge, UsageError
 from pifarm.registry.routes.state import ApiState, State, require_token
-from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, digest_hex, make_digest
+from pifarm.registry.store_fs import read_range
+from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_hex, make_digest
 
 __all__ = ["parse_range", "receive_to_file", "router"]
 
@@ -50,14 +51,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 def _iter_file(path: Path, start: int, end: int) -> Iterable[bytes]:
     with open(path, "rb") as f:
-        f.seek(start)
-        left = end - start
-        while left > 0:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-            yield chunk
+        yield from read_range(f, start, end)
 
 
 async def receive_to_file(state: ApiState, request: Request, verifier: StreamVerifier | None) -> tuple[Path, str, int]:
