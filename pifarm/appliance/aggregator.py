@@ -138,7 +138,12 @@ def run(config=None, data_dir=None, listen=None) -> int:
         aggregator_fleet.mount(app, ctx, token)
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
-            access_log=False, **uvicorn_ssl_kwargs(api), **aggregator_fleet.uvicorn_kwargs(api)))
+            access_log=False, limit_concurrency=api.max_connections, **uvicorn_ssl_kwargs(api),
+            **aggregator_fleet.uvicorn_kwargs(api)))
+        if api.tls_client_ca:  # client certificates are checked against the farm's CRL (pifarm enroll revoke)
+            from pifarm.pki.revocation import install_uvicorn
+
+            install_uvicorn(server.config, d, certfile=api.tls_cert, keyfile=api.tls_key, client_ca=api.tls_client_ca)
         try:
             for hook in ctx.on_start:
                 hook()

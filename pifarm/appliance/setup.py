@@ -14,7 +14,6 @@ are created once and never regenerated.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -279,7 +278,7 @@ def plan_aggregator(o: AggregatorOptions, root: Root) -> list[Step]:
     steps.append(Step("registry", str(data), init_registry,
                       "signing key keys/signing.key (0600), API token api-token (0600), "
                       + ("S3 bucket with versioning" if o.s3_url else "filesystem store")))
-    steps.append(secret_step(data / "enroll-secret", lambda: secrets.token_urlsafe(24), "node enrollment secret"))
+    # no fleet-wide enrollment secret any more: each node gets a one-time token (`pifarm enroll token create`)
 
     def init_pki() -> str:
         made = AggregatorPki(data).init(dns_names=list(o.dns_names) or None, ips=list(o.ips) or None)
@@ -297,6 +296,7 @@ class NodeOptions:
     enroll_secret: str
     enroll_url: str = ""
     ca_hash: str | None = None
+    trust_on_first_use: bool = False
     config: str = "/etc/pifarm/node.toml"
     tls_dir: str = "/etc/pifarm/tls"
     cache_dir: str = "/var/lib/pifarm/cache"
@@ -386,7 +386,9 @@ def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any
     from pifarm.pki.certs import check_hostnqn, default_hostname
 
     if not o.enroll_secret:
-        raise UsageError("--enroll SECRET is required (the aggregator's enroll-secret file)")
+        raise UsageError("an enrollment token is required: --enroll-file FILE (pifarm enroll token create)")
+    if o.ca_hash is None and not o.trust_on_first_use:
+        raise UsageError("--ca-hash is required (or --trust-on-first-use)")
     enroll_url = o.enroll_url or default_enroll_url(o.aggregator)
     text = node_config_text(o)
     validate_config(text, "node", o.config)
@@ -414,7 +416,8 @@ def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any
         if tls.exists() and not o.force:
             return "client certificate exists (kept; `pifarm pki renew` replaces it)"
         resp = (enroll or enroll_node)(enroll_url, o.enroll_secret, hostnqn=ident["hostnqn"], hostid=ident["hostid"],
-                                       hostname=hostname, tls_dir=tls_dir, ca_hash=o.ca_hash)
+                                       hostname=hostname, tls_dir=tls_dir, ca_hash=o.ca_hash,
+                                       trust_on_first_use=o.trust_on_first_use)
         enrolled.update(resp)
         key = resp.get("dhchap_key")
         if key:
@@ -423,7 +426,7 @@ def plan_node(o: NodeOptions, root: Root, *, enroll: Callable[..., dict[str, Any
             "; DH-HMAC-CHAP secret in /etc/nvme/dhchap-key" if key else "")
     steps.append(Step("enroll", enroll_url, do_enroll,
                       f"client certificate into {o.tls_dir} and host registration"
-                      + ("" if o.ca_hash else " (CA trusted on first use: pass --ca-hash to pin it)")))
+                      + ("" if o.ca_hash else " (CA trusted on first use, as asked: --ca-hash pins it)")))
 
     pub = root.p(str(Path(o.config).parent / "signing.pub"))
 
@@ -475,12 +478,11 @@ def enroll_command_hint(o: AggregatorOptions, root: Root) -> str:
 
     data = root.p(o.data_dir)
     pki = AggregatorPki(data)
-    secret_p = data / "enroll-secret"
-    if not pki.exists() or not secret_p.is_file():
+    if not pki.exists():
         return ""
     fqdn = socket.getfqdn()
     host = (o.dns_names or (fqdn if "." in fqdn else socket.gethostname(),))[0]
     port = o.listen.rpartition(":")[2]
     ca = fingerprint(read_cert(pki.path("ca.crt")))
-    return (f"pifarm setup node --aggregator https://{host}:{port} --enroll {secret_p.read_text().strip()} "
-            f"--ca-hash {ca}")
+    return (f"pifarm enroll token create --ttl 1h --data-dir {o.data_dir} --out token   # here, one per node\n"
+            f"  pifarm setup node --aggregator https://{host}:{port} --enroll-file token --ca-hash {ca}   # on the node")

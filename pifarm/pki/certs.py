@@ -225,3 +225,23 @@ def default_hostname() -> str:
     name = socket.gethostname().split(".")[0]
     return name if NAME_RE.match(name) else "node"
 
+
+
+def recover_pending_key(cert: str | os.PathLike, key: str | os.PathLike) -> bool:
+    """Finish a key swap a crash interrupted (`NodeTls.store` writes `<key>.next`, then the
+    certificate, then renames): if the certificate is for the pending key, the pending key
+    becomes the key; if not, the renewal never got its certificate and the pending key goes."""
+    pending = Path(str(key) + ".next")
+    if not pending.is_file():
+        return False
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    try:
+        mine = read_cert(Path(cert)).public_key().public_bytes(*spki)
+        new = read_key(pending).public_key().public_bytes(*spki)
+    except (ConfigError, ValueError):
+        return False
+    if mine == new:
+        os.replace(pending, key)
+    else:
+        pending.unlink()
+    return True

@@ -42,11 +42,12 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from pifarm.client.tls import tls_context
-from pifarm.durable import atomic_write
+from pifarm.durable import atomic_write, fsync_dir
 from pifarm.errors import ConfigError, Conflict, IntegrityError, PifarmError, UsageError
 from pifarm.pki import certs as x
 
 CA_DAYS = 3650
+ADMIN_DAYS = 90  # the operators' client certificate; `pki init` (run by setup) renews it when a third is left
 SERVER_DAYS = 825
 SERVER_CERT = "server.crt"
 SERVER_KEY = "server.key"
@@ -116,7 +117,28 @@ class AggregatorPki:
         atomic_write(self.path(STATE), json.dumps({"phase": phase, "since": _now_iso()}).encode(), 0o644)
 
     def ca(self):
+        self.recover()
         return x.read_cert(self.path(x.CA_CERT)), x.read_key(self.path(x.CA_KEY))
+
+    def recover(self) -> str | None:
+        """Finish or undo a CA rotation a crash interrupted. Rotation writes the new CA beside the
+        old one (`ca.crt.next`, `ca.key.next`), then commits by setting the phase to staged, then
+        renames; so there is always a `ca.key`, and a half-done rotation is never mistaken for a
+        missing CA (which `init` would replace with a new one)."""
+        nxt_cert, nxt_key = self.path(x.CA_CERT + ".next"), self.path(x.CA_KEY + ".next")
+        if not (nxt_cert.exists() or nxt_key.exists()):
+            return None
+        if self.phase() == "staged":  # committed: finish the switch, certificate first
+            if nxt_cert.exists():
+                os.replace(nxt_cert, self.path(x.CA_CERT))
+            if nxt_key.exists():
+                os.replace(nxt_key, self.path(x.CA_KEY))
+            fsync_dir(self.dir)
+            return "finished an interrupted CA rotation"
+        nxt_cert.unlink(missing_ok=True)  # never committed: the old CA stays, as if rotate never ran
+        nxt_key.unlink(missing_ok=True)
+        self._write_bundle([x.read_cert(self.path(x.CA_CERT))])
+        return "undid an interrupted CA rotation"
 
     def _write_bundle(self, certs: list[x509.Certificate]) -> None:
         atomic_write(self.bundle, b"".join(x.pem(c) for c in certs), 0o644)
@@ -124,6 +146,13 @@ class AggregatorPki:
     def init(self, *, common_name: str = "pifarm CA", dns_names=None, ips=None) -> list[str]:
         """Create the CA and server certificate if absent (idempotent); return what was created."""
         done = []
+        if self.recover():
+            done.append("recovered an interrupted CA rotation")
+        if not self.exists() and (self.path(x.CA_CERT).exists() or self.path(x.CA_KEY).exists()
+                                  or self.path(PREVIOUS_KEY).exists()):
+            # half a CA is damage, not a fresh machine: a new CA would silently cut off every node
+            raise ConfigError(f"{self.dir} holds part of a CA (ca.crt, ca.key or previous-ca.key without its pair); "
+                              f"restore it from a backup, or move the directory aside to start a new farm CA")
         if not self.exists():
             key = x.new_key()
             cert = x.issue(None, key, key.public_key(), common_name, kind="ca", days=CA_DAYS)
@@ -137,8 +166,8 @@ class AggregatorPki:
         if not (self.server_cert.is_file() and self.server_key.is_file()):
             self.issue_server(dns_names=dns_names, ips=ips)
             done += [str(self.server_key), str(self.server_cert)]
-        if not NodeTls(self.admin_dir).exists():
-            self.issue_client(ADMIN, self.admin_dir, days=CA_DAYS)
+        if not NodeTls(self.admin_dir).exists() or _expiring(NodeTls(self.admin_dir).cert, ADMIN_DAYS / 3):
+            self.issue_client(ADMIN, self.admin_dir, days=ADMIN_DAYS)
             done.append(str(self.admin_dir))
         return done
 
@@ -191,15 +220,19 @@ class AggregatorPki:
             raise ConfigError(f"no CA in {self.dir}; run `pifarm pki init` first")
         if self.phase() == "staged":
             raise Conflict("a CA rotation is already staged; finish it with `pifarm pki rotate --finish`")
+        self.recover()
         old_cert = x.read_cert(self.path(x.CA_CERT))
-        os.replace(self.path(x.CA_KEY), self.path(PREVIOUS_KEY))
-        os.replace(self.path(x.CA_CERT), self.path(PREVIOUS_CERT))
+        # copies, not moves: ca.key exists at every instant (see recover for the commit point)
+        atomic_write(self.path(PREVIOUS_KEY), self.path(x.CA_KEY).read_bytes(), 0o600)
+        atomic_write(self.path(PREVIOUS_CERT), self.path(x.CA_CERT).read_bytes(), 0o644)
         key = x.new_key()
         cert = x.issue(None, key, key.public_key(), f"pifarm CA {_now_iso()}", kind="ca", days=CA_DAYS)
-        atomic_write(self.path(x.CA_KEY), x.key_pem(key), 0o600)
-        atomic_write(self.path(x.CA_CERT), x.pem(cert), 0o644)
+        atomic_write(self.path(x.CA_KEY + ".next"), x.key_pem(key), 0o600)
+        atomic_write(self.path(x.CA_CERT + ".next"), x.pem(cert), 0o644)
         self._write_bundle([cert, old_cert])
-        self._set_phase("staged")
+        self._set_phase("staged")  # the commit point
+        self.recover()
+        _rewrite_crl(self.data_dir)
         return [x.fingerprint(cert), x.fingerprint(old_cert)]
 
     def stragglers(self) -> list[x.HostRecord]:
@@ -218,10 +251,11 @@ class AggregatorPki:
                            f"renew` on them first, or --force to cut them off")
         cert = self.issue_server()
         self._write_bundle([x.read_cert(self.path(x.CA_CERT))])
-        self.issue_client(ADMIN, self.admin_dir, days=CA_DAYS)
+        self.issue_client(ADMIN, self.admin_dir, days=ADMIN_DAYS)
+        self._set_phase("idle")
         self.path(PREVIOUS_KEY).unlink(missing_ok=True)
         self.path(PREVIOUS_CERT).unlink(missing_ok=True)
-        self._set_phase("idle")
+        _rewrite_crl(self.data_dir)
         return cert
 
     def status(self) -> dict[str, Any]:
@@ -236,6 +270,21 @@ class AggregatorPki:
         if out["phase"] == "staged":
             out["stragglers"] = [h.hostnqn for h in self.stragglers()]
         return out
+
+
+def _expiring(cert_path: Path, days: float) -> bool:
+    try:
+        left = x.read_cert(cert_path).not_valid_after_utc - x.utcnow()
+    except ConfigError:
+        return True
+    return left < dt.timedelta(days=days)
+
+
+def _rewrite_crl(data_dir: Path) -> None:
+    """The CRLs follow the CAs: the mTLS server refuses a client whose CA has no CRL."""
+    from pifarm.pki.revocation import write_crl
+
+    write_crl(data_dir)
 
 
 def _describe(cert: x509.Certificate) -> dict[str, str]:
@@ -268,21 +317,28 @@ class NodeTls:
         return Path(self.dir) / x.BUNDLE
 
     def exists(self) -> bool:
+        x.recover_pending_key(self.cert, self.key)
         return self.key.is_file() and self.cert.is_file() and self.bundle.is_file()
 
     def store(self, *, key_pem: bytes | None, cert_pem: bytes, bundle_pem: bytes) -> None:
-        # Key first, certificate last: a crash in between leaves the old pair unusable only if the
-        # key changed, and then a re-run of renew fixes it with the same inputs.
+        """New key beside the old (`node.key.next`), bundle, certificate, then the key swap: at
+        every instant node.crt matches node.key or node.key.next, and whoever loads the pair
+        next finishes the swap (`certs.recover_pending_key`). The old order (key first) left a
+        key without its certificate after a crash: a node locked out of its aggregator."""
+        pending = Path(str(self.key) + ".next")
         if key_pem is not None:
-            atomic_write(self.key, key_pem, 0o600)
+            atomic_write(pending, key_pem, 0o600)
         atomic_write(self.bundle, bundle_pem, 0o644)
         atomic_write(self.cert, cert_pem, 0o644)
+        if key_pem is not None:
+            os.replace(pending, self.key)
+            fsync_dir(self.dir)
 
     def ssl_context(self) -> ssl.SSLContext:
         """Client context: verify the aggregator against the bundle and present our certificate."""
         if not self.exists():
-            raise ConfigError(f"no client certificate in {self.dir}; enroll with `pifarm setup node --enroll SECRET`")
-        return tls_context(self.bundle, self.cert, self.key, hint="; enroll with `pifarm setup node --enroll SECRET`")
+            raise ConfigError(f"no client certificate in {self.dir}; enroll with `pifarm setup node --enroll-file TOKEN`")
+        return tls_context(self.bundle, self.cert, self.key, hint="; enroll with `pifarm setup node --enroll-file TOKEN`")
 
 
 
@@ -317,10 +373,16 @@ def _detail(r) -> str:
         return r.text[:200]
 
 
-def fetch_bundle(url: str, *, ca_hash: str | None, timeout: float = 10.0) -> tuple[bytes, list[str]]:
-    """Trust on first use, pinned when `ca_hash` is given: GET /v1/enroll/ca without verification,
-    then require the pinned CA to be in it. Returns (bundle PEM, fingerprints)."""
+def fetch_bundle(url: str, *, ca_hash: str | None, timeout: float = 10.0,
+                 trust_on_first_use: bool = False) -> tuple[bytes, list[str]]:
+    """GET /v1/enroll/ca without verification, then require the pinned CA (`ca_hash`) to be in
+    it. Without a pin only `trust_on_first_use` accepts whatever answers (and the registry signing
+    keys it then hands over): anyone on the LAN could answer. Returns (bundle PEM, fingerprints)."""
     import httpx
+
+    if ca_hash is None and not trust_on_first_use:
+        raise UsageError("--ca-hash sha256:<hex> is required to know the aggregator is yours (printed by `pifarm "
+                         "setup aggregator` and `pifarm pki status`); --trust-on-first-use accepts any answer")
 
     from pifarm.client.http import http_errors
 
@@ -337,12 +399,12 @@ def fetch_bundle(url: str, *, ca_hash: str | None, timeout: float = 10.0) -> tup
 
 
 def enroll_node(url: str, secret: str, *, hostnqn: str, hostid: str, hostname: str, tls_dir: str | os.PathLike,
-                ca_hash: str | None = None, timeout: float = 20.0) -> dict[str, Any]:
+                ca_hash: str | None = None, timeout: float = 20.0, trust_on_first_use: bool = False) -> dict[str, Any]:
     """Node side of enrollment: key stays here, only a CSR travels; the secret is sent only over a
     connection verified against the (pinned) CA bundle."""
     if not url.startswith("https://"):
         raise UsageError(f"--aggregator {url!r} must be an https:// URL (the enrollment secret is never sent in clear)")
-    bundle, _ = fetch_bundle(url, ca_hash=ca_hash, timeout=timeout)
+    bundle, _ = fetch_bundle(url, ca_hash=ca_hash, timeout=timeout, trust_on_first_use=trust_on_first_use)
     key = x.new_key()
     resp = _post(url.rstrip("/") + "/v1/enroll", {"secret": secret, "hostnqn": hostnqn, "hostid": hostid,
                                                   "hostname": hostname, "csr": make_csr(key, hostname)},

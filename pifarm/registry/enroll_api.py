@@ -1,11 +1,13 @@
 """The enrollment endpoints of the aggregator: a FastAPI router over `pifarm.pki.enrollment`.
 
-A node proves it knows the enrollment secret, sends a CSR and its host identity, and gets back a
-client certificate for mTLS plus its host registration.
+A node presents a one-time enrollment token (`pifarm enroll token create`), sends a CSR and its
+host identity, and gets back a client certificate for mTLS plus its host registration.
 
     GET  /v1/enroll/ca       the CA bundle (nodes pin it by hash before sending the secret)
-    POST /v1/enroll          {secret, hostnqn, hostid, hostname, csr} -> certificate, bundle, ...
+    POST /v1/enroll          {secret (the token), hostnqn, hostid, hostname, csr} -> certificate, ...
+                             403 bad/used/expired token, 409 NQN held by a live certificate
     POST /v1/enroll/renew    {certificate, csr, proof} -> a fresh certificate from the current CA
+                             (403 unless the certificate is on record and not revoked)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, Field
 
-from pifarm.errors import IntegrityError, UsageError
+from pifarm.errors import Conflict, Forbidden, IntegrityError, UsageError
 from pifarm.pki.certs import BUNDLE, CA_KEY, CLIENT_DAYS, HostRecord
 from pifarm.pki.enrollment import Enrollment
 from pifarm.pki.settings import EnrollSettings
@@ -55,6 +57,15 @@ def enroll_router(data_dir: str | os.PathLike, *, cert_days: int = CLIENT_DAYS,
     enr = Enrollment(data_dir, cert_days=cert_days, register_host=register_host)
     router = APIRouter(tags=["enroll"])
 
+    def _http(e: PifarmError) -> HTTPException:
+        # refused (bad token, revoked or unknown certificate) 403; taken NQN 409; bad input 400;
+        # anything else is ours (a CA file we cannot read): 503
+        if isinstance(e, (IntegrityError, Forbidden)):
+            return HTTPException(403, str(e))
+        if isinstance(e, (UsageError, Conflict)):
+            return HTTPException(e.http_status, str(e))
+        return HTTPException(503, str(e))
+
     def _unavailable() -> HTTPException:
         return HTTPException(404, "enrollment is not set up on this aggregator; run `pifarm setup aggregator`")
 
@@ -68,14 +79,10 @@ def enroll_router(data_dir: str | os.PathLike, *, cert_days: int = CLIENT_DAYS,
     def enroll(body: EnrollBody) -> dict[str, Any]:
         if not enr.enabled():
             raise _unavailable()
-        if not enr.check_secret(body.secret):
-            raise HTTPException(403, "enrollment secret is wrong; copy it from the aggregator's enroll-secret file")
-        try:
+        try:  # a one-time token (or the legacy fleet secret) is checked and spent inside
             return enr.enroll(body.secret, body.hostnqn, body.hostid, body.hostname, body.csr)
-        except (UsageError, IntegrityError) as e:
-            raise HTTPException(400 if isinstance(e, UsageError) else 403, str(e)) from e
         except PifarmError as e:
-            raise HTTPException(503, str(e)) from e
+            raise _http(e) from e
 
     @router.post("/v1/enroll/renew")
     def renew(body: RenewBody) -> dict[str, Any]:
@@ -83,12 +90,8 @@ def enroll_router(data_dir: str | os.PathLike, *, cert_days: int = CLIENT_DAYS,
             raise _unavailable()
         try:
             return enr.renew(body.certificate, body.csr, body.proof)
-        except UsageError as e:
-            raise HTTPException(400, str(e)) from e
-        except IntegrityError as e:
-            raise HTTPException(403, str(e)) from e
         except PifarmError as e:
-            raise HTTPException(503, str(e)) from e
+            raise _http(e) from e
 
     return router
 

@@ -57,9 +57,14 @@ class ApiSettings:
     max_upload: int = 4 * 2**30
     wait_default: int = 60
     wait_max: int = 300
+    #: connections at once (parked long-polls included); beyond it uvicorn answers 503
+    max_connections: int = 16384
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if self.max_connections < 1:
+            raise ConfigError("[api] max_connections must be at least 1", key="api.max_connections",
+                              expected="a positive integer")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("[api] tls_cert and tls_key must be set together")
         if self.tls_client_ca and not self.tls_cert:

@@ -18,7 +18,6 @@ from pifarm.pki import certs as x
 from tests.support.procs import free_port, run_cli
 from tests.support.aggregator import AggregatorProc
 
-SECRET = "enroll-me-please-0123456789"
 
 
 def _ctx(tls: NodeTls | None, ca: Path) -> ssl.SSLContext:
@@ -32,7 +31,6 @@ def _start_farm(tmp_path: Path, enroll_extra: str = "") -> AggregatorProc:
     data = tmp_path / "agg"
     pki = AggregatorPki(data)
     pki.init(dns_names=["localhost"], ips=["127.0.0.1"])
-    (data / "enroll-secret").write_text(SECRET + "\n")
     port, eport = free_port(), free_port()
     cfg = tmp_path / "aggregator.toml"
     cfg.write_text(f"""
@@ -97,8 +95,11 @@ def test_plain_http_gets_no_api(farm):
 def _setup_node(tmp_path: Path, farm, name: str, *extra: str):
     root = tmp_path / name
     ca_hash = x.fingerprint(x.read_cert(farm.pki.path("ca.crt")))
+    token = tmp_path / f"{name}.token"  # one-time token, handed over in a file (never argv)
+    assert run_cli(["enroll", "token", "create", "--data-dir", str(farm.data_dir), "--ttl", "10m",
+                    "--out", str(token)]).returncode == 0
     r = run_cli(["setup", "node", "--root", str(root), "--aggregator", farm.url, "--enroll-url", farm.enroll_url,
-                 "--enroll", SECRET, "--ca-hash", ca_hash, "--hostname", name, "--no-start", *extra])
+                 "--enroll-file", str(token), "--ca-hash", ca_hash, "--hostname", name, "--no-start", *extra])
     return root, r
 
 
@@ -123,10 +124,11 @@ def test_setup_node_enrolls_through_the_aggregator_and_is_then_served(farm, tmp_
 
 def test_setup_node_with_a_wrong_secret_fails_cleanly(farm, tmp_path):
     root = tmp_path / "pi2"
+    ca_hash = x.fingerprint(x.read_cert(farm.pki.path("ca.crt")))
     r = run_cli(["setup", "node", "--root", str(root), "--aggregator", farm.url, "--enroll-url", farm.enroll_url,
-                 "--enroll", "not-the-secret", "--no-start"])
+                 "--ca-hash", ca_hash, "--no-start"], env={"PIFARM_ENROLL_TOKEN": "pfe1_not-a-token"})
     assert r.returncode == 1
-    assert "secret is wrong" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "token is unknown" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (root / "etc/pifarm/tls/node.crt").exists()
 
 
@@ -186,3 +188,22 @@ def test_enrollment_issues_a_dhchap_secret_when_auth_is_on(tmp_path):
         assert json.loads((agg.data_dir / "target" / "hosts.json").read_text())[nqn]["dhchap_key"] == key
     finally:
         agg.stop()
+
+
+def test_a_revoked_node_is_refused_by_the_running_aggregator(farm, tmp_path):
+    """Issue 11, finding 4: `pifarm enroll revoke` puts the certificate on the CRL the mTLS server
+    checks (no restart), the node cannot renew its way back, and other nodes keep being served."""
+    root_a, r = _setup_node(tmp_path, farm, "pia")
+    assert r.returncode == 0, r.stderr
+    root_b, r = _setup_node(tmp_path, farm, "pib")
+    assert r.returncode == 0, r.stderr
+    a, b = NodeTls(root_a / "etc/pifarm/tls"), NodeTls(root_b / "etc/pifarm/tls")
+    assert httpx.get(farm.url + "/health", verify=a.ssl_context(), timeout=10).status_code == 200
+    nqn = (root_a / "etc/nvme/hostnqn").read_text().strip()
+    r = run_cli(["enroll", "revoke", nqn, "--data-dir", str(farm.data_dir)])
+    assert r.returncode == 0 and "revoked" in r.stdout, r.stderr
+    _refused(farm.url, a.ssl_context())
+    assert httpx.get(farm.url + "/health", verify=b.ssl_context(), timeout=10).status_code == 200
+    with pytest.raises(Exception, match="not on record|403"):
+        renew_node(farm.enroll_url, a.dir)
+    assert nqn not in json.loads((farm.data_dir / "target" / "hosts.json").read_text())

@@ -125,8 +125,9 @@ def test_enrollment_issues_a_certificate_and_registers_the_host(tmp_path, enroll
 
 def test_enrollment_refuses_a_wrong_secret_and_writes_nothing(tmp_path, enroll_server):
     url, p = enroll_server
-    with pytest.raises(IntegrityError, match="secret is wrong"):
-        enroll_node(url, "guess", hostnqn=NQN, hostid=HOSTID, hostname="pi1", tls_dir=tmp_path / "tls")
+    with pytest.raises(IntegrityError, match="token is unknown"):
+        enroll_node(url, "guess", hostnqn=NQN, hostid=HOSTID, hostname="pi1", tls_dir=tmp_path / "tls",
+                    trust_on_first_use=True)
     assert not (tmp_path / "tls" / "node.crt").exists()
     assert x.read_hosts(p.data_dir) == []
 
@@ -142,7 +143,8 @@ def test_enrollment_refuses_a_ca_that_does_not_match_the_pin(tmp_path, enroll_se
 def test_enrollment_rejects_a_malformed_host_nqn(tmp_path, enroll_server):
     url, _ = enroll_server
     with pytest.raises(PifarmError, match="400.*NQN"):
-        enroll_node(url, "s3cret-enroll", hostnqn="not-an-nqn", hostid=HOSTID, hostname="pi1", tls_dir=tmp_path / "tls")
+        enroll_node(url, "s3cret-enroll", hostnqn="not-an-nqn", hostid=HOSTID, hostname="pi1", tls_dir=tmp_path / "tls",
+                    trust_on_first_use=True)
 
 
 def test_enrollment_needs_https(tmp_path):
@@ -152,7 +154,8 @@ def test_enrollment_needs_https(tmp_path):
 
 def test_renewal_during_rotation_moves_a_node_to_the_new_ca(tmp_path, enroll_server):
     url, p = enroll_server
-    enroll_node(url, "s3cret-enroll", hostnqn=NQN, hostid=HOSTID, hostname="pi1", tls_dir=tmp_path / "tls")
+    enroll_node(url, "s3cret-enroll", hostnqn=NQN, hostid=HOSTID, hostname="pi1", tls_dir=tmp_path / "tls",
+                trust_on_first_use=True)
     p.rotate()
     with pytest.raises(Conflict, match="still hold a certificate from the old CA"):
         p.finish()

@@ -51,13 +51,14 @@ def test_aggregator_writes_everything_it_lists(staged):
     for rel in (CONF, "etc/sysctl.d/90-pifarm.conf", "etc/modules-load.d/pifarm-aggregator.conf",
                 "etc/systemd/system/pifarm-aggregator.service", "etc/systemd/system/pifarm-target.service"):
         assert (root / rel).is_file(), rel
-    for secret in ("keys/signing.key", "api-token", "enroll-secret", "pki/ca.key", "pki/server.key"):
+    for secret in ("keys/signing.key", "api-token", "pki/ca.key", "pki/server.key"):
         p = data / secret
         assert p.is_file() and stat.S_IMODE(p.stat().st_mode) == 0o600, secret
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert "nvmet-tcp" in (root / "etc/modules-load.d/pifarm-aggregator.conf").read_text()
-    # the printed enrollment line carries the secret and the CA pin
-    assert (data / "enroll-secret").read_text().strip() in r.stdout and "--ca-hash sha256:" in r.stdout
+    # no fleet-wide enrollment secret (issue 11): the printed lines make a one-time token, pin the CA
+    assert not (data / "enroll-secret").exists()
+    assert "pifarm enroll token create --ttl 1h" in r.stdout and "--enroll-file token --ca-hash sha256:" in r.stdout
 
 
 def test_aggregator_config_is_loadable_by_the_daemon_and_points_at_the_pki(staged):
@@ -105,7 +106,7 @@ def test_edited_config_is_kept_unless_forced(tmp_path):
     conf = root / CONF
     edited = conf.read_text().replace('listen = "0.0.0.0:8470"', 'listen = "0.0.0.0:9000"')
     conf.write_text(edited)
-    secret = (root / DATA / "enroll-secret").read_text()
+    secret = (root / DATA / "api-token").read_text()
     r = _setup_agg(root)
     assert r.returncode == 0 and "kept (edited" in r.stdout
     assert conf.read_text() == edited
@@ -113,7 +114,7 @@ def test_edited_config_is_kept_unless_forced(tmp_path):
     assert r.returncode == 0 and "overwritten" in r.stdout
     assert 'listen = "0.0.0.0:8470"' in conf.read_text()
     assert (conf.parent / "aggregator.toml.bak").read_text() == edited
-    assert (root / DATA / "enroll-secret").read_text() == secret  # --force never regenerates secrets
+    assert (root / DATA / "api-token").read_text() == secret  # --force never regenerates secrets
 
 
 def test_dry_run_lists_every_step_and_writes_nothing(tmp_path):
@@ -121,15 +122,15 @@ def test_dry_run_lists_every_step_and_writes_nothing(tmp_path):
     r = _setup_agg(root, "--dry-run")
     assert r.returncode == 0, r.stderr
     assert not root.exists()
-    for what in (CONF, "enroll-secret", "pki", "pifarm-aggregator.service", "systemctl --root="):
+    for what in (CONF, "api-token", "pki", "pifarm-aggregator.service", "systemctl --root="):
         assert what in r.stdout, what
     assert all(line.startswith("would ") for line in r.stdout.strip().splitlines())
 
 
 def test_dry_run_of_node_contacts_nobody_and_writes_nothing(tmp_path):
     root = tmp_path / "node"
-    r = run_cli(["setup", "node", "--root", str(root), "--aggregator", "https://127.0.0.1:1", "--enroll", "x",
-                 "--dry-run"])
+    r = run_cli(["setup", "node", "--root", str(root), "--aggregator", "https://127.0.0.1:1", "--trust-on-first-use",
+                 "--dry-run"], env={"PIFARM_ENROLL_TOKEN": "x"})
     assert r.returncode == 0, r.stderr
     assert not root.exists()
     assert "https://127.0.0.1:2" in r.stdout  # the enrollment listener: API port + 1
@@ -138,19 +139,23 @@ def test_dry_run_of_node_contacts_nobody_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--aggregator", "ftp://x", "--enroll", "s"], "must be a URL"),
-    (["--aggregator", "https://a:1", "--enroll", "s", "--ca-hash", "md5:00"], "sha256"),
+    (["--aggregator", "ftp://x", "--trust-on-first-use"], "must be a URL"),
+    (["--aggregator", "https://a:1", "--ca-hash", "md5:00"], "sha256"),
+    (["--aggregator", "https://a:1"], "--ca-hash sha256:<hex> is required"),
+    (["--aggregator", "https://a:1", "--trust-on-first-use", "--enroll-file", "-"], "expected one line"),
+    (["--aggregator", "https://a:1", "--trust-on-first-use", "--enroll-file", "/nonexistent"], "--enroll-file"),
 ])
 def test_node_bad_input_is_one_clear_line(tmp_path, args, message):
-    r = run_cli(["setup", "node", "--root", str(tmp_path / "n"), "--no-start", *args])
+    # (--ca-hash, or an explicit --trust-on-first-use, is required: issue 11 finding 5)
+    r = run_cli(["setup", "node", "--root", str(tmp_path / "n"), "--no-start", *args], env={"PIFARM_ENROLL_TOKEN": "t"})
     assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "n" / "etc").exists()
 
 
 def test_unreachable_aggregator_stops_setup_with_a_clear_error_and_keeps_finished_steps(tmp_path):
     root = tmp_path / "n"
-    r = run_cli(["setup", "node", "--root", str(root), "--aggregator", "https://127.0.0.1:9", "--enroll", "s",
-                 "--no-start"])
+    r = run_cli(["setup", "node", "--root", str(root), "--aggregator", "https://127.0.0.1:9", "--ca-hash",
+                 "sha256:" + "0" * 64, "--no-start"], env={"PIFARM_ENROLL_TOKEN": "pfe1_token"})
     assert r.returncode == 1
     assert "cannot reach" in r.stderr and "re-run" in r.stderr
     assert (root / "etc/nvme/hostnqn").is_file() and (root / "etc/pifarm/node.toml").is_file()

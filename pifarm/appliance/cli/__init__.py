@@ -15,7 +15,7 @@ import sys
 import click
 
 from pifarm import __version__
-from pifarm.appliance.cli import cache, demo, doctor, fleet, node, nvme, pki, registry, serve, setup, target
+from pifarm.appliance.cli import cache, demo, doctor, enroll, fleet, node, nvme, pki, registry, serve, setup, target
 from pifarm.errors import PifarmError
 
 
@@ -42,7 +42,7 @@ COMMANDS: tuple[click.Command, ...] = (
     # the node: daemon, pulls, status, cache; the inference server alone
     node.node, node.pull, node.status, cache.cache, serve.serve, serve.sample_model,
     # installing and checking a machine
-    setup.setup, pki.pki, doctor.doctor,
+    setup.setup, pki.pki, enroll.enroll, doctor.doctor,
     demo.demo,
 )
 for _command in COMMANDS:

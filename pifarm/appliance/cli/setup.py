@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pifarm.appliance.cli._secrets import resolve, secret_file_option
 from pifarm.errors import UsageError
 
 
@@ -42,7 +43,7 @@ def setup() -> None:
 @click.option("--no-start", is_flag=True, help="Enable the units but do not start them now.")
 def setup_aggregator(root, dry_run, force, data_dir, config_path, listen, dns_names, ips, s3_url, s3_endpoint,
                      no_tls, no_start) -> None:
-    """Registry, PKI, enrollment secret, configfs/nvmet at boot, network tuning, units."""
+    """Registry, PKI, configfs/nvmet at boot, network tuning, units (nodes enroll with tokens)."""
     from pifarm.appliance import setup as s
 
     r = _root(root, dry_run)
@@ -58,8 +59,12 @@ def setup_aggregator(root, dry_run, force, data_dir, config_path, listen, dns_na
 
 @setup.command("node")
 @click.option("--aggregator", required=True, help="The aggregator API URL, e.g. https://agg:8470.")
-@click.option("--enroll", "secret", required=True, help="The aggregator's enrollment secret.")
+@click.option("--enroll", "secret", default=None, envvar="PIFARM_ENROLL_TOKEN",
+              help="Enrollment token (env PIFARM_ENROLL_TOKEN); deprecated on the command line: use --enroll-file.")
+@secret_file_option("enroll", "The one-time token from `pifarm enroll token create` on the aggregator.")
 @click.option("--ca-hash", default=None, help="sha256:<hex> of the farm CA (printed by setup aggregator).")
+@click.option("--trust-on-first-use", is_flag=True,
+              help="Without --ca-hash: accept whatever CA answers (anyone on the LAN could).")
 @click.option("--enroll-url", default="", help="Enrollment listener (default: the API's port + 1).")
 @click.option("--root", "root", type=click.Path(file_okay=False), help="Install into this staging root instead of /.")
 @click.option("--dry-run", is_flag=True, help="Print every file and command, change nothing.")
@@ -70,14 +75,22 @@ def setup_aggregator(root, dry_run, force, data_dir, config_path, listen, dns_na
 @click.option("--hostname", default="", help="Name in the client certificate (default: this host).")
 @click.option("--nvme-address", default="", help="Aggregator NVMe/TCP HOST:PORT (default: its host, port 4420).")
 @click.option("--no-start", is_flag=True, help="Enable the units but do not start them now.")
-def setup_node(aggregator, secret, ca_hash, enroll_url, root, dry_run, force, config_path, channel, cache_max,
-               hostname, nvme_address, no_start) -> None:
+def setup_node(aggregator, secret, enroll_file, ca_hash, trust_on_first_use, enroll_url, root, dry_run, force,
+               config_path, channel, cache_max, hostname, nvme_address, no_start) -> None:
     """Host identity, client certificate + host registration (enrollment), config, units."""
     from pifarm.appliance import setup as s
 
     if ca_hash is not None and not ca_hash.lower().startswith("sha256:"):
         raise UsageError(f"--ca-hash {ca_hash!r} must look like sha256:<64 hex>")
-    o = s.NodeOptions(aggregator=aggregator, enroll_secret=secret, enroll_url=enroll_url,
+    if ca_hash is None and not trust_on_first_use:
+        raise UsageError("--ca-hash sha256:<hex> is required (printed by `pifarm setup aggregator` and `pifarm pki "
+                         "status`); --trust-on-first-use accepts whatever CA answers")
+    secret = resolve(secret, enroll_file, param="secret", flag="--enroll", file_flag="--enroll-file",
+                     env="PIFARM_ENROLL_TOKEN")
+    if not secret:
+        raise UsageError("an enrollment token is required: --enroll-file FILE (- for stdin) or $PIFARM_ENROLL_TOKEN "
+                         "(create one on the aggregator: pifarm enroll token create --ttl 1h)")
+    o = s.NodeOptions(aggregator=aggregator, enroll_secret=secret, enroll_url=enroll_url, trust_on_first_use=trust_on_first_use,
                       ca_hash=ca_hash.lower() if ca_hash else None, config=config_path, cache_max=cache_max,
                       channel=channel, hostname=hostname, nvme_address=nvme_address, start=not no_start, force=force)
     s.run_plan(s.plan_node(o, _root(root, dry_run)), dry_run=dry_run, echo=click.echo)
