@@ -2,7 +2,8 @@
 
 A leaf package: imports nothing of pifarm, and anyone may import it.
 
-`atomic_write` is the one way pifarm replaces a small file: a process-unique temp file in the
+`atomic_write` is the one way pifarm replaces a small file (`atomic_create` the one way it
+creates one that must never be replaced): a process-unique temp file in the
 same directory (exclusive create), fsync, os.replace, fsync the directory. Readers see the old
 file or the new one, never a mix, and a crash leaves at most a dot-prefixed temp file behind.
 """
@@ -38,7 +39,16 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, suf
     The file gets exactly `mode`, whatever the umask (a key is 0600 and a unit file 0644 whoever
     runs setup); the temp file has it from its creation, so a secret is never readable by others.
     `suffix` names the temp file for owners that sweep their own leftovers (the registry store)."""
-    p = Path(path)
+    return _publish(Path(path), data, mode, suffix, os.replace)
+
+
+def atomic_create(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Path:
+    """`atomic_write` that never replaces: FileExistsError when `path` exists (a signing key, a
+    token: created once, complete or not at all, even when two processes race)."""
+    return _publish(Path(path), data, mode, ".tmp", os.link)
+
+
+def _publish(p: Path, data: bytes, mode: int, suffix: str, put) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.parent / f".{p.name}.{uuid.uuid4().hex}{suffix}"
     try:
@@ -49,7 +59,7 @@ def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, suf
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, p)
+        put(tmp, p)  # os.replace, or os.link (refuses an existing name)
         fsync_dir(p.parent)
     finally:
         tmp.unlink(missing_ok=True)

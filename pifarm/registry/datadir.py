@@ -11,6 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
+from pifarm.durable import atomic_create
 from pifarm.errors import ConfigError, Conflict
 from pifarm.registry.settings import ApiSettings
 
@@ -26,13 +27,10 @@ def ensure_api_token(data_dir: str | os.PathLike, api: ApiSettings) -> str:
         if api.token_file:
             raise ConfigError(f"[api] token_file {path} does not exist") from None
     token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        atomic_create(path, (token + "\n").encode(), 0o600)
     except FileExistsError:
         return path.read_text().strip()
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
     return token
 
 

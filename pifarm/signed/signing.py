@@ -18,6 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pifarm.durable import atomic_create, atomic_write
 from pifarm.errors import ConfigError, SignatureError, UsageError
 from pifarm.signed.canonical import canonical_bytes
 
@@ -66,15 +67,12 @@ class SigningKey:
     def write(self, directory: str | os.PathLike) -> tuple[Path, Path]:
         """Write `signing.key` (0600, never overwritten) and `signing.pub` into directory."""
         d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         priv, pub = d / PRIVATE_NAME, d / PUBLIC_NAME
         pem = self.private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(priv, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        pub.write_bytes(public_pem(self.public))
+        atomic_create(priv, pem, 0o600)
+        atomic_write(pub, public_pem(self.public), 0o644)
         return priv, pub
 
 
