@@ -82,19 +82,25 @@ def test_failures_exit_1_with_one_line(capsys, tmp_path, face_model):
     assert code == 1 and "unreachable" in one_line_error(err)
 
 
-def test_http_mode_against_the_real_daemon(capsys, aggregator, face_model):
+def test_http_mode_against_the_real_daemon(capsys, aggregator, face_model, tmp_path):
     url = aggregator.url
-    code, _, err = run(capsys, "publish", str(face_model), "--name", "face", "--registry", url, "--token", "wrong")
+    (tmp_path / "wrong").write_text("wrong\n")
+    code, _, err = run(capsys, "publish", str(face_model), "--name", "face", "--registry", url,
+                       "--token-file", str(tmp_path / "wrong"))
     assert code == 1 and "HTTP 403" in one_line_error(err)
+    code, _, err = run(capsys, "publish", str(face_model), "--name", "face", "--registry", url, "--token", "wrong")
+    # the old form still works, and says the token was visible to every local user (issue 11 #6)
+    assert code == 1 and "HTTP 403" in err and "warning: --token on the command line is visible" in err
+    (tmp_path / "token").write_text(aggregator.token + "\n")
     code, _, err = run(capsys, "publish", str(face_model), "--name", "face", "--registry", url)
     assert code == 1 and "HTTP 401" in one_line_error(err)
     code, out, _ = run(capsys, "publish", str(face_model), "--name", "face", "--channel", "canary",
-                       "--registry", url, "--token", aggregator.token)
+                       "--registry", url, "--token-file", str(tmp_path / "token"))
     assert code == 0 and "published face version 1, canary" in out
     code, out, _ = run(capsys, "models", "--registry", url, "--json")
     assert json.loads(out)["face"]["channels"] == {"canary": 1}
     code, _, err = run(capsys, "promote", "face", "9", "--channel", "stable", "--registry", url,
-                       "--token", aggregator.token)
+                       "--token-file", str(tmp_path / "token"))
     assert code == 1 and "no version 9" in one_line_error(err)
     # the daemon holds the data dir: direct mode says so instead of corrupting it
     code, _, err = run(capsys, "publish", str(face_model), "--name", "x", "--data-dir", str(aggregator.data_dir))

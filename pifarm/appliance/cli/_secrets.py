@@ -4,6 +4,7 @@ readable by every local user in /proc/<pid>/cmdline and lands in shell history. 
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -37,3 +38,22 @@ def resolve(value: str | None, file: str | None, *, param: str, flag: str, file_
             click.echo(f"warning: {flag} on the command line is visible to every local user (/proc/<pid>/cmdline); "
                        f"use {where}", err=True)
     return value
+
+
+def secret_options(name: str, env: str, help: str, *, short: str | None = None):
+    """`--<name> VALUE` (env `env`; warns on the command line) and `--<name>-file PATH|-` for a
+    command whose function takes the secret as parameter `<name>` (dashes as underscores)."""
+    param = name.replace("-", "_")
+
+    def decorate(f):
+        @functools.wraps(f)
+        def wrapper(*args, **kw):
+            kw[param] = resolve(kw.get(param), kw.pop(f"{param}_file", None), param=param, flag=f"--{name}",
+                                file_flag=f"--{name}-file", env=env)
+            return f(*args, **kw)
+
+        wrapper = secret_file_option(name, help)(wrapper)
+        decls = [f"--{name}"] + ([short] if short else [])
+        return click.option(*decls, param, envvar=env, default=None,
+                            help=f"{help} (env {env}; on the command line it is visible to other users).")(wrapper)
+    return decorate

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 
 import click
 
+from pifarm.appliance.cli._secrets import secret_options
 from pifarm.errors import UsageError
 
 REGISTRY_ENV = "PIFARM_REGISTRY"
@@ -21,7 +22,7 @@ TOKEN_ENV = "PIFARM_API_TOKEN"
 
 
 def _options(f):
-    f = click.option("--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token for writes (env {TOKEN_ENV}).")(f)
+    f = secret_options("token", TOKEN_ENV, "Bearer token for writes.")(f)
     f = click.option("--registry", "url", envvar=REGISTRY_ENV, default=None,
                      help=f"Aggregator URL, e.g. http://agg:8470 (env {REGISTRY_ENV}).")(f)
     return f

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from pifarm.appliance.cli._secrets import secret_options
 from pifarm.errors import UsageError
 
 DEFAULT_PORT = 4420
@@ -28,8 +29,8 @@ def _params(address: str, hostnqn: str, subnqn: str | None, hostid: str | None, 
 
 
 def _common(f):
-    f = click.option("--dhchap-secret", "-S", default=None, envvar="PIFARM_NVME_DHCHAP_SECRET",
-                     help="This host's DH-HMAC-CHAP secret (DHHC-1:..:..:), used if the target asks.")(f)
+    f = secret_options("dhchap-secret", "PIFARM_NVME_DHCHAP_SECRET",
+                       "This host's DH-HMAC-CHAP secret (DHHC-1:..:..:), used if the target asks.", short="-S")(f)
     f = click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds allowed per exchange.")(f)
     f = click.option("-G", "--data-digest", "ddgst", is_flag=True, help="Negotiate CRC32C data digests.")(f)
     f = click.option("-g", "--hdr-digest", "hdgst", is_flag=True, help="Negotiate CRC32C header digests.")(f)

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import click
 
 from pifarm.appliance.cli._output import echo_json
+from pifarm.appliance.cli._secrets import secret_options
 from pifarm.errors import Conflict, PifarmError, UsageError
 
 REGISTRY_ENV = "PIFARM_REGISTRY"
@@ -21,7 +22,7 @@ TOKEN_ENV = "PIFARM_API_TOKEN"
 def _registry_options(f):
     f = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                      help="Work on this aggregator data dir directly (no aggregator running on it).")(f)
-    f = click.option("--token", envvar=TOKEN_ENV, default=None, help=f"Bearer token for writes (env {TOKEN_ENV}).")(f)
+    f = secret_options("token", TOKEN_ENV, "Bearer token for writes.")(f)
     f = click.option("--registry", "url", envvar=REGISTRY_ENV, default=None,
                      help=f"Aggregator URL, e.g. http://agg:8470 (env {REGISTRY_ENV}).")(f)
     f = click.option("--config", type=click.Path(dir_okay=False), default=None,

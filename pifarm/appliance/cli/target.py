@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from pifarm.appliance.cli._output import echo_json
+from pifarm.appliance.cli._secrets import secret_options
 from pifarm.errors import UsageError
 
 NVME_PORT = 4420
@@ -132,7 +133,7 @@ def status_cmd(as_json, config, data_dir) -> None:
 @click.option("--hmac", type=click.IntRange(0, 3), default=1, show_default=True,
               help="Key transform hash: 0 none, 1 SHA-256, 2 SHA-384, 3 SHA-512.")
 @click.option("--dhgroup", default="null", show_default=True, help="null, ffdhe2048 ... ffdhe8192")
-@click.option("--key", default=None, help="Use this DHHC-1 secret instead of generating one.")
+@secret_options("key", "PIFARM_DHCHAP_KEY", "Use this DHHC-1 secret instead of generating one.")
 @click.option("--apply/--no-apply", "do_apply", default=True, show_default=True)
 @_options
 def allow_host_cmd(nqn, dhchap, bidirectional, hmac, dhgroup, key, do_apply, config, data_dir) -> None:
