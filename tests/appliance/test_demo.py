@@ -23,11 +23,11 @@ def test_demo_check_passes_end_to_end(tmp_path):
     assert all(l.startswith("PASS") for l in lines)
     text = "\n".join(lines)
     for what in ("aggregator running", "inference on v1", "hot swap", "degraded mode, still serving",
-                 "degraded mode left"):
+                 "degraded mode left", "promoted to stable by its rollout", "aborted in wave 1"):
         assert what in text
     assert "none dropped" in text
     assert "served from" in text or "served by the fallback" in text  # it says which path served
-    assert "10/10 steps passed" in r.stdout
+    assert "11/11 steps passed" in r.stdout
 
 
 @pytest.mark.slow

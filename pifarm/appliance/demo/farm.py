@@ -239,6 +239,7 @@ class Demo:
             Step("active", "v1 pulled, verified, active", f.v1_active, ("node", "v1")),
             Step("infer", "inference on v1", f.infer_v1, ("active",)),
             Step("swap", "publish v2, hot swap under load", f.hot_swap, ("infer",)),
+            Step("rollout", "rollout: good version promoted, bad version aborted", f.rollouts, ("swap",)),
             Step("degraded", "store away: degraded mode, still serving", f.degraded, ("infer",)),
             Step("recovered", "store back: degraded mode left", f.recovered, ("degraded",)),
         ]
@@ -330,6 +331,58 @@ class Demo:
             raise StepFailed(f"expected version 1, the registry assigned {v}")
         return f"{MODEL} v1 published, signed, volume built"
 
+    def _report_token(self) -> str:
+        from pifarm.initiator.identity import ensure_identity
+        from pifarm.registry.fleet_api import load_token_key, node_token
+
+        return node_token(load_token_key(self.f.agg_dir), ensure_identity(self.f.node_dir / "nvme").hostid)
+
+    def _rollout(self, version: int, *flags: str) -> dict[str, Any]:
+        """`pifarm rollout start` and wait for its outcome (promoted or aborted)."""
+        self.f.cli("rollout", "start", MODEL, str(version), *flags, "--registry", self.f.agg_url,
+                   "--token", self._token())
+
+        def done() -> dict[str, Any] | None:
+            st = httpx.get(f"{self.f.agg_url}/v1/rollouts/{MODEL}", timeout=5).json()
+            return st if st.get("state") in ("promoted", "aborted") else None
+        return wait_for(f"rollout of v{version} decided", done, timeout=120)
+
+    def rollouts(self) -> str:
+        stop = threading.Event()
+
+        def load() -> None:  # the gates compare what the node served
+            while not stop.is_set():
+                try:
+                    self.f.infer(self.x)
+                except StepFailed:
+                    pass
+                time.sleep(0.02)
+        t = threading.Thread(target=load, daemon=True)
+        t.start()
+        try:
+            good = self._publish(seed=3, channel=None)
+            if self.f.procs.get("target") and self.f.procs["target"].alive:
+                self._start_target()
+            st = self._rollout(good, "--waves", "100%", "--bake", "2", "--min-requests", "5")
+            if st["state"] != "promoted":
+                raise StepFailed(f"the rollout of good v{good} ended {st['state']}: {st.get('reason')}")
+            wait_for(f"{MODEL} v{good} active", lambda: self._served(good))
+            bad_dir = self.f.workdir / "models" / "bad"
+            bad_dir.mkdir(parents=True, exist_ok=True)
+            (bad_dir / "model.tflite").write_bytes(b"not a model the runtime runs " * 32)
+            out = self.f.cli("publish", str(bad_dir / "model.tflite"), "--name", MODEL, "--format", "raw",
+                             "--registry", self.f.agg_url, "--token", self._token(), "--json")
+            bad = int(json.loads(out)["version"])
+            st = self._rollout(bad, "--bake", "2", "--min-requests", "5")
+            if st["state"] != "aborted":
+                raise StepFailed(f"the rollout of unloadable v{bad} ended {st['state']}, not aborted")
+            wait_for(f"{MODEL} back on v{good}", lambda: self._served(good))
+        finally:
+            stop.set()
+            t.join(timeout=15)
+        return (f"v{good} promoted to stable by its rollout; v{bad} aborted in wave 1 "
+                f"({st['reason'][:90]}); serving v{good}")
+
     def _host_nqn(self) -> str:
         from pifarm.initiator.identity import ensure_identity
 
@@ -361,9 +414,13 @@ class Demo:
         lines = ["[node]", f'aggregator = "{self.f.agg_url}"', 'channel = "stable"',
                  f'trusted_keys = ["{self.f.agg_dir}/keys/signing.pub"]', f'state_dir = "{self.f.state_dir}"',
                  f'listen = "127.0.0.1:{self.f.ports["inference"]}"', f'host_identity = "{ident}"',
+                 # reports to the aggregator (the rollout step's gates read them), as this node
+                 "report_interval = 1.0", f'report_token = "{self._report_token()}"',
                  "[cache]", f'root = "{self.f.cache_dir}"', 'max_bytes = "256MiB"',
                  # short waits and backoff so the demo shows recovery within seconds
-                 "[watcher]", "poll_wait = 10", "backoff_max = 3.0"]
+                 "[watcher]", "poll_wait = 10", "backoff_max = 3.0",
+                 # no gRPC endpoint: its default port (8081) may be taken on a shared machine
+                 "[inference]", 'grpc_listen = "off"']
         if self.f.s3:
             lines += ["[s3]", 'url = "s3://pifarm-demo/farm"', f'endpoint_url = "{self.f.s3_endpoint}"']
         lines += ["[[sources]]", 'kind = "nvme-tcp-userspace"', f'address = "127.0.0.1:{self.f.ports["target"]}"',
