@@ -1,6 +1,6 @@
 """The gRPC endpoint: `inference.GRPCInferenceService` of grpc_predict_v2.proto over the same
-request path as REST (serving.Serving), on `[inference] grpc_listen` (default: the HTTP host,
-port 8081; env PIFARM_INFERENCE_GRPC_LISTEN).
+request path as REST (serving.Serving), on `[inference] grpc_listen` (default: the HTTP host and
+the HTTP port + 1, i.e. 8081 beside 8080; env PIFARM_INFERENCE_GRPC_LISTEN).
 
 ModelInfer takes `raw_input_contents` (one little-endian buffer per input, as tritonclient
 sends) or typed `contents`, and always answers with `raw_output_contents`. Errors are gRPC

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -95,16 +96,17 @@ class BodyLimit:
 
 
 def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
-               grpc_listen: str | None = None) -> FastAPI:
+               grpc_listen: str | None = None, grpc_required: bool = True) -> FastAPI:
     """A KServe V2 app serving the models of the cache at `cache_root` (see module docstring);
-    with `grpc_listen` ("host:port", port 0 = any) also the gRPC endpoint (app.state.grpc_port)."""
+    with `grpc_listen` ("host:port", port 0 = any) also the gRPC endpoint (app.state.grpc_port).
+    A default (not `grpc_required`) address that cannot be bound is a warning, not a failure."""
     metrics = ServerMetrics()
     manager = ModelManager(settings, Path(cache_root), Path(state_dir) if state_dir is not None else None, metrics)
     serving = Serving(manager, metrics)
     state = ServerState(settings=settings, manager=manager, metrics=metrics, serving=serving,
                         repository=Repository(manager, settings.write_token(), mtls=bool(settings.tls_client_ca)))
     app = FastAPI(title="pifarm inference (KServe V2)", version=__version__,
-                  lifespan=lambda app: _lifespan(app, state, grpc_listen))
+                  lifespan=lambda app: _lifespan(app, state, grpc_listen, grpc_required))
     app.state.server = state
     app.state.manager = manager
     app.state.metrics = metrics
@@ -122,15 +124,21 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
 
 
 @contextlib.asynccontextmanager
-async def _lifespan(app: FastAPI, state: ServerState, grpc_listen: str | None):
+async def _lifespan(app: FastAPI, state: ServerState, grpc_listen: str | None, grpc_required: bool = True):
     settings, manager = state.settings, state.manager
     grpc_endpoint = None
     if grpc_listen:
+        from pifarm.errors import ConfigError
         from pifarm.inference.grpc_server import GrpcEndpoint, credentials
 
         creds = credentials(settings.tls_cert, settings.tls_key, settings.tls_client_ca) if settings.tls_cert else None
-        grpc_endpoint = GrpcEndpoint(state.serving, state.repository, grpc_listen, settings.max_body, creds)
-        app.state.grpc_port = grpc_endpoint.port
+        try:
+            grpc_endpoint = GrpcEndpoint(state.serving, state.repository, grpc_listen, settings.max_body, creds)
+            app.state.grpc_port = grpc_endpoint.port
+        except ConfigError as e:
+            if grpc_required:
+                raise
+            logging.getLogger(__name__).warning("%s; serving REST only (set [inference] grpc_listen)", e)
     await asyncio.to_thread(manager.start)
     if grpc_endpoint is not None:
         grpc_endpoint.start()
@@ -189,7 +197,8 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
     if not Path(cache_root).is_dir():
         raise ConfigError(f"cache directory {cache_root} does not exist; pass the node's cache")
     resolve(settings.runtime)
-    app = create_app(settings, cache_root, state_dir, grpc_listen=settings.grpc_address(host))
+    grpc_listen, grpc_required = settings.grpc_address(host, port)
+    app = create_app(settings, cache_root, state_dir, grpc_listen=grpc_listen, grpc_required=grpc_required)
     tls: dict = {}
     if settings.tls_cert:
         import ssl

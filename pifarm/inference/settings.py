@@ -3,7 +3,7 @@
     [inference]
     runtime = "auto"            # auto | ai-edge-litert | tflite-runtime
     max_body = 16777216
-    grpc_listen = ""            # gRPC endpoint; "" = the HTTP server's host, port 8081; "off" = none
+    grpc_listen = ""            # gRPC endpoint; "" = the HTTP host, HTTP port + 1 (8081); "off" = none
     token_file = "/etc/pifarm/inference-token"   # (or token = "...") repository load/unload need it
     tls_cert = ""               # with tls_key: both endpoints speak TLS; with tls_client_ca, mTLS
     [inference.defaults]        # applies to every model
@@ -101,7 +101,7 @@ class InferenceSettings:
     max_body: int = 16 * 1024 * 1024
     state_poll_seconds: float = 2.0                     # fallback rescan when a filesystem event is missed
     retry_failed_seconds: float = 30.0                  # a refused version is retried after this (cache repair)
-    grpc_listen: str = ""                               # "" = HTTP host, port 8081; "off" = no gRPC endpoint
+    grpc_listen: str = ""                               # "" = HTTP host, HTTP port + 1; "off" = no gRPC endpoint
     token: str = ""                                     # Bearer token for repository writes (load/unload)
     token_file: str = ""                                # ...or a file holding it
     tls_cert: str = ""                                  # PEM certificate chain of both endpoints
@@ -128,16 +128,18 @@ class InferenceSettings:
     def configured(self) -> list[str]:
         return sorted(self.models)
 
-    def grpc_address(self, http_host: str) -> str | None:
-        """Where the gRPC endpoint listens ("host:port", IPv6 in brackets), None when off."""
+    def grpc_address(self, http_host: str, http_port: int) -> tuple[str | None, bool]:
+        """(where the gRPC endpoint listens, "host:port" with IPv6 in brackets, or None when off;
+        whether it was asked for explicitly). The default is the HTTP host and the next port
+        (8081 beside the default 8080), so several servers on one machine do not collide."""
         if self.grpc_listen == "off":
-            return None
+            return None, False
         if self.grpc_listen:
             host, _, port = self.grpc_listen.rpartition(":")
-            host = host.strip("[]") or "0.0.0.0"
+            host, explicit = host.strip("[]") or "0.0.0.0", True
         else:
-            host, port = http_host, "8081"
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            host, port, explicit = http_host, str(http_port + 1 if http_port else 0), False
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), explicit
 
     def write_token(self) -> str | None:
         """The Bearer token repository writes need (None: none configured)."""
