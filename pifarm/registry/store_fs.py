@@ -96,6 +96,10 @@ class FsStore:
                     with open(tmp, "rb") as f:
                         while chunk := f.read(CHUNK):
                             v.update(chunk)
+                        # the upload was written without fsync: its data must be on disk before
+                        # the rename makes it a blob (the store's start-up check sees only sizes,
+                        # so a torn blob of the right length would stay)
+                        os.fsync(f.fileno())
                     v.finish()
                 else:
                     v = StreamVerifier(ref, source=str(path))
