@@ -206,7 +206,8 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
         tls = {"ssl_certfile": settings.tls_cert, "ssl_keyfile": settings.tls_key}
         if settings.tls_client_ca:  # mTLS: every client shows a certificate this CA signed
             tls.update(ssl_ca_certs=settings.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on", **tls)
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                            limit_concurrency=settings.max_connections, **tls)
     server = uvicorn.Server(config)
     if on_ready is not None:
         def announce() -> None:

@@ -107,8 +107,11 @@ class InferenceSettings:
     tls_cert: str = ""                                  # PEM certificate chain of both endpoints
     tls_key: str = ""
     tls_client_ca: str = ""                             # set: clients must present a certificate it signed (mTLS)
+    max_connections: int = 256                          # HTTP connections at once; beyond it uvicorn answers 503
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.max_connections, int) and self.max_connections >= 1,
+               f"[inference] max_connections must be an integer >= 1, got {self.max_connections!r}")
         _check(self.runtime in RUNTIMES, f"[inference] runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         _check(isinstance(self.max_body, int) and self.max_body >= 1024,
                f"[inference] max_body must be at least 1024 bytes, got {self.max_body!r}")
