@@ -11,20 +11,24 @@ bytes) — so the split of a request is complete. The same phases are Prometheus
     pifarm_inference_phase_seconds{model,phase}   phase = decode | queue | compute_input |
                                                   compute_infer | compute_output | encode
 
-Recording is a handful of integer additions under a per-version lock and one histogram
-observation per phase, bound to the model once (label lookups cost more than the additions).
+Recording is a handful of integer additions under a per-version lock, histogram buckets
+included: the histograms are rendered from these counters at scrape time by a collector, so a
+request creates no Python objects for its metrics and takes no other lock.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from bisect import bisect_left
+from typing import Any, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily
 
 PHASES = ("decode", "queue", "compute_input", "compute_infer", "compute_output", "encode")
 PHASE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5)
+_BOUNDS_NS = tuple(int(b * 1e9) for b in PHASE_BUCKETS)
 
 
 class VersionStats:
@@ -34,8 +38,10 @@ class VersionStats:
                  "compute_output", "decode", "encode", "inference_count", "execution_count", "last_inference",
                  "batches", "hist")
 
-    def __init__(self, name: str, version: str, hist: dict[str, Any]):
-        self.name, self.version, self.hist = name, version, hist
+    def __init__(self, name: str, version: str):
+        self.name, self.version = name, version
+        # phase -> per-bucket counts (last: +Inf) followed by the sum in ns
+        self.hist: dict[str, list[int]] = {p: [0] * (len(_BOUNDS_NS) + 2) for p in PHASES}
         self.lock = threading.Lock()
         for f in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "decode", "encode"):
             setattr(self, f, [0, 0])
@@ -63,10 +69,12 @@ class VersionStats:
             b[3] += infer_ns
             b[4] += 1
             b[5] += output_ns
-        h = self.hist
-        h["compute_input"].observe(input_ns / 1e9)
-        h["compute_infer"].observe(infer_ns / 1e9)
-        h["compute_output"].observe(output_ns / 1e9)
+            h = self.hist
+            for phase, ns in (("compute_input", input_ns), ("compute_infer", infer_ns),
+                              ("compute_output", output_ns)):
+                counts = h[phase]
+                counts[bisect_left(_BOUNDS_NS, ns)] += 1
+                counts[-1] += ns
 
     def request(self, total_ns: int, decode_ns: int, queue_ns: int, encode_ns: int) -> None:
         """One successful request, end to end (protocol thread)."""
@@ -79,10 +87,11 @@ class VersionStats:
             self.decode[1] += decode_ns
             self.encode[0] += 1
             self.encode[1] += encode_ns
-        h = self.hist
-        h["decode"].observe(decode_ns / 1e9)
-        h["queue"].observe(queue_ns / 1e9)
-        h["encode"].observe(encode_ns / 1e9)
+            h = self.hist
+            for phase, ns in (("decode", decode_ns), ("queue", queue_ns), ("encode", encode_ns)):
+                counts = h[phase]
+                counts[bisect_left(_BOUNDS_NS, ns)] += 1
+                counts[-1] += ns
 
     def failure(self, total_ns: int) -> None:
         with self.lock:
@@ -115,12 +124,34 @@ class Statistics:
     """Every model version's VersionStats, plus the phase histograms on the server's registry."""
 
     def __init__(self, registry: CollectorRegistry):
-        self._phase = Histogram("pifarm_inference_phase_seconds",
-                                "Time a request spends in each phase: decode, queue, compute_input, "
-                                "compute_infer, compute_output, encode", ["model", "phase"],
-                                buckets=PHASE_BUCKETS, registry=registry)
         self._lock = threading.Lock()
         self._by: dict[tuple[str, str], VersionStats] = {}
+        registry.register(self)
+
+    def describe(self) -> list:
+        return []  # names are only known at scrape time; describing none keeps registration cheap
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        """pifarm_inference_phase_seconds{model,phase}, summed over each model's versions."""
+        fam = HistogramMetricFamily("pifarm_inference_phase_seconds",
+                                    "Time a request spends in each phase: decode, queue, compute_input, "
+                                    "compute_infer, compute_output, encode", labels=["model", "phase"])
+        with self._lock:
+            entries = list(self._by.values())
+        totals: dict[tuple[str, str], list[int]] = {}
+        for e in entries:
+            with e.lock:
+                for phase, counts in e.hist.items():
+                    acc = totals.setdefault((e.name, phase), [0] * len(counts))
+                    for i, c in enumerate(counts):
+                        acc[i] += c
+        for (model, phase), counts in sorted(totals.items()):
+            cum, buckets = 0, []
+            for bound, c in zip(list(PHASE_BUCKETS) + [float("inf")], counts[:-1]):
+                cum += c
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", cum))
+            fam.add_metric([model, phase], buckets, counts[-1] / 1e9)
+        yield fam
 
     def entry(self, model: str, version: int | str) -> VersionStats:
         key = (model, str(version))
@@ -129,8 +160,7 @@ class Statistics:
             with self._lock:
                 e = self._by.get(key)
                 if e is None:
-                    hist = {p: self._phase.labels(model, p) for p in PHASES}
-                    e = self._by[key] = VersionStats(model, str(version), hist)
+                    e = self._by[key] = VersionStats(model, str(version))
         return e
 
     def failure(self, model: str, version: int | str | None, total_ns: int) -> None:

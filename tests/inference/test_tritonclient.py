@@ -145,6 +145,12 @@ def test_statistics_count_requests_and_split_the_time(node):
     assert {m["name"] for m in node["http"].get_inference_statistics()["model_stats"]} >= {served}
     with pytest.raises(InferenceServerException, match="not served"):
         node["http"].get_inference_statistics("ghost")
+    # the same figures as Prometheus histograms
+    metrics = httpx.get(f"{node['url']}/metrics").text
+    for phase in ("decode", "queue", "compute_input", "compute_infer", "compute_output", "encode"):
+        line = next(x for x in metrics.splitlines() if x.startswith("pifarm_inference_phase_seconds_count")
+                    and f'model="{served}"' in x and f'phase="{phase}"' in x)
+        assert float(line.split()[-1]) >= 5, line
 
 
 def test_repository_index_load_unload_over_both_protocols(node):
