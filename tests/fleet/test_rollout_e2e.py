@@ -194,3 +194,14 @@ def test_fleet_cli_show_and_forget(farm):
     assert out.returncode == 0 and n.node_id in out.stdout
     # it reports again on its own, so it comes back
     wait_for(lambda: n.node_id in farm.fleet(), "the forgotten node reporting again", 30, interval=0.2)
+
+
+def test_aggregator_metrics_count_nodes_versions_and_rollouts(farm):
+    import re
+
+    wait_reported(farm, stable_version(farm))
+    text = farm.api("GET", "/metrics").text
+    assert re.search(r'^pifarm_fleet_nodes\{state="ready"\} 4\.0$', text, re.M), text[-2000:]
+    assert re.search(rf'^pifarm_fleet_model_nodes\{{model="{MODEL}",version="{stable_version(farm)}"\}} 4\.0$',
+                     text, re.M)
+    assert re.search(r"^pifarm_fleet_reports_total \d+", text, re.M)
