@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from pifarm.appliance import aggregator_fleetview
 from pifarm.registry.fleet_api import FleetCollector, FleetService, ReportPath, fleet_router, peer_cert_protocol
 
 
 def mount(app, ctx, token: str | None) -> FleetService:
     service = FleetService(ctx.registry, ctx.data_dir, token)
     app.add_middleware(ReportPath, service=service)
+    # the fleet view first: its /v1/fleet/prometheus-sd must be matched before /v1/fleet/{node}
+    aggregator_fleetview.mount(app, ctx, service)
     app.include_router(fleet_router(service))
     ctx.metrics_registry.register(FleetCollector(service))
     ctx.on_start.append(service.start)

@@ -163,7 +163,10 @@ class DriveHealthCollector:
                                                   labels=["device"]),
         }
         for r in reports:
-            status.add_metric([r.device, r.status], 1)
+            # every status of every drive, 1 for the current one: an alert on
+            # {status="failed"} == 1 then has a series to watch before anything fails
+            for st in _RANK:
+                status.add_metric([r.device, st], 1 if st == r.status else 0)
             for field, g in gauges.items():
                 v = getattr(r, field)
                 if v is not None:
