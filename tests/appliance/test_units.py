@@ -94,6 +94,40 @@ def test_inference_security_score(tmp_path):
     assert float(m.group(1)) <= 2.0, r.stdout
 
 
+def _score(exe: str, path: Path) -> float:
+    r = subprocess.run([exe, "security", "--offline=true", "--no-pager", str(path)], capture_output=True, text=True,
+                       timeout=60, cwd=path.parent)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    return float(m.group(1))
+
+
+#: `systemd-analyze security --offline` (systemd 252) of each unit before issue 11: never worse
+BEFORE_ISSUE_11 = {"pifarm-aggregator.service": 2.2, "pifarm-target.service": 2.6, "pifarm-node.service": 3.3,
+                   "pifarm-inference.service": 1.1}
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_security_scores_never_get_worse(tmp_path, unit):
+    assert _score(_analyze(), _staged(tmp_path, unit)) <= BEFORE_ISSUE_11[unit]
+
+
+def test_node_unit_keeps_its_capability_away_from_the_kernel():
+    """Issue 11 #11: CAP_SYS_ADMIN (for /dev/nvme-fabrics) without module loading, tunables,
+    arbitrary devices or the privileged system calls."""
+    d = _directives("pifarm-node.service")
+    assert d["ProtectKernelModules"] == ["yes"] and d["ProtectKernelTunables"] == ["yes"]
+    assert d["DevicePolicy"] == ["closed"] and set(d["DeviceAllow"]) == {"char-misc rw", "block-blkext r"}
+    assert any(v.startswith("~") and "@privileged" in v for v in d["SystemCallFilter"])
+
+
+def test_inference_unit_restricts_who_may_call_it():
+    d = _directives("pifarm-inference.service")
+    assert d["IPAddressDeny"] == ["any"]
+    allowed = d["IPAddressAllow"][0].split()
+    assert "localhost" in allowed and "0.0.0.0/0" not in allowed and "any" not in allowed
+
+
 def test_ordering_of_boot_units():
     target = _directives("pifarm-target.service")
     assert "sys-kernel-config.mount" in " ".join(target["Requires"])
