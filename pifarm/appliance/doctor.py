@@ -51,26 +51,28 @@ class Env:
 
     @classmethod
     def system(cls, role: str = "auto", config: str | None = None) -> "Env":
-        if role == "auto":
-            if config:
-                role = "aggregator" if "aggregator" in Path(config).name else "node"
-            else:
-                role = "aggregator" if Path("/etc/pifarm/aggregator.toml").is_file() else "node"
-        path = config or f"/etc/pifarm/{role}.toml"
-        doc: dict[str, Any] = {}
-        if Path(path).is_file():
-            from pifarm.errors import ConfigError
+        from pifarm.appliance.config import DEFAULT_CONFIG, find_config
+        from pifarm.errors import ConfigError
 
+        named = config or os.environ.get("PIFARM_CONFIG")
+        if role == "auto":
+            if named:
+                role = "aggregator" if "aggregator" in Path(named).name else "node"
+            else:
+                role = "aggregator" if Path(DEFAULT_CONFIG.format(role="aggregator")).is_file() else "node"
+        # the daemons' own lookup (--config, $PIFARM_CONFIG, /etc/pifarm/<role>.toml); read raw here,
+        # so a config the loader would refuse can still be checked section by section
+        path = find_config(role, config)
+        doc: dict[str, Any] = {}
+        if path is not None and Path(path).is_file():
             try:
                 with open(path, "rb") as f:
                     doc = tomllib.load(f)
             except (OSError, tomllib.TOMLDecodeError) as e:
                 raise ConfigError(f"config file {path} is not readable TOML: {e}") from e
-        elif config:
-            from pifarm.errors import ConfigError
-
-            raise ConfigError(f"config file {config} does not exist")
-        return cls(role=role, config=doc, config_path=path if Path(path).is_file() else "")
+        elif named:
+            raise ConfigError(f"config file {path} does not exist")
+        return cls(role=role, config=doc, config_path=str(path) if path is not None and Path(path).is_file() else "")
 
     def section(self, name: str) -> dict[str, Any]:
         v = self.config.get(name)
