@@ -112,9 +112,11 @@ class InferenceError(PifarmError):
     pass
 
 
-#: What an error response names no known class for becomes, by its status (a proxy's 503 too).
-_BY_STATUS: dict[int, type[PifarmError]] = {400: UsageError, 404: NotFound, 409: Conflict, 413: UsageError,
-                                             422: UsageError, 503: ReadOnlyError}
+#: What an error response that names no known class (a proxy's 503, a framework's 422) becomes:
+#: the class answered with that status (where two share one, the more general), read off the tree.
+_BY_STATUS: dict[int, type[PifarmError]] = {
+    c.http_status: c for c in (UsageError, TooLarge, Unauthorized, Forbidden, NotFound, Conflict, ReadOnlyError)
+} | {422: UsageError}
 
 
 def for_response(status: int, kind: str = "") -> type[PifarmError]:

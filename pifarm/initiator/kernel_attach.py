@@ -10,7 +10,7 @@ outcomes of one attach round:
                      is reconnecting them by itself (ctrl-loss-tmo / reconnect-delay)
 
 Every nvme-cli call runs with a bound (a connect can block in the kernel); `attach` retries
-rounds with exponential backoff and full jitter; `attach_async` keeps it off the event loop.
+rounds with exponential backoff and full jitter.
 Controllers are read from sysfs, not from nvme-cli's output, so state survives our restarts.
 """
 
