@@ -15,11 +15,12 @@ import pifarm
 PKG = Path(pifarm.__file__).parent
 
 #: Small packages both roles read. They import only each other and `pifarm.errors`.
-LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "s3", "client"}
+LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "s3", "client", "asgiserver"}
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "listen": {"errors"},  # the one HOST:PORT parser
+    "asgiserver": set(),  # uvicorn's Server without its 10 Hz tick (both roles' HTTP servers)
     "durable": set(),
     "nvmewire": {"errors"},
     "signed": {"errors", "durable"},

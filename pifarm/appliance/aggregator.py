@@ -61,9 +61,9 @@ def uvicorn_ssl_kwargs(api: ApiSettings) -> dict[str, Any]:
 
 
 def _server_class():
-    import uvicorn
+    from pifarm.asgiserver import QuietServer
 
-    class Server(uvicorn.Server):
+    class Server(QuietServer):  # no 10 Hz tick: an idle aggregator's server sleeps (issue 19)
         async def shutdown(self, sockets=None):
             # answer parked long-polls before uvicorn waits for (and then cancels) them
             begin = getattr(self.config.app.state, "begin_shutdown", None) if hasattr(self.config.app, "state") else None

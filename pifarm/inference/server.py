@@ -191,6 +191,7 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
 
     import uvicorn
 
+    from pifarm.asgiserver import QuietServer
     from pifarm.errors import ConfigError
     from pifarm.inference.runtime import resolve
 
@@ -208,7 +209,7 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
             tls.update(ssl_ca_certs=settings.tls_client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
                             limit_concurrency=settings.max_connections, **tls)
-    server = uvicorn.Server(config)
+    server = QuietServer(config)  # no 10 Hz tick: an idle node's server sleeps (issue 19)
     if on_ready is not None:
         def announce() -> None:
             deadline = time.monotonic() + 300
