@@ -118,8 +118,9 @@ def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = Fal
     trusted = trusted_keys(cfg.node.trusted_keys)
     cache = open_cache(cfg)
     tls = cfg.node.tls_context()
-    docs = Documents(AggregatorClient(cfg.node.aggregator, tls=tls) if cfg.node.aggregator else None,
-                     S3Documents(cfg.s3) if cfg.s3.url else None)
+    agg = (AggregatorClient(cfg.node.aggregator, connect_timeout=cfg.watcher.connect_timeout, tls=tls)
+           if cfg.node.aggregator else None)
+    docs = Documents(agg, S3Documents(cfg.s3) if cfg.s3.url else None)
     ctx = SourceContext(trusted=trusted, aggregator_url=cfg.node.aggregator, state_dir=Path(cfg.node.state_dir),
                         cache_root=Path(cfg.cache.root), s3=cfg.s3, metrics=cache.metrics, tls=tls)
     sources = build_sources(list(cfg.sources) or default_specs(cfg.node.aggregator, cfg.s3.url), ctx, strict=False)
