@@ -1,9 +1,9 @@
 """The node's reports to its aggregator (`POST /v1/fleet/report`).
 
 Every `[node] report_interval` seconds, and at once when the node's state changes (the watcher
-pokes after each state write: a version activated, degraded entered or left; after a poke the
-inference server is watched closely for `SETTLE` seconds, so a version that fails to load is
-reported within a second). A report is built from what the node already keeps: `node.json`
+pokes after each state write: a version activated, degraded entered or left; after a poke that
+changed something the inference server is watched closely for `SETTLE` seconds, so a version
+that fails to load is reported within a second; a poke that changed nothing costs one look). A report is built from what the node already keeps: `node.json`
 (watcher), the cache refs and size, the inference server's /health, its statistics and its
 per-version latency histogram (read over loopback, so `pifarm serve` may run as its own
 service), the Pi firmware's throttling bits and the SoC temperature.
@@ -253,12 +253,15 @@ class Reporter:
             if stop.is_set():
                 return
             now = self.clock()
-            if poked:
-                settle_until = now + SETTLE
             try:
                 rep = self.build()
                 fp = self.fingerprint(rep)
-                if now >= next_at or fp != self._last_fp:
+                changed = fp != self._last_fp
+                if changed and poked:
+                    # a real change (not every watcher write): what follows it, e.g. the inference
+                    # server loading the version just activated, is watched closely for a while
+                    settle_until = now + SETTLE
+                if now >= next_at or changed:
                     if self.send(rep):
                         self._last_fp = fp
                     next_at = now + self.interval

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pifarm.durable import atomic_write
-from pifarm.errors import Conflict, NotFound, UsageError
+from pifarm.errors import Conflict, NotFound, PifarmError, ReadOnlyError, SourceError, UsageError
 from pifarm.fleetwire.histogram import EMPTY, Hist, delta, merge, quantile
 from pifarm.fleetwire.report import VersionStats
 from pifarm.registry.fleet import Fleet, NodeView
@@ -314,6 +314,7 @@ class RolloutEngine:
                 self.sync()
             except Exception as e:  # read-only store: the next tick tries again
                 log.error("rollouts not applied to the snapshot yet: %s", e)
+            self._retry_sync()  # a promotion decided just before a crash is applied now
         self._thread = threading.Thread(target=self._run, name="rollouts", daemon=True)
         self._thread.start()
 
@@ -332,6 +333,7 @@ class RolloutEngine:
 
     def tick(self) -> None:
         with self._lock:
+            self._retry_sync()
             for model in list(self.active):
                 r = self.active[model]
                 new, action = step(r, self.fleet.views(model), self.clock())
@@ -341,10 +343,33 @@ class RolloutEngine:
                 if new["state"] in ("promoted", "aborted"):
                     del self.active[model]
                     self.history.append(new)
+                if action:
+                    new["synced"] = False
                 self._save()  # the decision is durable before the snapshot moves
                 if action:
                     log.warning("rollout %s v%d: %s", model, new["version"], new["events"][-1][1])
-                    self.sync(promote=(model, new["version"]) if action == "promote" else None)
+                    self._apply(new, action == "promote")
+
+    def _apply(self, r: dict, promote: bool) -> None:
+        """Move the snapshot to a decision; on failure (store unreachable: read-only) `synced`
+        stays False and every tick, and the next start, tries again."""
+        try:
+            self.sync(promote=(r["model"], r["version"]) if promote else None)
+        except (ReadOnlyError, SourceError) as e:
+            log.error("rollout %s v%d decided but not applied yet (%s); retrying", r["model"], r["version"], e)
+            return
+        except PifarmError as e:  # e.g. the version was retired meanwhile: retrying cannot help
+            log.error("rollout %s v%d cannot be applied: %s", r["model"], r["version"], e)
+            r["synced"] = f"failed: {e}"
+            self._save()
+            return
+        r["synced"] = True
+        self._save()
+
+    def _retry_sync(self) -> None:
+        for r in list(self.active.values()) + self.history[-HISTORY:]:
+            if r.get("synced") is False:
+                self._apply(r, r["state"] == "promoted")
 
     # -- operator requests -----------------------------------------------------------------
     def begin(self, model: str, version: int, waves: str | list = "1,25%,100%", gates: Gates = Gates()) -> dict:
@@ -364,9 +389,10 @@ class RolloutEngine:
                                f"{cur['wave'] + 1}/{len(cur['waves'])}); abort it first")
             r = new_rollout(model, version, row["manifest_digest"], stable, waves, gates, self.clock())
             r, _ = step(r, self.fleet.views(model), self.clock())
+            r["synced"] = False
             self.active[model] = r
             self._save()
-            self.sync()
+            self._apply(r, False)
         log.warning("rollout %s v%d started (%s)", model, version, r["id"])
         return r
 
@@ -403,10 +429,11 @@ class RolloutEngine:
         with self._lock:
             r = copy.deepcopy(self._get(model))
             _finish(r, self.clock(), "aborted", reason)
+            r["synced"] = False
             del self.active[model]
             self.history.append(r)
             self._save()
-            self.sync()
+            self._apply(r, False)
             return r
 
     def status(self, model: str) -> dict:
