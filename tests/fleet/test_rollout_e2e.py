@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 # A busy 2-core box shares one CPU among five processes and the load loop: p99 of two cohorts
 # running the same-speed model can differ by a bucket or two, so the good-version rollouts allow
 # a generous ratio; the slow model is ~80x slower, far beyond any noise.
-GOOD = {"bake": 2, "min_requests": 10, "max_latency_ratio": 20, "max_error_rate": 0.05, "activate_timeout": 120}
+GOOD = {"bake": 2, "min_requests": 10, "max_latency_ratio": 50, "max_error_rate": 0.05, "activate_timeout": 120}
 
 
 @pytest.fixture(scope="module")
