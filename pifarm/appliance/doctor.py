@@ -457,9 +457,49 @@ def check_certificates(env: Env) -> list[Result]:
     return out
 
 
+def _kernel_target_auth(env: Env) -> bool | None:
+    """CONFIG_NVME_TARGET_AUTH, from an existing configfs host or the kernel's config file."""
+    hosts = env.sys_root / "kernel" / "config" / "nvmet" / "hosts"
+    try:
+        for h in hosts.iterdir():
+            return (h / "dhchap_key").exists()
+    except OSError:
+        pass
+    text = env.read(Path("/boot") / f"config-{env.modules_dir.name}") or ""
+    for line in text.splitlines():
+        if line.startswith("CONFIG_NVME_TARGET_AUTH="):
+            return line.split("=", 1)[1] in ("y", "m")
+    return None if not text else False
+
+
+def check_enrollment(env: Env) -> list[Result]:
+    """Issue 11: hosts known by NQN alone, and the old fleet-wide enrollment secret."""
+    out = []
+    dhchap = env.section("enroll").get("dhchap")
+    if dhchap is False:
+        out.append(Result("host authentication", WARN, "[enroll] dhchap = false: any host on the LAN that claims an "
+                          "enrolled NQN can read every exported volume",
+                          "a kernel with CONFIG_NVME_TARGET_AUTH (Debian 13's 6.12), then remove dhchap = false"))
+    elif dhchap is None:
+        auth = _kernel_target_auth(env)
+        if auth is False:
+            out.append(Result("host authentication", FAIL, "this kernel's NVMe target has no DH-HMAC-CHAP: enrollment "
+                              "is refused", "a kernel with CONFIG_NVME_TARGET_AUTH, or [enroll] dhchap = false"))
+        else:
+            out.append(Result("host authentication", PASS, "DH-HMAC-CHAP for every enrolled host" if auth else
+                              "DH-HMAC-CHAP wherever the kernel target has it (could not tell here)"))
+    else:
+        out.append(Result("host authentication", PASS, "DH-HMAC-CHAP for every enrolled host"))
+    data = Path(env.section("registry").get("data_dir") or "/var/lib/pifarm/aggregator")
+    if (data / "enroll-secret").exists():
+        out.append(Result("enrollment secret", WARN, f"{data / 'enroll-secret'} is a fleet-wide secret that never expires",
+                          f"pifarm enroll token create --ttl 1h (one per node), then rm {data / 'enroll-secret'}"))
+    return out
+
+
 AGGREGATOR_CHECKS: tuple[Callable[[Env], list[Result]], ...] = (
     check_modules, check_configfs, check_links, check_bond, check_sysctls, check_bbr, check_smart,
-    check_certificates, check_s3, check_aggregator)
+    check_certificates, check_enrollment, check_s3, check_aggregator)
 NODE_CHECKS: tuple[Callable[[Env], list[Result]], ...] = (
     check_modules, check_identity, check_links, check_bond, check_sysctls, check_bbr, check_disk, check_smart,
     check_certificates, check_aggregator, check_s3, check_tflite, check_delegates)

@@ -20,8 +20,10 @@ class EnrollSettings:
     listen: str = ""
     #: days a node's client certificate is valid
     cert_days: int = CLIENT_DAYS
-    #: issue a DH-HMAC-CHAP secret to each enrolled host (the target then requires it)
-    dhchap: bool = False
+    #: issue a DH-HMAC-CHAP secret to each enrolled host (the target then requires it).
+    #: unset (auto): on wherever the kernel target has it; a kernel target without it refuses to
+    #: enroll hosts until this is set to false (hosts are then known by their NQN alone)
+    dhchap: bool | None = None
 
     def __post_init__(self) -> None:
         if self.listen:

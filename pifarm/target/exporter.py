@@ -27,6 +27,8 @@ from pifarm.target.volumes import volume_name
 
 __all__ = ["KernelTarget", "planned_exports"]
 
+PROBE_NQN = "nqn.2014-08.org.pifarm:probe-auth"
+
 
 def planned_exports(served: Iterable[Any], volume_dir: str | os.PathLike) -> list[Export]:
     """Exports for served versions without building anything (dry runs)."""
@@ -64,6 +66,25 @@ class KernelTarget:
         if self._root is None:
             self._root = self._open_root(self.settings.configfs_root)
         return self._root
+
+    def auth_supported(self) -> bool | None:
+        """Does the kernel target do DH-HMAC-CHAP (CONFIG_NVME_TARGET_AUTH)? None without a
+        kernel target. Read from an existing host; with none, from a probe host made and removed
+        at once (only auth-capable kernels give a host a `dhchap_key` attribute)."""
+        if not self.configfs_present():
+            return None
+        observed = observe(self.root)
+        if observed.auth is not None:
+            return observed.auth
+        backend, probe = self.root.backend, f"hosts/{PROBE_NQN}"
+        try:
+            backend.mkdir(probe)
+        except OSError as e:
+            raise ConfigfsError(f"cannot probe DH-HMAC-CHAP support ({backend.label}/{probe}): {e.strerror or e}") from e
+        try:
+            return "dhchap_key" in backend.listdir(probe)
+        finally:
+            backend.rmdir(probe)
 
     def allowed_hosts(self, extra: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, dict[str, str]]:
         """Config hosts < node inventory (`extra`) < the allow list (which carries the secrets)."""
