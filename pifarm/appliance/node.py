@@ -141,7 +141,7 @@ class NodeDaemon:
             httpd.server_close()
 
 
-def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event) -> None:
+def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event, metrics: Any = None) -> None:
     """The seam to pifarm.inference: run its KServe V2 server in the foreground until a signal."""
     from pifarm.inference.server import serve
     from pifarm.inference.settings import InferenceSettings
@@ -149,7 +149,9 @@ def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event
     settings = cfg.inference if cfg.inference is not None else InferenceSettings()
     if not settings.trusted_keys and cfg.node.trusted_keys:
         settings = dataclasses.replace(settings, trusted_keys=list(cfg.node.trusted_keys))
-    serve(settings, Path(cfg.cache.root), Path(cfg.node.state_dir), host=host, port=port)
+    # the node's own metrics (cache, sources, watcher) on the inference port's /metrics too
+    serve(settings, Path(cfg.cache.root), Path(cfg.node.state_dir), host=host, port=port,
+          extra_metrics=[metrics.registry] if metrics is not None else [])
 
 
 def run_node(cfg: NodeConfig, serve: bool = True) -> int:
@@ -164,7 +166,7 @@ def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     try:
         if serve:
             host, port = parse_listen(cfg.node.listen)
-            serve_inference(cfg, host, port, daemon.stop_event)  # uvicorn handles SIGINT/SIGTERM
+            serve_inference(cfg, host, port, daemon.stop_event, daemon.metrics)  # uvicorn handles SIGINT/SIGTERM
         else:
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -28,6 +28,9 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 class ServerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        #: other registries of the same process shown on this /metrics (the node daemon's cache,
+        #: source and watcher metrics under `pifarm node run`: one endpoint per node to scrape)
+        self.also: list[CollectorRegistry] = []
         p = "pifarm_inference_"
         self.requests = Counter(p + "requests", "Completed inference requests", ["model", "version"], registry=r)
         self.errors = Counter(p + "errors", "Failed requests by HTTP status", ["model", "code"], registry=r)
@@ -53,4 +56,4 @@ class ServerMetrics:
         self.rescans = Counter(p + "rescans", "Passes over the cache refs, by what woke them", ["cause"], registry=r)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + b"".join(generate_latest(r) for r in self.also)

@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -96,11 +96,12 @@ class BodyLimit:
 
 
 def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
-               grpc_listen: str | None = None, grpc_required: bool = True) -> FastAPI:
+               grpc_listen: str | None = None, grpc_required: bool = True, extra_metrics: Iterable[Any] = ()) -> FastAPI:
     """A KServe V2 app serving the models of the cache at `cache_root` (see module docstring);
     with `grpc_listen` ("host:port", port 0 = any) also the gRPC endpoint (app.state.grpc_port).
     A default (not `grpc_required`) address that cannot be bound is a warning, not a failure."""
     metrics = ServerMetrics()
+    metrics.also.extend(extra_metrics)
     manager = ModelManager(settings, Path(cache_root), Path(state_dir) if state_dir is not None else None, metrics)
     serving = Serving(manager, metrics)
     state = ServerState(settings=settings, manager=manager, metrics=metrics, serving=serving,
@@ -181,7 +182,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None, host: str = "127.0.0.1",
-          port: int = 8080, on_ready: Callable[[str, int], None] | None = None) -> None:
+          port: int = 8080, on_ready: Callable[[str, int], None] | None = None, extra_metrics: Iterable[Any] = ()) -> None:
     """Run the server under uvicorn (uvloop/httptools when installed) until SIGINT/SIGTERM.
 
     Startup problems (no cache directory, no runtime) raise one-line PifarmErrors before
@@ -199,7 +200,8 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
         raise ConfigError(f"cache directory {cache_root} does not exist; pass the node's cache")
     resolve(settings.runtime)
     grpc_listen, grpc_required = settings.grpc_address(host, port)
-    app = create_app(settings, cache_root, state_dir, grpc_listen=grpc_listen, grpc_required=grpc_required)
+    app = create_app(settings, cache_root, state_dir, grpc_listen=grpc_listen, grpc_required=grpc_required,
+                     extra_metrics=extra_metrics)
     tls: dict = {}
     if settings.tls_cert:
         import ssl

@@ -74,6 +74,16 @@ def temperature(zone: Path = THERMAL_PATH) -> dict[str, Any]:
         milli = int((zone / "temp").read_text().strip())
         kind = (zone / "type").read_text().strip() if (zone / "type").exists() else "?"
     except (OSError, ValueError) as e:
+        # no thermal zone (a container without /sys, say): the firmware's tool, like get_throttled
+        exe = shutil.which("vcgencmd")
+        if exe:
+            try:
+                out = subprocess.run([exe, "measure_temp"], capture_output=True, text=True, timeout=2).stdout
+                m = re.match(r"^temp=(-?[0-9]+(?:\.[0-9]+)?)'C$", out.strip())
+                if m:
+                    return {"celsius": round(float(m.group(1)), 1), "zone": "vcgencmd", "reason": None}
+            except (OSError, subprocess.SubprocessError):
+                pass
         return {"celsius": None, "zone": None, "reason": clip(f"no SoC thermal zone ({e.__class__.__name__})")}
     return {"celsius": round(milli / 1000.0, 1), "zone": kind[:64], "reason": None}
 
