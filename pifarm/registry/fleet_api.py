@@ -27,7 +27,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from pifarm.durable import atomic_write
 from pifarm.errors import Forbidden, PifarmError, TooLarge, Unauthorized, UsageError
@@ -174,9 +176,6 @@ class StartBody(BaseModel):
 
 
 def fleet_router(service: FleetService):
-    from fastapi import APIRouter, Header, Request
-    from starlette.concurrency import run_in_threadpool
-
     router = APIRouter(tags=["fleet"])
 
     @router.post(REPORT_PATH, summary="A node's report (answered by ReportPath; declared here for the schema)")
