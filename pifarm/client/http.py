@@ -148,7 +148,8 @@ class AggregatorClient:
         ignored the Range, 206 otherwise); every failure, 404 included, is a SourceError."""
         what = f"GET {self.url}/v1/blobs/{digest}"
         headers = {"Range": f"bytes={start}-"} if start else {}
-        with http_errors(what, self.source, f"aggregator {self.url}"), self._http.stream("GET", f"/v1/blobs/{digest}", headers=headers) as r:
+        with (http_errors(what, self.source, f"aggregator {self.url}"),
+              self._http.stream("GET", f"/v1/blobs/{digest}", headers=headers) as r):
             if r.status_code == 404:
                 raise errors.SourceError(f"{what}: 404, the aggregator does not have this blob", self.source)
             if r.status_code not in (200, 206):

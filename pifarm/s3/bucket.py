@@ -67,7 +67,8 @@ def mapped(what: str, source: str = "s3", *, missing: type[PifarmError] = Missin
         if code in MISSING or status == 404:
             raise _error(missing, f"{what}: not in the bucket (404)", source) from e
         if code in DENIED or status == 403:
-            raise _error(failure, f"{what}: access denied ({code}); check the S3 credentials (AWS_* or [store])", source) from e
+            raise _error(failure, f"{what}: access denied ({code}); check the S3 credentials (AWS_* or [store])",
+                         source) from e
         detail = f": {err['Message']}" if err.get("Message") else ""
         raise _error(failure, f"{what}: S3 error {code}{detail}", source) from e
     except (ConnectTimeoutError, ReadTimeoutError) as e:
