@@ -44,6 +44,8 @@ class AggregatorContext:
     on_stop: list[Callable[[], None]] = field(default_factory=list)
     #: called with each newly enrolled node's HostRecord (the target side allows its host NQN)
     register_host: Callable[[Any], Any] | None = None
+    #: FastAPI routers a part adds to the API: (router, what it is, for the log if it cannot mount)
+    routers: list[tuple[Any, str]] = field(default_factory=list)
 
 
 #: the aggregator's parts besides the registry API, in start order
@@ -135,6 +137,8 @@ def run(config=None, data_dir=None, listen=None) -> int:
         app = create_app(registry, api, token=token, health_providers=ctx.health_providers,
                          metrics_registry=ctx.metrics_registry)
         _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll_api)")
+        for router, what in ctx.routers:
+            _include(app, router, what)
         aggregator_fleet.mount(app, ctx, token)
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,

@@ -43,6 +43,7 @@ def extend(ctx) -> None:
         return out
 
     ctx.health_providers.append(health)
+    _scrub_volumes(ctx, target.volume_dir, settings)
     if not enabled:
         return
 
@@ -76,4 +77,45 @@ def extend(ctx) -> None:
         thread.join(timeout=30)
 
     ctx.on_start.append(start)
+    ctx.on_stop.append(halt)
+
+
+def _scrub_volumes(ctx, volume_dir, settings) -> None:
+    """Issue 11: exported volumes are re-verified blob by blob (rate-limited) and rebuilt in place
+    when damaged (an allowed host can write into a kernel-exported namespace); a node's report of
+    a corrupt volume (POST /v1/volumes/{name}/{version}/corrupt) moves it to the front."""
+    from prometheus_client.core import CounterMetricFamily
+
+    from pifarm.registry.volume_api import volume_router
+    from pifarm.target.volume_scrub import VolumeScrubber
+    from pifarm.target.volumes import repair_volume, volume_name
+
+    scrubber = VolumeScrubber(volume_dir, lambda p: repair_volume(ctx.registry, p), rate=settings.scrub_rate,
+                              interval=settings.scrub_interval or float("inf"))
+    ctx.routers.append((volume_router(lambda n, v: scrubber.report(volume_name(n, v))),
+                        "volume reports (pifarm.registry.volume_api)"))
+    st = scrubber.stats
+
+    class Collector:
+        def collect(self):
+            for name, value, doc in (("volume_scrub_bytes", st.bytes_read, "Volume bytes re-verified"),
+                                     ("volumes_damaged", st.damaged, "Exported volumes found damaged"),
+                                     ("volumes_rebuilt", st.repaired, "Damaged volumes rebuilt in place")):
+                c = CounterMetricFamily(f"pifarm_{name}", doc)
+                c.add_metric([], value)
+                yield c
+
+    ctx.metrics_registry.register(Collector())
+    ctx.health_providers.append(lambda: {"volume_scrub": {"checked": st.volumes_checked, "damaged": st.damaged,
+                                                          "rebuilt": st.repaired, "last_damage": dict(st.last_damage)}})
+    stop = threading.Event()
+    thread = threading.Thread(target=scrubber.run, args=(stop,), name="pifarm-volume-scrub", daemon=True)
+    ctx.on_start.append(thread.start)
+
+    def halt() -> None:
+        stop.set()
+        scrubber._wake.set()
+        if thread.is_alive():
+            thread.join(timeout=10)
+
     ctx.on_stop.append(halt)

@@ -255,6 +255,10 @@ class BlockDeviceSource:
         self._thread: threading.Thread | None = None
         self.served = 0  # blobs streamed completely (tests, bench)
         self.metrics: NvmeMetrics | None = None
+        #: called (in its own thread) with (name, version) when a volume delivers a corrupt blob:
+        #: the aggregator then re-verifies and rebuilds it (issue 11); once per volume per process
+        self.on_corrupt: Callable[[str, int], None] | None = None
+        self._reported: set[tuple[str, int]] = set()
 
     # ------------------------------------------------------------------ state
     @property
@@ -386,6 +390,11 @@ class BlockDeviceSource:
         with self._lock:
             self.corrupt[ref.digest] = why
             self._write_status()
+            key = (m.name, m.version)
+            report = self.on_corrupt if key not in self._reported else None
+            self._reported.add(key)
+        if report is not None:
+            threading.Thread(target=report, args=key, name="pifarm-report-corrupt", daemon=True).start()
 
     def _forget_if_gone(self, vol: OpenVolume) -> None:
         if not os.path.exists(vol.path):
@@ -465,6 +474,22 @@ def _secret(options: NvmeKernelOptions, key: str) -> str:
         raise ConfigError(f"[[sources]] nvme-kernel: cannot read {key}_file {path}: {e.strerror}") from e
 
 
+def corruption_reporter(url: str, tls=None) -> Callable[[str, int], None]:
+    """POST /v1/volumes/{name}/{version}/corrupt to the aggregator, best effort (the cache never
+    depends on it: the blob comes from the next source either way)."""
+    def report(name: str, version: int) -> None:
+        from pifarm.client.http import AggregatorClient
+
+        try:
+            with AggregatorClient(url, tls=tls, timeout=10.0, source=NAME) as c:
+                c._request("POST", f"/v1/volumes/{name}/{version}/corrupt", f"report {name} v{version} corrupt",
+                           ok=(202,))
+            log.warning("reported %s v%d's NVMe volume corrupt to %s (it re-verifies and rebuilds it)", name, version, url)
+        except Exception as e:
+            log.warning("could not report %s v%d's corrupt volume to %s: %s", name, version, url, e)
+    return report
+
+
 def make_source(spec, ctx) -> BlockDeviceSource:
     """Factory for `[[sources]] kind = "nvme-kernel"` (see pifarm.initiator.chain).
 
@@ -506,6 +531,8 @@ def make_source(spec, ctx) -> BlockDeviceSource:
         return [(str(ns.dev), ns) for ns in index.namespaces() if ns.subsysnqn in subs and ns.dev.exists()]
 
     src = BlockDeviceSource(ctx.trusted, candidates, attacher=attacher, index=index, **common)
+    if getattr(ctx, "aggregator_url", ""):
+        src.on_corrupt = corruption_reporter(ctx.aggregator_url, getattr(ctx, "tls", None))
     registry = getattr(getattr(ctx, "metrics", None), "registry", None)
     if registry is not None:
         try:

@@ -31,8 +31,14 @@ class TargetSettings:
     buffered_io: str = "auto"
     #: extra block devices to report SMART health for (the volume dir's device is always included)
     drives: tuple[str, ...] = ()
+    #: re-verify every exported volume blob by blob this often (seconds; 0 = only when a node
+    #: reports one corrupt), reading at most scrub_rate bytes/s; damaged volumes are rebuilt
+    scrub_interval: float = 86400.0
+    scrub_rate: int = 32 << 20
 
     def __post_init__(self) -> None:
+        if self.scrub_interval < 0 or self.scrub_rate < 65536:
+            raise ConfigError("[target] scrub_interval must be >= 0 and scrub_rate at least 65536 bytes/s")
         if self.buffered_io not in ("auto", "on", "off"):
             raise ConfigError(f"[target] buffered_io must be auto, on or off, got {self.buffered_io!r}")
         if not 0 < self.trsvcid < 65536:

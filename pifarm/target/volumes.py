@@ -100,3 +100,22 @@ class VolumeBuilder:
         if not _current(path, digest):
             write_volume(path, load(), self.registry.blob_path_or_stream)
         return Export(n, v, digest, str(path))
+
+
+def repair_volume(registry: RegistryLike, path: str | os.PathLike) -> None:
+    """Rebuild a damaged volume from the store (every blob verified) into the *same* file: the
+    kernel target and the userspace target hold it open, so it must keep its inode."""
+    from pifarm.errors import NotFound
+    from pifarm.target.volume_scrub import rewrite_in_place
+
+    p = Path(path)
+    for sv in registry.served_versions():
+        if volume_name(sv.name, sv.version) == p.name:
+            fresh = p.with_name(f".{p.name}.repair")
+            try:
+                write_volume(fresh, registry.manifest_document(sv.name, sv.version), registry.blob_path_or_stream)
+                rewrite_in_place(p, fresh)
+            finally:
+                fresh.unlink(missing_ok=True)
+            return
+    raise NotFound(f"{p.name} is not the volume of a served version")
