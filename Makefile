@@ -20,10 +20,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# qemu, kmod, cpio ... for the vm tier (needs root for apt-get; prints what is missing otherwise)
+# qemu, kmod, cpio ... for the vm tier, prometheus and chromium for the fleet view (needs root for apt-get; prints what is missing otherwise)
 system-deps:
 	bash tests/vm/install-host-deps.sh
 	bash tests/appliance/install-deps.sh
+	bash tests/fleetview/install-deps.sh
 
 # real MediaPipe models for tests and benches: pip download of the pinned wheel, digests checked,
 # kept in ~/.cache/pifarm/models (PIFARM_MODELS_DIR overrides); a second run downloads nothing

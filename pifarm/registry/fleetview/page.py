@@ -217,7 +217,7 @@ def target(view: dict) -> str:
     t = view.get("target") or {}
     drives = (t.get("drives") or {}).get("drives") or []
     drows = "".join(f'<tr data-device="{e(d.get("device"))}"><td>{e(d.get("device"))}</td><td>{_badge(str(d.get("status")))}</td>'
-                    f'<td>{num(d.get("temperature_c"), ".0f")} °C</td><td>{e(d.get("reason") or "")}</td></tr>'
+                    f'<td>{num(d.get("temperature_c"), ".0f") + " °C" if d.get("temperature_c") is not None else "n/a"}</td><td>{e(d.get("reason") or "")}</td></tr>'
                     for d in drives)
     rows = [("NVMe/TCP target", "enabled" if t.get("enabled") else '<span class="dim">not enabled on this host</span>'),
             ("subsystem", f"<code>{e(t.get('subsystem'))}</code>" if t.get("subsystem") else "n/a"),
