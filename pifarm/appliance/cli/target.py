@@ -215,8 +215,13 @@ def clear_cmd(dry_run, config, data_dir) -> None:
 @click.option("--subnqn", default=None, help="Subsystem NQN (default: derived from the host name).")
 @click.option("--allow-host", "allow_hosts", multiple=True, help="Host NQN allowed to connect (repeatable).")
 @click.option("--allow-any-host", is_flag=True, help="Let any host connect (only for demos on a closed network).")
+@click.option("--max-connections", type=click.IntRange(1), default=64, show_default=True,
+              help="Queues (TCP connections) at once; more are closed at accept.")
+@click.option("--mdts", type=click.IntRange(1, 12), default=8, show_default=True,
+              help="Largest transfer per command: 4 KiB * 2^MDTS (8 = 1 MiB).")
+@click.option("--metrics-listen", default=None, help="HOST:PORT for Prometheus metrics (limit hits).")
 def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts: tuple[str, ...],
-                    allow_any_host: bool) -> None:
+                    allow_any_host: bool, max_connections: int, mdts: int, metrics_listen: str | None) -> None:
     """Export model volumes READ-ONLY over userspace NVMe/TCP (for hosts without kernel nvmet)."""
     from pifarm.initiator.nvme_tcp import parse_address
     from pifarm.target.userspace import default_nqn, directory_exports, serve
@@ -230,8 +235,14 @@ def serve_userspace(data_dir: Path, listen: str, subnqn: str | None, allow_hosts
         click.echo(f"warning: {data_dir} does not exist yet; its volumes are exported once it does", err=True)
     nqn = subnqn or default_nqn()
     config = directory_exports(data_dir, nqn, frozenset(allow_hosts), allow_any_host=allow_any_host,
-                               host=host, port=port)
+                               host=host, port=port, max_connections=max_connections, mdts=mdts)
     first = config()
+    if metrics_listen:
+        from prometheus_client import start_http_server
+
+        import pifarm.target.userspace._limits  # noqa: F401  (registers pifarm_nvme_target_limit_hits_total)
+        mhost, mport = parse_address(metrics_listen, 9471)
+        start_http_server(mport, mhost)
     for ns in first.subsystems[0].namespaces:
         click.echo(f"nsid {ns.nsid}: {ns.path} uuid {ns.uuid}", err=True)
     click.echo(f"serving {nqn} on {host}:{port} (read-only, {len(first.subsystems[0].namespaces)} volumes; "
