@@ -17,7 +17,9 @@ def test_no_server_errors_on_generated_requests(tmp_path):
         schema = schemathesis.openapi.from_url(agg.url + "/openapi.json")
         auth = {"Authorization": f"Bearer {agg.token}"}
         ops = [r.ok() for r in schema.get_all_operations()]
-        assert {"/v1/metadata", "/v1/blobs/{digest}", "/v1/models/{name}/versions"} <= {op.path for op in ops}
+        assert {"/v1/metadata", "/v1/blobs/{digest}", "/v1/models/{name}/versions",
+                # issue 11's routes: enrollment (tokens, renewal on record) and corrupt-volume reports
+                "/v1/enroll", "/v1/enroll/renew", "/v1/volumes/{name}/{version}/corrupt"} <= {op.path for op in ops}
         for op in ops:
             @given(case=op.as_strategy())
             @settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
