@@ -41,6 +41,7 @@ class NodeRecord:
     last_seen: float
     peer: str = ""  # how it authenticated: "token" or "mtls"
     raw: bytes = b""  # the report as received (checked): written back as is, never re-serialised
+    heard: float = 0.0  # last_seen, or the aggregator's start for a record loaded from disk
 
     def entry(self) -> bytes:
         """This node's entry in nodes.json."""
@@ -53,7 +54,9 @@ class NodeRecord:
         return self.report.node
 
     def state(self, now: float) -> str:
-        if now - self.last_seen > MISSING_AFTER * self.report.interval:
+        # the aggregator's own downtime does not make its nodes missing: after a restart the
+        # count starts at the start
+        if now - max(self.last_seen, self.heard) > MISSING_AFTER * self.report.interval:
             return "missing"
         return self.report.state
 
@@ -84,6 +87,9 @@ class Fleet:
         self._flushed = 0.0
         self.reports = 0
         self._load()
+        started = clock()
+        for rec in self._nodes.values():
+            rec.heard = started
 
     # -- persistence ----------------------------------------------------------------------
     def _load(self) -> None:
