@@ -246,7 +246,7 @@ def i1(work: Path, settle: float = 20.0, window: float = 60.0) -> dict:
 
 
 def i2(work: Path, minutes: float | None = None, settle: float = 60.0) -> dict:
-    minutes = float(os.environ.get("PIFARM_BENCH_I2_MINUTES", 2)) if minutes is None else minutes
+    minutes = float(os.environ.get("PIFARM_BENCH_I2_MINUTES", "2")) if minutes is None else minutes
     models, origin = model_files(work, 3)
     farm = Farm(work, models)
     pid = farm.node.pid

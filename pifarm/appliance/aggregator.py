@@ -123,6 +123,9 @@ def _check_listen(host: str, port: int) -> None:
 def run(config=None, data_dir=None, listen=None) -> int:
     import uvicorn
 
+    from pifarm.appliance import threaddump
+
+    threaddump.install()  # `kill -USR1` dumps every thread's stack (as `node run` does)
     cfg = load_aggregator_config(config, data_dir=data_dir, listen=listen)
     api = cfg.api
     host, port = parse_listen(api.listen)

@@ -120,6 +120,11 @@ def test_sigusr1_on_a_serving_node_under_load_dumps_every_thread_and_keeps_servi
         assert "File " in dump  # stacks, not just names
         r = httpx.post(url + "/v2/models/sample/infer", json=load.body, timeout=30)
         assert r.status_code == 200, r.text
+        # The aggregator answers the signal the same way (parked long-polls are its busy part).
+        os.kill(aggregator.pid, signal.SIGUSR1)
+        _until(lambda: END in aggregator.log(), "the aggregator's thread dump", node, aggregator.log)
+        assert "MainThread" in aggregator.log() and "thread-dump" in aggregator.log()
+        assert httpx.get(aggregator.url + "/health", timeout=10).status_code == 200
     finally:
         if load is not None:
             load.stop()

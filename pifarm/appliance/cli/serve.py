@@ -23,6 +23,7 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
               help="TFLite runtime (default: [inference] runtime, else auto).")
 def serve(cache: Path, state_dir: Path | None, listen: str, config: str | None, runtime: str | None) -> None:
     """Serve the cache's active model versions over KServe V2 (also /health, /metrics)."""
+    from pifarm.appliance import threaddump
     from pifarm.appliance.config import load_node_config
     from pifarm.inference.server import serve as serve_cache
     from pifarm.listen import parse_listen
@@ -35,6 +36,7 @@ def serve(cache: Path, state_dir: Path | None, listen: str, config: str | None, 
     def ready(h: str, p: int) -> None:
         click.echo(f"pifarm: serving KServe V2 on http://{h}:{p} (cache {cache})", err=True)
 
+    threaddump.install()  # `kill -USR1` dumps every thread's stack (as `node run` does)
     serve_cache(cfg.inference, cache, state_dir, host, port, on_ready=ready)
 
 
