@@ -26,12 +26,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import blake3
 
-from pifarm.errors import Conflict, ConfigError, NotFound, ReadOnlyError, UsageError
+from pifarm.errors import Conflict, ConfigError, IntegrityError, NotFound, ReadOnlyError, UsageError
 from pifarm.signed.canonical import canonical_bytes
 from pifarm.registry.datadir import ensure_api_token, lock_data_dir
 from pifarm.registry.db import Database, VersionRow
 from pifarm.signed.files import collect_files
-from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_file
+from pifarm.signed.integrity import BlobRef, StreamVerifier
+from pifarm.signed.pieces import hash_file
 from pifarm.signed.manifest import FileEntry, Manifest, TensorSpec, check_name
 from pifarm.registry.settings import RegistrySettings, StoreSettings
 from pifarm.signed.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
@@ -199,7 +200,7 @@ class Registry:
             self._go_read_only(e)
             return False
         if self.read_only_reason:
-            log.warning("registry writable again: store %s reachable", self.store.location)
+            log.info("registry writable again: store %s reachable", self.store.location)
         self.read_only_reason = None
         return True
 
@@ -376,8 +377,8 @@ class Registry:
         total = sum(f.size for f in files)
         entries, sources = [], {}
         for f in files:
-            digest, size = digest_file(f.source)
-            entries.append(FileEntry(f.relpath, size, digest))
+            digest, size, pieces = hash_file(f.source)  # per-piece digests too, so peers can share it
+            entries.append(FileEntry(f.relpath, size, digest, pieces))
             sources[digest] = f.source
             if progress:
                 progress("hash", size, total)
@@ -438,6 +439,7 @@ class Registry:
                 if not self.store.has_blob(f.ref):
                     raise NotFound(f"blob {f.digest} ({f.path}, {f.size} bytes) was not uploaded; upload it first")
             with tempfile.TemporaryDirectory(dir=self.data_dir / "tmp") as tmp:
+                files = [self._with_pieces(f, Path(tmp)) for f in files]
                 local = [(f.path, self._local_copy(f.ref, Path(tmp))) for f in files if f.path.endswith(".tflite")]
                 if format == "raw" or (format is None and not local):
                     fmt, inputs, outputs = "raw", (), ()
@@ -447,6 +449,15 @@ class Registry:
         except StoreUnavailable as e:
             self._go_read_only(e)
             raise ReadOnlyError(f"publish of {name} refused: {self.read_only_reason}; nothing was committed") from e
+
+    def _with_pieces(self, f: FileEntry, tmp: Path) -> FileEntry:
+        """The entry with its per-piece digests, hashed here from the stored blob (not the client's word)."""
+        if f.pieces is not None:
+            return f
+        digest, size, pieces = hash_file(self._local_copy(f.ref, tmp))
+        if (digest, size) != (f.digest, f.size):
+            raise IntegrityError(f"blob {f.digest} ({f.path}) in the store hashes to {digest}, {size} bytes")
+        return FileEntry(f.path, f.size, f.digest, pieces)
 
     def _local_copy(self, ref: BlobRef, tmp: Path) -> Path:
         path = self.store.local_blob_path(ref.digest)

@@ -1,7 +1,8 @@
 """Model manifests: the signed description of one model version, shared by both sides.
 
     {"type": "manifest", "name": "mobilenet", "version": 3, "format": "tflite",
-     "files": [{"path": "model.tflite", "size": 123, "digest": "blake3:<hex>"}],
+     "files": [{"path": "model.tflite", "size": 123, "digest": "blake3:<hex>",
+                "pieces": {"size": 4194304, "digests": ["<hex>", ...]}}],   # pieces: optional
      "tensors": {"inputs": [{"name", "shape", "dtype"}], "outputs": [...]},
      "created": "2026-11-27T10:00:00Z", "labels": {"k": "v"}}
 
@@ -21,6 +22,7 @@ import blake3
 from pifarm.errors import IntegrityError, UsageError
 from pifarm.signed.canonical import canonical_bytes
 from pifarm.signed.integrity import BlobRef, digest_hex, make_digest
+from pifarm.signed.pieces import PieceTable
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 FORMATS = ("tflite", "raw")
@@ -57,17 +59,28 @@ class FileEntry:
     path: str
     size: int
     digest: str
+    pieces: PieceTable | None = None  # per-piece digests (optional: peers need them, other sources do not)
 
     def __post_init__(self) -> None:
         check_relpath(self.path)
         BlobRef(self.digest, self.size)
+        if self.pieces is not None:
+            self.pieces.check_blob(self.size)
 
     @property
     def ref(self) -> BlobRef:
         return BlobRef(self.digest, self.size)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "size": self.size, "digest": self.digest}
+        d: dict[str, Any] = {"path": self.path, "size": self.size, "digest": self.digest}
+        if self.pieces is not None:  # absent, not null: a manifest without pieces signs as before
+            d["pieces"] = self.pieces.to_json()
+        return d
+
+    @classmethod
+    def from_json(cls, f: dict[str, Any]) -> "FileEntry":
+        pieces = PieceTable.from_json(f["pieces"]) if f.get("pieces") is not None else None
+        return cls(f["path"], f["size"], f["digest"], pieces)
 
 
 @dataclass(frozen=True)
@@ -142,13 +155,13 @@ class Manifest:
                 name=d["name"],
                 version=d["version"],
                 format=d["format"],
-                files=tuple(FileEntry(f["path"], f["size"], f["digest"]) for f in d["files"]),
+                files=tuple(FileEntry.from_json(f) for f in d["files"]),
                 created=str(d["created"]),
                 inputs=tuple(TensorSpec.from_json(t) for t in tensors.get("inputs", [])),
                 outputs=tuple(TensorSpec.from_json(t) for t in tensors.get("outputs", [])),
                 labels={str(k): str(v) for k, v in (d.get("labels") or {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, UsageError) as e:
             raise IntegrityError(f"malformed manifest: {e!r}") from e
 
     @property
