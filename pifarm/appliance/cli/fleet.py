@@ -83,7 +83,7 @@ def fleet_ls(as_json, url, token) -> None:
         versions, source, errs = _versions(rep)
         thr = rep.get("throttling", {})
         reason = rep.get("reason") or errs or "-"
-        rows.append((n["node"][:13], rep.get("hostname") or "-", n["state"], versions, source, reason[:60],
+        rows.append((n["node"][:8], rep.get("hostname") or "-", n["state"], versions, source, reason[:60],
                      thr.get("status", "unknown") + (f" {','.join(thr.get('flags') or [])}" if thr.get("flags") else ""),
                      _ago(n["seconds_since"])))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
