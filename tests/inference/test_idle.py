@@ -17,6 +17,8 @@ from pifarm.inference.manager import ModelManager
 from pifarm.inference.metrics import ServerMetrics
 from pifarm.inference.settings import InferenceSettings
 from tests.inference.helpers import make_cache
+from tests.support.aggregator import aggregator, aggregator_factory  # noqa: F401 (fixtures)
+from tests.support.procs import REPO
 
 
 def _count(metrics: ServerMetrics, name: str, **labels) -> float:
@@ -80,3 +82,61 @@ def test_a_ref_change_still_wakes_the_manager_at_once(manager):
     # rescan thread into at most as many passes, and the passes' own reads add none.
     assert 1 <= woke <= events <= 10, (woke, events)
     assert _count(m.metrics, "pifarm_inference_rescans_total", cause="poll") == 0
+
+
+def _scrape(url: str) -> tuple[float, float]:
+    """(reconcile passes, ref events) from a running node's /metrics."""
+    import httpx
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    passes = events = 0.0
+    for line in text.splitlines():
+        if line.startswith("pifarm_inference_rescans_total{"):
+            passes += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("pifarm_inference_ref_events_total "):
+            events = float(line.rsplit(" ", 1)[1])
+    return passes, events
+
+
+@pytest.mark.slow
+def test_an_idle_pifarm_node_run_rescans_at_its_poll_interval(aggregator, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.support.aggregator import free_port
+    from tests.support.procs import stop_process
+
+    model = tmp_path / "sample.tflite"
+    sm.write_sample(model, "linear", seed=5)
+    with aggregator.client() as rc:
+        rc.publish(model, "sample", "stable")
+    port, poll = free_port(), 0.5
+    cfg = tmp_path / "node.toml"
+    cfg.write_text(f'[node]\ntrusted_keys = ["{aggregator.pubkey}"]\n[inference]\nstate_poll_seconds = {poll}\n'
+                   f'grpc_listen = "127.0.0.1:{free_port()}"\n[inference.models.sample]\nnum_threads = 1\n')
+    log = tmp_path / "node.log"
+    with open(log, "wb") as out:
+        node = subprocess.Popen([sys.executable, "-m", "pifarm", "node", "run", "--aggregator", aggregator.url,
+                                 "--config", str(cfg), "--cache", str(tmp_path / "cache"), "--state-dir",
+                                 str(tmp_path / "state"), "--listen", f"127.0.0.1:{port}"],
+                                cwd=REPO, stdout=subprocess.DEVNULL, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def serving() -> bool:
+            assert node.poll() is None, log.read_text()[-3000:]
+            try:
+                return httpx.get(url + "/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+        _until(serving, "the node serving the model", timeout=90)
+        p0, e0 = _scrape(url)
+        t0 = time.monotonic()
+        _until(lambda: _scrape(url)[0] - p0 >= 6, "six passes")
+        elapsed = time.monotonic() - t0
+        p1, e1 = _scrape(url)
+        assert p1 - p0 <= elapsed / poll + 3, f"{p1 - p0} passes in {elapsed:.2f} s with a {poll} s poll interval"
+        assert e1 - e0 <= 2, f"{e1 - e0} ref events on an idle node"  # the activation's last writes at most
+    finally:
+        stop_process(node)
