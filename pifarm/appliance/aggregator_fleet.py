@@ -18,6 +18,11 @@ def mount(app, ctx, token: str | None) -> FleetService:
     # the fleet view first: its /v1/fleet/prometheus-sd must be matched before /v1/fleet/{node}
     aggregator_fleetview.mount(app, ctx, service)
     app.include_router(fleet_router(service))
+    # the tracker of the peer source (issue 16): node auth and holders come from the fleet service
+    from pifarm.registry.tracker import Tracker, tracker_router
+
+    app.state.tracker = Tracker(service)
+    app.include_router(tracker_router(app.state.tracker))
     ctx.metrics_registry.register(FleetCollector(service))
     ctx.on_start.append(service.start)
     ctx.on_stop.append(service.stop)

@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pifarm.appliance import node_report
+from pifarm.appliance import node_peers, node_report
 from pifarm.appliance.config import NodeConfig
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.client.http import AggregatorClient
@@ -89,6 +89,7 @@ class NodeDaemon:
             host, port = parse_listen(c.node.metrics_listen)
             self._metrics_server = start_http_server(port, addr=host, registry=self.metrics.registry)
         self.reporter = node_report.attach(self)
+        self.peers = node_peers.attach(self)  # [[sources]] kind = "peers": piece server + tracker credentials
         self._spawn("watcher", self.watcher.run, self.stop_event)
         if self.reporter is not None:
             self._spawn("reporter", self.reporter.run, self.stop_event)
@@ -134,6 +135,8 @@ class NodeDaemon:
             t.join(timeout=10)
         if self.watcher is not None:
             self.watcher.close()
+        if getattr(self, "peers", None) is not None:
+            self.peers.stop()
         close_all(self.sources)
         if self._metrics_server is not None:
             httpd, _thread = self._metrics_server

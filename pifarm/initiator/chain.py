@@ -30,6 +30,7 @@ SOURCE_KINDS: dict[str, str] = {
     "s3": "pifarm.initiator.s3_source:make_source",
     "nvme-kernel": "pifarm.initiator.blockdev_source:make_source",
     "nvme-tcp-userspace": "pifarm.initiator.nvme_tcp.source:make_source",
+    "peers": "pifarm.initiator.peer_source:make_source",
 }
 
 Factory = Callable[[SourceSpec, SourceContext], Source]

@@ -119,9 +119,39 @@ class NvmeTcpOptions:
     address: str = ""  # older spelling of the entry's own `address`
 
 
+@dataclass(frozen=True)
+class PeerOptions:
+    """`kind = "peers"`: pieces from other nodes (and the aggregator), and this node's piece server."""
+
+    listen: str = "0.0.0.0:8070"  # the piece server (peers fetch from here)
+    host: str = ""  # address peers reach this node at ("" = as the aggregator sees it)
+    rack: str = ""  # switch/rack label: peers with the same label are listed first
+    tracker: str = ""  # "" = the node's aggregator
+    min_size: int = 16 * 2**20  # smaller blobs go to the next source (one HTTP GET is cheaper)
+    downloads: int = 4  # pieces in flight for one blob
+    per_peer: int = 2  # ... at most this many from one peer
+    from_aggregator: int = 1  # ... and from the aggregator (pieces no peer has); 0 = peers only
+    selection: str = "rarest"  # "rarest" (fewest holders first) or "random"
+    max_peers: int = 30  # peers asked of the tracker
+    upload_rate: float = 0.0  # bytes/s the piece server may send in all (0 = no limit but the link)
+    max_connections: int = 8  # concurrent piece requests served; more get 503
+    stall: float = 60.0  # seconds without a new piece before the source gives up (next source)
+
+    def __post_init__(self) -> None:
+        parse_listen(self.listen, key="listen")
+        if self.selection not in ("rarest", "random"):
+            raise ValueError(f"selection must be rarest or random, got {self.selection!r}")
+        if not (1 <= self.downloads <= 64 and 1 <= self.per_peer <= 16 and 0 <= self.from_aggregator <= 16):
+            raise ValueError("downloads must be 1..64, per_peer 1..16, from_aggregator 0..16")
+        if not (1 <= self.max_peers <= 50 and 1 <= self.max_connections <= 1024):
+            raise ValueError("max_peers must be 1..50 and max_connections 1..1024")
+        if self.upload_rate < 0 or self.min_size < 0 or self.stall <= 0:
+            raise ValueError("upload_rate and min_size must be >= 0, stall > 0")
+
+
 #: kind -> its options dataclass (the kinds the node knows; pifarm.initiator.chain has the factories)
 SOURCE_OPTIONS: dict[str, type] = {"http": HttpOptions, "s3": S3Options, "nvme-kernel": NvmeKernelOptions,
-                                   "nvme-tcp-userspace": NvmeTcpOptions}
+                                   "nvme-tcp-userspace": NvmeTcpOptions, "peers": PeerOptions}
 
 
 @dataclass(frozen=True)
