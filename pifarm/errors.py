@@ -3,7 +3,8 @@
                                 HTTP  what it means
     PifarmError                 500   anything pifarm reports to a user (CLI exit 1, one line)
     ├── UsageError              400   the caller asked for something malformed (CLI exit 2)
-    │   └── TooLarge            413   ... a request body over the server's limit
+    │   ├── TooLarge            413   ... a request body over the server's limit (exit 1)
+    │   └── BadContent          400   ... content refused for what it is, e.g. not a TFLite model (exit 1)
     ├── Unauthorized            401   a server needs credentials and got none
     ├── Forbidden               403   credentials given, but wrong
     ├── ConfigError             500   a config file or variable is missing or has the wrong type
@@ -41,7 +42,15 @@ class UsageError(PifarmError):
 
 
 class TooLarge(UsageError):
+    exit_code = 1  # the command line was right; the thing it sent was too big
     http_status = 413
+
+
+class BadContent(UsageError):
+    """A well-formed request whose content is refused (not a TFLite model): exit 1, not 2, since
+    nothing is wrong with how the command was used."""
+
+    exit_code = 1
 
 
 class Unauthorized(PifarmError):

@@ -123,10 +123,12 @@ def _check_listen(host: str, port: int) -> None:
 def run(config=None, data_dir=None, listen=None) -> int:
     import uvicorn
 
-    from pifarm.appliance import threaddump
+    from pifarm.appliance import loglevel, threaddump
+    from pifarm.cache.metrics import add_process_collectors
 
     threaddump.install()  # `kill -USR1` dumps every thread's stack (as `node run` does)
     cfg = load_aggregator_config(config, data_dir=data_dir, listen=listen)
+    loglevel.daemon(cfg.registry.log_level)
     api = cfg.api
     host, port = parse_listen(api.listen)
     _check_listen(host, port)
@@ -134,7 +136,9 @@ def run(config=None, data_dir=None, listen=None) -> int:
     registry = Registry.open(d, cfg)
     try:
         token = ensure_api_token(d, api)
-        ctx = AggregatorContext(registry, cfg, d, CollectorRegistry())
+        metrics = CollectorRegistry()
+        add_process_collectors(metrics)  # process_* and python_gc_* beside the registry's own
+        ctx = AggregatorContext(registry, cfg, d, metrics)
         for extend in PARTS:
             extend(ctx)
         app = create_app(registry, api, token=token, health_providers=ctx.health_providers,
@@ -155,9 +159,9 @@ def run(config=None, data_dir=None, listen=None) -> int:
             for hook in ctx.on_start:
                 hook()
             scheme = "https" if api.tls_cert else "http"
-            log.warning("pifarm aggregator: %s://%s:%d data dir %s, store %s, revision %d%s", scheme, host, port,
-                        d, registry.store.location, registry.revision,
-                        f", READ-ONLY: {registry.read_only_reason}" if registry.read_only_reason else "")
+            log.info("pifarm aggregator: %s://%s:%d data dir %s, store %s, revision %d%s", scheme, host, port,
+                     d, registry.store.location, registry.revision,
+                     f", READ-ONLY: {registry.read_only_reason}" if registry.read_only_reason else "")
             try:
                 server.run()  # returns on SIGTERM/SIGINT
             except SystemExit:  # uvicorn exits (code 3) when it cannot bind; it logged why

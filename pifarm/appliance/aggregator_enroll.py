@@ -61,7 +61,7 @@ def extend(ctx) -> None:
 
     def start() -> None:
         thread.start()
-        log.warning("pifarm enrollment listener: https://%s:%d (server TLS, secret-authenticated)", host, port)
+        log.info("pifarm enrollment listener: https://%s:%d (server TLS, secret-authenticated)", host, port)
 
     def stop() -> None:
         server.should_exit = True

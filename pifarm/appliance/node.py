@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import signal
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 from pifarm.appliance import node_peers, node_report
 from pifarm.appliance.config import NodeConfig
+from pifarm.cache import owner
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.client.http import AggregatorClient
 from pifarm.cache.store import Cache
@@ -27,7 +29,7 @@ from pifarm.initiator.chain import build_sources, close_all, default_specs
 from pifarm.initiator.s3_source import S3Documents
 from pifarm.initiator.settings import SourceContext
 from pifarm.initiator.watcher import Watcher
-from pifarm.listen import parse_listen
+from pifarm.listen import bind_listen, parse_listen
 from pifarm.signed.integrity import BlobRef
 from pifarm.signed.signing import TrustedKeys
 
@@ -39,6 +41,16 @@ def trusted_keys(paths: list[str]) -> TrustedKeys:
         raise ConfigError("no trusted registry keys: set [node] trusted_keys = [\"/etc/pifarm/signing.pub\"] "
                           "or pass --trust FILE (the aggregator's keys/signing.pub)")
     return TrustedKeys.from_files(paths)
+
+
+def budget_source(c: NodeConfig) -> str:
+    """Where [cache] max_bytes came from, for `cache ls` (a budget set only in a unit's environment
+    is invisible to a shell's `cache ls` otherwise)."""
+    if c.cache.max_bytes is None:
+        return "no [cache] max_bytes set"
+    if os.environ.get("PIFARM_CACHE_MAX_BYTES"):
+        return "environment PIFARM_CACHE_MAX_BYTES"
+    return f"[cache] max_bytes in {c.origin}"
 
 
 class NodeDaemon:
@@ -55,6 +67,8 @@ class NodeDaemon:
         self.sources: list = []
         self.reporter: Any = None  # pifarm.initiator.report.Reporter, see node_report.attach
         self._metrics_server: Any = None  # (httpd, thread) of [node] metrics_listen
+        self._locks: list[int] = []  # owner.lock fds of the state dir and the cache
+        self.inference_url: str | None = None  # set by run_node when it serves inference
 
     def start(self) -> None:
         c = self.cfg
@@ -64,7 +78,9 @@ class NodeDaemon:
             state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"state directory {state_dir} cannot be created: {e.strerror}") from e
+        self.claim()
         self.cache = Cache(c.cache.root, c.cache.max_bytes, metrics=self.metrics)
+        owner.describe(c.cache.root, max_bytes=c.cache.max_bytes, budget_from=budget_source(c))
         tls = c.node.tls_context()
         ctx = SourceContext(
             trusted=trusted, aggregator_url=c.node.aggregator, state_dir=state_dir, cache_root=Path(c.cache.root),
@@ -88,6 +104,8 @@ class NodeDaemon:
 
             host, port = parse_listen(c.node.metrics_listen)
             self._metrics_server = start_http_server(port, addr=host, registry=self.metrics.registry)
+        if self.inference_url:
+            self.watcher.state.inference_url = self.inference_url  # where `pifarm status` asks /health
         self.reporter = node_report.attach(self)
         self.peers = node_peers.attach(self)  # [[sources]] kind = "peers": piece server + tracker credentials
         self._spawn("watcher", self.watcher.run, self.stop_event)
@@ -98,6 +116,13 @@ class NodeDaemon:
             self.tamper.start()
         if c.cache.scrub_interval:
             self._spawn("scrub", self._scrub_loop)
+
+    def claim(self) -> None:
+        """One owner per state dir and per cache: a second daemon is refused naming this one's pid,
+        and a read-only directory is one line here, not a traceback at the first state write."""
+        if not self._locks:
+            self._locks = [owner.acquire(self.cfg.node.state_dir, "state directory"),
+                           owner.acquire(self.cfg.cache.root, "cache")]
 
     def _spawn(self, name: str, fn, *args) -> None:
         t = threading.Thread(target=fn, args=args, name=name, daemon=True)
@@ -142,9 +167,13 @@ class NodeDaemon:
             httpd, _thread = self._metrics_server
             httpd.shutdown()
             httpd.server_close()
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
 
 
-def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event, metrics: Any = None) -> None:
+def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event, metrics: Any = None,
+                    sock: Any = None) -> None:
     """The seam to pifarm.inference: run its KServe V2 server in the foreground until a signal."""
     from pifarm.inference.server import serve
     from pifarm.inference.settings import InferenceSettings
@@ -154,22 +183,35 @@ def serve_inference(cfg: NodeConfig, host: str, port: int, stop: threading.Event
         settings = dataclasses.replace(settings, trusted_keys=list(cfg.node.trusted_keys))
     # the node's own metrics (cache, sources, watcher) on the inference port's /metrics too
     serve(settings, Path(cfg.cache.root), Path(cfg.node.state_dir), host=host, port=port,
-          extra_metrics=[metrics.registry] if metrics is not None else [])
+          extra_metrics=[metrics.registry] if metrics is not None else [], sock=sock)
 
 
 def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     """Blocking `pifarm node run`; returns the exit code."""
-    from pifarm.appliance import threaddump
+    from pifarm.appliance import loglevel, threaddump
 
+    loglevel.daemon(cfg.node.log_level)
     threaddump.install()  # `kill -USR1` dumps every thread's stack (from a normal thread: issue 19)
-    daemon = NodeDaemon(cfg)
-    daemon.start()
-    log.warning("node: cache %s, state %s, channel %s, sources %s", cfg.cache.root, cfg.node.state_dir,
-                cfg.node.channel, ", ".join(s.name for s in daemon.sources) or "none")
+    sock = None
+    daemon = NodeDaemon(cfg, metrics=NodeMetrics(process=not serve))  # serving: the server's registry has them
+    daemon.claim()  # before anything else: a second node on these directories names the first
+    try:
+        if serve:  # bind first: a taken port is one line now, not after pulling every model
+            host, port = parse_listen(cfg.node.listen)
+            sock = bind_listen(host, port, "[node] listen")
+            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            daemon.inference_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+        daemon.start()
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        daemon.stop()
+        raise
+    log.info("node: cache %s, state %s, channel %s, sources %s", cfg.cache.root, cfg.node.state_dir,
+             cfg.node.channel, ", ".join(s.name for s in daemon.sources) or "none")
     try:
         if serve:
-            host, port = parse_listen(cfg.node.listen)
-            serve_inference(cfg, host, port, daemon.stop_event, daemon.metrics)  # uvicorn handles SIGINT/SIGTERM
+            serve_inference(cfg, host, port, daemon.stop_event, daemon.metrics, sock)  # uvicorn handles SIGINT/SIGTERM
         else:
             done = threading.Event()
             for sig in (signal.SIGTERM, signal.SIGINT):

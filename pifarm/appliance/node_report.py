@@ -48,5 +48,5 @@ def attach(daemon) -> Reporter | None:
                         address=f"http://{socket.gethostname() if wildcard else host}:{port}",
                         tls=c.node.tls_context())
     daemon.watcher.on_state = reporter.poke
-    log.warning("node %s reports to %s every %g s", ident.hostid, c.node.aggregator, c.node.report_interval)
+    log.info("node %s reports to %s every %g s", ident.hostid, c.node.aggregator, c.node.report_interval)
     return reporter

@@ -10,10 +10,26 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
+def add_process_collectors(r: CollectorRegistry) -> None:
+    """process_* (CPU, resident memory, open fds, start time), python_gc_* and python_info on `r`:
+    every daemon exports them once, on its one /metrics (an idle node's growth shows there)."""
+    from prometheus_client.gc_collector import GCCollector
+    from prometheus_client.platform_collector import PlatformCollector
+    from prometheus_client.process_collector import ProcessCollector
+
+    ProcessCollector(registry=r)
+    GCCollector(registry=r)
+    PlatformCollector(registry=r)
+
+
 class NodeMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = False):
+        """process: also the process_*/python_gc_* collectors (when nothing else of this process,
+        such as the inference server's registry beside it, exports them)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        if process:
+            add_process_collectors(r)
         self.blobs_installed = Counter(
             "pifarm_cache_blobs_installed", "Blobs verified and installed, by the source that served them",
             ["source"], registry=r)
@@ -34,4 +50,7 @@ class NodeMetrics:
         self.revision = Gauge("pifarm_node_snapshot_revision", "Highest snapshot revision verified", registry=r)
         self.metadata_failures = Counter(
             "pifarm_node_metadata_failures", "Failed snapshot fetches, by path", ["path"], registry=r)
+        self.snapshots_refused = Counter(
+            "pifarm_node_snapshots_refused", "Snapshots refused (unknown key, bad signature, rollback, expired)",
+            registry=r)
         self.activations = Counter("pifarm_node_activations", "Model versions made active", ["model"], registry=r)

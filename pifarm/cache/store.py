@@ -106,6 +106,7 @@ class Cache:
         *,
         metrics: NodeMetrics | None = None,
         recover: bool = True,
+        read_only: bool = False,
     ):
         self.root = Path(root)
         self.layout = CacheLayout(self.root)
@@ -114,6 +115,11 @@ class Cache:
         self._lock = threading.RLock()
         self._inflight: dict[str, int] = {}
         self._own = _Own()
+        if read_only:  # a look at someone's (maybe live) cache: create, probe and repair nothing
+            if not self.root.is_dir():
+                raise NotFound(f"no cache at {self.root}; pass --cache DIR (or set [cache] root)")
+            self.recovery = RecoveryReport()
+            return
         self._open()
         self.recovery = self.recover() if recover else RecoveryReport()
 
@@ -587,8 +593,10 @@ class Cache:
                     out[f.digest] = f.size
         return out
 
-    def gc(self) -> GcReport:
-        """Remove blobs and manifests no ref needs, quarantined files, and stale temp files."""
+    def gc(self, *, scratch: bool = True) -> GcReport:
+        """Remove blobs and manifests no ref needs, and (scratch) quarantined files and stale temp
+        files. The node calls it with scratch=False after each activation: its default retention is
+        active, previous and prefetched per model (resumable partials and evidence are kept)."""
         keep = self.pinned()
         kept_versions = set()
         for name in self.layout.models():
@@ -608,10 +616,10 @@ class Cache:
                 p.unlink(missing_ok=True)
                 nman += 1
         removed: list[str] = []
-        for p in list(self.layout.tmp.iterdir()):
+        for p in list(self.layout.tmp.iterdir()) if scratch else ():
             self._unlink_unlocked(p, removed)
         ntmp = len(removed)
-        for p in self.quarantine_dir.iterdir():
+        for p in self.quarantine_dir.iterdir() if scratch else ():
             p.unlink(missing_ok=True)
         self.metrics.cache_bytes.set(self.used_bytes())
         return GcReport(nblobs, freed, nman, ntmp)

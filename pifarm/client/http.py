@@ -53,6 +53,11 @@ def error_for(resp: httpx.Response, what: str) -> errors.PifarmError:
         msg, kind = body.get("error") or body.get("detail") or resp.text, body.get("kind", "")
     except (ValueError, AttributeError):
         msg, kind = resp.text.strip()[:300] or resp.reason_phrase, ""
+    if resp.status_code in (404, 405) and not kind and resp.request.method != "HEAD":
+        # every pifarm aggregator error names its kind; a bare 404 is another server (issue 20)
+        return errors.NotFound(f"{what}: {resp.request.url.scheme}://{resp.request.url.netloc.decode()} answered "
+                               f"{resp.status_code} for {resp.request.url.path}: not a pifarm aggregator API (a "
+                               f"node's inference port?); point --registry at the aggregator (default port 8470)")
     cls = errors.for_response(resp.status_code, kind)
     if issubclass(cls, errors.SourceError) or cls is errors.ConfigfsError:
         return cls(f"{what}: {msg}")
@@ -176,6 +181,10 @@ class AggregatorClient:
         try:
             resp = self._request("HEAD", f"/v1/blobs/{digest}", f"blob {digest}", ok=(200,))
         except errors.NotFound:
+            return False
+        except errors.ReadOnlyError:
+            # a HEAD answer has no body to carry the reason ("Service Unavailable"): say "absent" and
+            # let the upload that follows bring back the registry's read-only reason (issue 20)
             return False
         return size is None or int(resp.headers.get("content-length", -1)) == size
 

@@ -81,7 +81,8 @@ class InferFastPath:
             call = serving.start(model, version, req.tensors, req.outputs, t0)
             await asyncio.wrap_future(call.job.future)
             outs = serving.outputs(call)
-        except PifarmError as e:
+        except PifarmError as err:
+            e = serving.refine(model, err)
             serving.failed(model, version, t0, e.http_status)
             return await self._send(send, *_error(e.http_status, str(e)))
         t_enc = perf_counter_ns()

@@ -33,7 +33,7 @@ from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, Fi
 from watchdog.observers import Observer
 
 from pifarm.cache.layout import CacheLayout, RefValue
-from pifarm.cache.nodestate import read_state
+from pifarm.cache.nodestate import DEGRADED, OK, condition, read_state
 from pifarm.errors import ConfigError, InferenceError, NotFound, PifarmError
 from pifarm.inference.batching import BatchPolicy, LiveCheck
 from pifarm.inference.loader import NotServable, load_verified
@@ -491,7 +491,10 @@ class ModelManager:
                 })
             models[n] = entry
         state = read_state(self.state_dir) if self.state_dir is not None else None
-        degraded = bool(state and state.degraded)
+        # the watcher's verdict (pifarm.cache.nodestate.condition): degraded, untrusted snapshot and
+        # refused models all mean "serving, but not following the channel" (issue 20: one state)
+        verdict, why = condition(state)
+        degraded = verdict != OK
         self.metrics.degraded.set(1 if degraded else 0)
         wanted = [m for m in models.values() if not m.get("unloaded")]  # an unload is the operator's choice
         ready = bool(wanted) and all(m["ready"] for m in wanted)
@@ -503,7 +506,7 @@ class ModelManager:
             "status": status,
             "ready": ready,
             "degraded": degraded,
-            "degraded_reason": state.degraded_reason if state else None,
+            "degraded_reason": (why if verdict == DEGRADED else f"{verdict}: {why}") if degraded else None,
             "revision": state.revision if state and state.revision >= 0 else None,
             "runtime": f"{self.runtime.name} {self.runtime.version}" if self.runtime else None,
             "models": models,

@@ -1,7 +1,8 @@
 """Prometheus metrics of one inference server, on a registry of its own (no global state).
 
     pifarm_inference_requests_total{model,version}          completed infer requests
-    pifarm_inference_errors_total{model,code}                failed requests by HTTP status
+    pifarm_inference_errors_total{model,code}                failed requests by HTTP status (model
+                                                             "_unknown_" for names not served here)
     pifarm_inference_request_seconds{model}                  end-to-end infer latency
     pifarm_inference_version_request_seconds{model,version} the same per version (node reports, rollout gates)
     pifarm_inference_queue_depth{model}                      jobs waiting for a worker
@@ -20,6 +21,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from pifarm.cache.metrics import add_process_collectors
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
@@ -28,6 +31,7 @@ LOAD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0)
 class ServerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        add_process_collectors(r)  # process_* and python_gc_*: once per process, on its one /metrics
         #: other registries of the same process shown on this /metrics (the node daemon's cache,
         #: source and watcher metrics under `pifarm node run`: one endpoint per node to scrape)
         self.also: list[CollectorRegistry] = []

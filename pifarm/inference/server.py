@@ -49,7 +49,7 @@ from pifarm.inference.protocol import InferenceRequest
 from pifarm.inference.repository import Repository
 from pifarm.inference.routes import extensions, health, infer, models
 from pifarm.inference.routes.state import ServerState, error
-from pifarm.inference.serving import Serving
+from pifarm.inference.serving import UNKNOWN_MODEL, Serving
 from pifarm.inference.settings import InferenceSettings
 
 
@@ -161,7 +161,9 @@ async def _invalid(request: Request, exc: RequestValidationError) -> JSONRespons
         msg = f"invalid request: {loc or 'body'}: {first.get('msg', 'invalid')}"
     model = request.path_params.get("model")
     if model:
-        request.app.state.server.metrics.errors.labels(model, "400").inc()
+        server = request.app.state.server
+        known = await asyncio.to_thread(server.manager.known, model)
+        server.metrics.errors.labels(model if known else UNKNOWN_MODEL, "400").inc()  # bounded labels
     return error(400, msg)
 
 
@@ -182,11 +184,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None, host: str = "127.0.0.1",
-          port: int = 8080, on_ready: Callable[[str, int], None] | None = None, extra_metrics: Iterable[Any] = ()) -> None:
+          port: int = 8080, on_ready: Callable[[str, int], None] | None = None, extra_metrics: Iterable[Any] = (),
+          sock: Any = None) -> None:
     """Run the server under uvicorn (uvloop/httptools when installed) until SIGINT/SIGTERM.
 
     Startup problems (no cache directory, no runtime) raise one-line PifarmErrors before
     uvicorn starts. `on_ready(host, port)` is called once the socket is bound (useful with port 0).
+    `sock`, when given, is an already bound listening socket (`pifarm node run` binds before it pulls).
     """
     import threading
 
@@ -222,4 +226,4 @@ def serve(settings: InferenceSettings, cache_root: Path, state_dir: Path | None,
                 on_ready(sock[0], sock[1])
 
         threading.Thread(target=announce, name="serve-announce", daemon=True).start()
-    server.run()
+    server.run(sockets=[sock] if sock is not None else None)  # `sock`: bound by the caller before its work

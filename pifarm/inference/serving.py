@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pifarm import __version__
-from pifarm.errors import NotFound
+from pifarm.errors import NotFound, PifarmError, TooLarge, UsageError
 from pifarm.inference.batching import Job
 from pifarm.inference.codec import BadInput, TensorInfo, fit_inputs
 from pifarm.inference.manager import ModelManager, NotReady
@@ -31,6 +31,8 @@ EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "health_st
 
 # The three health states (plus not ready): what /v2/health/ready and gRPC ServerReady say.
 READY, DEGRADED, NOT_READY = "ready", "degraded", "not ready"
+#: the one `model` label value of requests naming a model this server does not know (issue 20)
+UNKNOWN_MODEL = "_unknown_"
 HEALTH_HEADER = "x-pifarm-health"
 HEALTH_REASON_HEADER = "x-pifarm-health-reason"
 
@@ -132,7 +134,16 @@ class Serving:
         self._latency[call.model].observe((done - call.t0) / 1e9)
         self._latency[key].observe((done - call.t0) / 1e9)
 
+    def refine(self, model: str, e: PifarmError) -> PifarmError:
+        """A bad body sent to a model that does not exist is first of all a 404 (issue 20)."""
+        if isinstance(e, UsageError) and not isinstance(e, TooLarge) and not self.manager.known(model):
+            return NotFound(f"model {model!r} is not served here")
+        return e
+
     def failed(self, model: str, version: str | None, t0: int, status: int) -> None:
+        if not self.manager.known(model):  # any client could mint series: unknown names share one label
+            self.metrics.errors.labels(UNKNOWN_MODEL, str(status)).inc()
+            return
         self.metrics.errors.labels(model, str(status)).inc()
         self.stats.failure(model, version if version and version.isdigit() else None, perf_counter_ns() - t0)
 

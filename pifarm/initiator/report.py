@@ -28,7 +28,7 @@ from typing import Any, Callable
 import httpx
 
 from pifarm import __version__
-from pifarm.cache.nodestate import read_state
+from pifarm.cache.nodestate import node_status, read_state
 from pifarm.cache.store import Cache
 from pifarm.fleetwire.report import MAX_VERSIONS, ModelReport, Report, VersionStats, clip
 
@@ -191,13 +191,8 @@ class Reporter:
                 prefetched=pre.version if pre and (not active or pre.version != active.version) else h.get("prefetched"),
                 source=clip(w.get("source"), 128), ready=bool(h.get("ready")), serving=h.get("version"),
                 error=clip(error), failed=_failed_version(error), stats=vstats)
-        if st and st.degraded:
-            state, reason = "degraded", st.degraded_reason or "registry and storage unreachable"
-        elif health is not None and health.get("ready"):
-            state, reason = "ready", None
-        else:
-            state = "not-ready"
-            reason = down or (health or {}).get("reason") or (health or {}).get("status") or "not ready"
+        # the same (state, reason) as `pifarm status` and /health: one function over the same state
+        state, reason = node_status(st, health, down)
         cache = {"used": None, "budget": None}
         if self.cache is not None:
             try:
@@ -272,8 +267,10 @@ class Reporter:
                     # server loading the version just activated, is watched closely for a while
                     settle_until = now + SETTLE
                 if now >= next_at or changed:
-                    if self.send(rep):
-                        self._last_fp = fp
+                    self.send(rep)
+                    # a refused report (401, aggregator down) is retried at the interval, not on every
+                    # settle tick: an undeliverable change must not turn into two requests a second
+                    self._last_fp = fp
                     next_at = now + self.interval
             except Exception:  # a bug in one report must not end reporting
                 log.exception("building the node report failed")

@@ -6,7 +6,7 @@ import dataclasses
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pifarm.errors import ConfigError
 from pifarm.listen import parse_listen
@@ -220,6 +220,7 @@ class NodeSettings:
     report_interval: float = 10.0  # seconds between reports to the aggregator (and at once on a change); 0 = off
     report_token: str = ""  # this node's report token (`pifarm fleet token NODE`); not needed with mTLS
     report_token_file: str = ""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # `pifarm --log-level` wins
 
     def __post_init__(self) -> None:
         if not 0 <= self.report_interval <= 3600 or 0 < self.report_interval < 0.1:

@@ -87,6 +87,10 @@ class Watcher:
         self.aggregator, self.s3 = aggregator, s3
         self._agg = _Path("http", Backoff(settings.backoff_base, settings.backoff_max, rng))
         self._s3 = _Path("s3", Backoff(settings.backoff_base, min(settings.backoff_max, settings.s3_poll_interval), rng))
+        # refused snapshots back off on their own clock: a server that answers (the path is fine)
+        # with a snapshot we cannot trust must not be polled once a second (issue 20)
+        self._refused = Backoff(settings.backoff_base, settings.backoff_max, rng)
+        self._refused_until = 0.0
         self._bucket = TokenBucket(settings.rate, settings.burst, clock)
         self._rng = rng
         self.status = WatcherStatus()
@@ -138,7 +142,7 @@ class Watcher:
         if degraded:
             self.state.degraded_reason = reason
         elif self.state.degraded:
-            log.warning("leaving degraded mode (was: %s since %s)", self.state.degraded_reason, self.state.degraded_since)
+            log.info("leaving degraded mode (was: %s since %s)", self.state.degraded_reason, self.state.degraded_since)
             self.state.degraded, self.state.degraded_reason, self.state.degraded_since = False, None, None
 
     # ----------------------------------------------------------------- the loop
@@ -161,6 +165,8 @@ class Watcher:
         self.status.cycles += 1
         now = self.clock()
         got: tuple[Any, str] | None = None
+        if now < self._refused_until:
+            return self._refused_until - now
         if self.aggregator is not None and now >= self._agg.next_try:
             wait = self._bucket.take()
             if wait > 0:
@@ -221,6 +227,8 @@ class Watcher:
         p.ok, p.error = False, str(e)
         p.next_try = self.clock() + p.backoff.next_delay()
         self.state.paths[p.name] = "unreachable"
+        if self.state.live_path == p.name:  # it is not live any more ("http=unreachable (live: http)")
+            self.state.live_path = None
         self.metrics.metadata_failures.labels(p.name).inc()
         log.info("metadata path %s failed: %s", p.name, e)
 
@@ -230,17 +238,24 @@ class Watcher:
         try:
             snap = verify_snapshot(document, self.trusted, highest_seen=self.revision)
         except IntegrityError as e:
-            log.error("snapshot via %s refused: %s", path, e)
-            self.state.last_error = f"snapshot via {path} refused: {e}"
-            if path == "http":  # a server that keeps offering a bad snapshot must not spin us
-                self._agg.next_try = self.clock() + self._agg.backoff.next_delay()
+            msg = f"snapshot via {path} refused: {e}"
+            # said once at ERROR; the same refusal again (each backoff) only at INFO
+            log.log(logging.ERROR if msg != self.state.last_error else logging.INFO, "%s", msg)
+            self.state.last_error = msg
+            self.metrics.snapshots_refused.inc()
+            ceiling = self._refused.ceiling()  # equal jitter: at least half the ceiling, never ~0
+            self._refused.next_delay()
+            self._refused_until = self.clock() + ceiling / 2 + self._rng.uniform(0, ceiling / 2)
             return
+        self._refused.reset()
+        self._refused_until = 0.0
         self.revision = snap.revision
         self.status.applied_revisions.append(snap.revision)
         self.state.last_error = None
         self.reconcile(snap)
 
     def reconcile(self, snap: Snapshot) -> None:
+        changed = False
         for name, ptr in sorted(snap.desired(self.channel, self.models or None, node_id=self.node_id).items()):
             want = RefValue(ptr.version, ptr.manifest_digest)
             if self.cache.layout.read_ref(name, "active") == want:
@@ -251,12 +266,27 @@ class Watcher:
                 log.error("could not update %s to v%d: %s", name, ptr.version, e)
                 self.state.models.setdefault(name, {})["error"] = f"v{ptr.version}: {e}"
                 continue
+            changed = True
             self.metrics.activations.labels(name).inc()
-            log.warning("%s: v%d active (from %s)", name, ptr.version, done.source)
+            log.info("%s: v%d active (from %s)", name, ptr.version, done.source)
             entry = self.state.models.setdefault(name, {})
             entry.pop("error", None)
             entry.update(version=ptr.version, manifest_digest=ptr.manifest_digest, source=done.source,
                          previous=done.previous.version if done.previous else entry.get("previous"))
+        if changed:
+            self._collect()
+
+    def _collect(self) -> None:
+        """Default retention: active, previous and prefetched per model; the rest goes (a budget
+        bounds the cache further). Without it a node kept every version it ever had (issue 20)."""
+        try:
+            rep = self.cache.gc(scratch=False)
+        except (PifarmError, OSError) as e:
+            log.warning("cache collection failed: %s", e)
+            return
+        if rep.removed_blobs or rep.removed_manifests:
+            log.info("collected %d blob(s) (%d bytes) and %d manifest(s) no ref needs", rep.removed_blobs,
+                     rep.freed_bytes, rep.removed_manifests)
 
     def close(self) -> None:
         self.docs.close()

@@ -445,7 +445,10 @@ class Registry:
                     fmt, inputs, outputs = "raw", (), ()
                 else:
                     fmt, inputs, outputs = self._format_of(format, local or [(files[0].path, self._local_copy(files[0].ref, Path(tmp)))])
-            return self._commit_version(name, list(files), fmt, inputs, outputs, channel, labels)
+            result = self._commit_version(name, list(files), fmt, inputs, outputs, channel, labels)
+            for f in files:  # the upload grace counts until the commit: the version keeps them now
+                self._staged.pop(f.digest, None)
+            return result
         except StoreUnavailable as e:
             self._go_read_only(e)
             raise ReadOnlyError(f"publish of {name} refused: {self.read_only_reason}; nothing was committed") from e
@@ -594,6 +597,15 @@ class Registry:
         except StoreUnavailable as e:
             self._go_read_only(e)
         return rev
+
+    def collect_if_due(self) -> None:
+        """Housekeeping: collect once an upload that no publish claimed is past `upload_grace`."""
+        now = time.monotonic()
+        if any(now - t > self.settings.upload_grace for t in list(self._staged.values())):
+            try:
+                self.collect_garbage()
+            except StoreUnavailable as e:
+                self._go_read_only(e)
 
     def collect_garbage(self) -> list[str]:
         """Delete stored blobs no live version (and no recent upload) refers to."""

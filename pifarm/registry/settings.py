@@ -7,6 +7,7 @@ Frozen dataclasses filled by the config loader (`appliance.config`); defaults ma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from pifarm.errors import ConfigError
 from pifarm.s3.bucket import parse_url
@@ -31,6 +32,10 @@ class StoreSettings:
     #: seconds between store reachability checks (read-only mode enters and leaves on these)
     check_interval: float = 5.0
     connect_timeout: float = 5.0
+    #: several aggregators on this S3 store: "auto" = the bucket is the commit point when the
+    #: endpoint honours conditional writes (single-writer otherwise, with a warning); "yes" =
+    #: refuse to start without them; "no" = single-writer (SQLite is the commit point)
+    shared: Literal["auto", "yes", "no"] = "auto"
 
     def __post_init__(self) -> None:
         u = self.url
@@ -78,6 +83,7 @@ class ApiSettings:
 @dataclass(frozen=True)
 class RegistrySettings:
     data_dir: str = "/var/lib/pifarm/aggregator"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"  # `pifarm --log-level` wins
     #: how long a signed snapshot stays valid; it is re-signed (new revision) at half-life
     snapshot_lifetime: int = 7 * 24 * 3600
     #: blobs staged by an upload are kept this long for the publish that refers to them

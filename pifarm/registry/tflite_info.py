@@ -11,7 +11,7 @@ from pathlib import Path
 
 import tflite
 
-from pifarm.errors import UsageError
+from pifarm.errors import BadContent, UsageError
 from pifarm.signed.manifest import TensorSpec
 
 IDENTIFIER = b"TFL3"
@@ -41,17 +41,17 @@ def read_signature(path: Path, label: str | None = None) -> tuple[tuple[TensorSp
     path = Path(path)
     name = label or str(path)
     if not is_tflite(path):
-        raise UsageError(f"{name} is not a TFLite model (no 'TFL3' flatbuffer identifier); publish it with --format raw")
+        raise BadContent(f"{name} is not a TFLite model (no 'TFL3' flatbuffer identifier); publish it with --format raw")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
             model = tflite.Model.GetRootAsModel(buf, 0)
             if model.SubgraphsLength() < 1:
-                raise UsageError(f"{name}: TFLite model has no subgraph")
+                raise BadContent(f"{name}: TFLite model has no subgraph")
             g = model.Subgraphs(0)
             inputs = _tensors(g, [g.Inputs(i) for i in range(g.InputsLength())])
             outputs = _tensors(g, [g.Outputs(i) for i in range(g.OutputsLength())])
         except UsageError:
             raise
         except Exception as e:  # a truncated or hostile flatbuffer fails in many ways
-            raise UsageError(f"{name}: damaged TFLite flatbuffer ({type(e).__name__}: {e})") from e
+            raise BadContent(f"{name}: damaged TFLite flatbuffer ({type(e).__name__}: {e})") from e
     return inputs, outputs

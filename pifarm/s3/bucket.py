@@ -64,6 +64,10 @@ def mapped(what: str, source: str = "s3", *, missing: type[PifarmError] = Missin
         err = e.response.get("Error", {})
         code = str(err.get("Code", "?"))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":  # a configuration fault, not one object missing: say so (issue 20)
+            name = err.get("BucketName") or "named in the s3:// URL"
+            raise _error(failure, f"{what}: bucket {name} does not exist (NoSuchBucket); check the s3:// URL "
+                         "and the endpoint, or create the bucket", source) from e
         if code in MISSING or status == 404:
             raise _error(missing, f"{what}: not in the bucket (404)", source) from e
         if code in DENIED or status == 403:

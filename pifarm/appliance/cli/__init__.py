@@ -22,12 +22,13 @@ from pifarm.errors import PifarmError
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pifarm")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+              help="Log level (daemons default to [node]/[registry] log_level = info, commands to warning).")
+def cli(verbose: int, log_level: str | None) -> None:
     """pifarm: signed model registry, NVMe/TCP volumes and a verified model cache for Pi farms."""
-    import logging
+    from pifarm.appliance import loglevel
 
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loglevel.configure(log_level, verbose)
 
 
 #: every top-level command and group, by module

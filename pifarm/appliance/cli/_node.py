@@ -37,10 +37,21 @@ def node_config(config: str | None, *, registry: str | None = None, cache: str |
     return load_node_config(config, overrides={"node": node, "cache": {"root": cache}, "s3": s3})
 
 
-def open_cache(cfg):
+def open_cache(cfg, *, read_only: bool = False, refuse_live: str | None = None):
+    """The cache of `cfg`. read_only: look without creating or repairing anything (safe beside a
+    running node). refuse_live: the command changes what a running node serves, so it is refused
+    (with this reason) while a `pifarm node run` owns the cache. Otherwise a live node's cache is
+    opened without start-up recovery: repairs are the owner's job."""
+    from pifarm.cache import owner
     from pifarm.cache.store import Cache
+    from pifarm.errors import Conflict
 
-    return Cache(cfg.cache.root, cfg.cache.max_bytes)
+    if read_only:
+        return Cache(cfg.cache.root, cfg.cache.max_bytes, read_only=True)
+    pid = owner.holder(cfg.cache.root)
+    if pid is not None and refuse_live:
+        raise Conflict(f"cache {cfg.cache.root} is owned by a running `pifarm node run` (pid {pid}): {refuse_live}")
+    return Cache(cfg.cache.root, cfg.cache.max_bytes, recover=pid is None)
 
 
 def human(n: float) -> str:

@@ -23,7 +23,7 @@ def cache() -> None:
 def cache_ls(cache_dir, config, as_json):
     """Models, their active/previous/prefetched versions, and the bytes held."""
     cfg = node_config(config, cache=cache_dir)
-    cache = open_cache(cfg)
+    cache = open_cache(cfg, read_only=True)
     rows = []
     for name in cache.layout.models():
         row: dict[str, Any] = {"name": name}
@@ -34,8 +34,19 @@ def cache_ls(cache_dir, config, as_json):
         row["bytes"] = cache.manifest(name, act.version).total_size if act else 0
         rows.append(row)
     blobs = cache.blobs()
+    from pifarm.cache import owner
+
+    live = owner.live_description(cache.root)  # a running node's budget wins over this shell's config
+    if live is not None and "max_bytes" in live:
+        cache.max_bytes = live["max_bytes"]
+        src = f"the running node's, pid {live['pid']}: {live.get('budget_from', '?')}"
+    elif live is not None:
+        src = f"unknown: a node (pid {live['pid']}) owns this cache; this shell's config says"
+    else:
+        src = f"from {cfg.origin}" if cache.max_bytes else "none set in " + cfg.origin
+    budget_text = f"{human(cache.max_bytes) if cache.max_bytes else 'unlimited'} ({src})"
     total = {"blobs": len(blobs), "bytes": sum(b.size for b in blobs), "max_bytes": cache.max_bytes,
-             "pinned_bytes": sum(b.size for b in blobs if b.digest in cache.pinned())}
+             "pinned_bytes": sum(b.size for b in blobs if b.digest in cache.pinned()), "budget": budget_text}
     if as_json:
         echo_json({"root": str(cache.root), "models": rows, **total}, indent=1)
         return
@@ -49,8 +60,8 @@ def cache_ls(cache_dir, config, as_json):
         t.add_row(r["name"], *(str(r[k]) if r[k] is not None else "-" for k in ("active", "previous", "prefetched")),
                   human(r["bytes"]))
     Console().print(t)
-    budget = human(cache.max_bytes) if cache.max_bytes else "unlimited"
-    click.echo(f"{total['blobs']} blobs, {human(total['bytes'])} ({human(total['pinned_bytes'])} pinned), budget {budget}")
+    click.echo(f"{total['blobs']} blobs, {human(total['bytes'])} ({human(total['pinned_bytes'])} pinned), "
+               f"budget {total['budget']}")
 
 
 @cache.command("verify")
@@ -59,7 +70,8 @@ def cache_ls(cache_dir, config, as_json):
 def cache_verify(cache_dir, config):
     """Re-hash every blob; damaged ones are quarantined and the exit code is 1."""
     cfg = node_config(config, cache=cache_dir)
-    cache = open_cache(cfg)
+    cache = open_cache(cfg, refuse_live="its scrub already re-hashes every blob (`[cache] scrub_interval`); "
+                                        "stop it first to verify by hand")
     rep = cache.verify_all()
     for msg in rep.damaged:
         click.echo(f"damaged: {msg}", err=True)
@@ -76,7 +88,7 @@ def cache_verify(cache_dir, config):
 def cache_gc(cache_dir, config):
     """Delete blobs and manifests no active/previous/prefetched ref needs."""
     cfg = node_config(config, cache=cache_dir)
-    rep = open_cache(cfg).gc()
+    rep = open_cache(cfg, refuse_live="it collects its own cache; stop it first to collect by hand").gc()
     click.echo(f"removed {rep.removed_blobs} blobs ({human(rep.freed_bytes)}), {rep.removed_manifests} manifests, "
                f"{rep.removed_tmp} temp files")
 
@@ -88,5 +100,7 @@ def cache_gc(cache_dir, config):
 def cache_rollback(name, cache_dir, config):
     """Swap NAME's active and previous versions, without the network."""
     cfg = node_config(config, cache=cache_dir)
-    v = open_cache(cfg).rollback(name)
+    v = open_cache(cfg, refuse_live=(
+        f"its watcher keeps {name} on what its channel names, so a local swap would be undone; roll the channel "
+        f"back on the aggregator (`pifarm rollback {name} --channel CHANNEL`) or stop the node first")).rollback(name)
     click.echo(f"{name}: v{v.version} active again")

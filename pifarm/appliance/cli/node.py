@@ -167,29 +167,66 @@ def pull_into_cache(cfg, spec: str, *, retry_for: float = 0.0, quiet: bool = Fal
     return done
 
 
+def _health(url: str | None) -> tuple[dict | None, str | None]:
+    """The node's /health body (any status) or (None, why). http.client: `status` loads no HTTP library."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    if not url:
+        return None, "no inference server recorded in node.json (node run --no-serve, or an older node)"
+    u = urlsplit(url)
+    conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
+    conn = conn_cls(u.hostname, u.port, timeout=3)
+    try:
+        conn.request("GET", "/health")
+        return json.loads(conn.getresponse().read()), None
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        return None, f"inference server {url} not answering ({e.__class__.__name__})"
+    finally:
+        conn.close()
+
+
 @click.command("status")
 @click.option("--state-dir", default=None, help="Where node.json lives ([node] state_dir).")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 def status(state_dir, config, as_json):
-    """What this node serves, from where, and whether it is degraded."""
-    from pifarm.cache.nodestate import STATE_NAME, read_state
+    """What this node serves, from where, and whether it is ready, degraded or not ready.
+
+    The state is the one the node's /health and its fleet report show: node.json (the watcher's
+    view) joined with the inference server's /health."""
+    from pifarm.cache.nodestate import STATE_NAME, condition, node_status, read_state
 
     cfg = node_config(config, state_dir=state_dir)
     st = read_state(cfg.node.state_dir)
     if st is None:
         raise NotFound(f"no node state at {Path(cfg.node.state_dir) / STATE_NAME}; is `pifarm node run` running "
                        f"with this --state-dir?")
+    health, down = _health(st.inference_url)
+    state, reason = node_status(st, health, down)
+    verdict, why = condition(st)
     if as_json:
-        echo_json(st.to_json(), indent=1, sort_keys=True)
+        echo_json({**st.to_json(), "state": state, "reason": reason, "watcher": verdict, "watcher_reason": why,
+                   "health": health}, indent=1, sort_keys=True)
         return
-    mode = f"DEGRADED since {st.degraded_since}: {st.degraded_reason}" if st.degraded else "ok"
-    click.echo(f"node: {mode}; channel {st.channel}; snapshot revision {st.revision}; updated {st.updated}")
+    click.echo(f"node: {state}" + (f": {reason}" if reason else "") +
+               f"; channel {st.channel}; snapshot revision {st.revision}; updated {st.updated}")
+    if st.degraded:
+        click.echo(f"degraded since {st.degraded_since}")
     click.echo("paths: " + ", ".join(f"{k}={v}" for k, v in sorted(st.paths.items())) +
-               (f" (live: {st.live_path})" if st.live_path else ""))
-    if st.last_error:
+               (f" (live: {st.live_path})" if st.live_path else " (none live)"))
+    if st.last_error and verdict != "untrusted snapshot":
         click.echo(f"last error: {st.last_error}")
-    for name, m in sorted(st.models.items()):
-        prev = f", previous v{m['previous']}" if m.get("previous") else ""
-        err = f"  [{m['error']}]" if m.get("error") else ""
-        click.echo(f"  {name}: v{m.get('version')} from {m.get('source', '?')}{prev}{err}")
+    served = (health or {}).get("models", {})
+    for name in sorted(set(st.models) | set(served)):
+        m, h = st.models.get(name, {}), served.get(name, {})
+        version = m.get("version") or h.get("version")
+        line = f"v{version} from {m.get('source') or 'cache'}" if version else "no version active"
+        if m.get("previous"):
+            line += f", previous v{m['previous']}"
+        if h and not h.get("ready"):
+            line += f"; not loaded: {h.get('error') or 'loading'}"
+        if m.get("error"):
+            line += f"  [refused: {m['error']}]"
+        click.echo(f"  {name}: {line}")

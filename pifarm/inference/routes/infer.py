@@ -37,7 +37,8 @@ async def _infer(state: ServerState, model: str, version: str | None, request: R
         call = serving.start(model, version, req.tensors, req.outputs, t0)
         await asyncio.wrap_future(call.job.future)
         outs = serving.outputs(call)
-    except PifarmError as e:
+    except PifarmError as err:
+        e = serving.refine(model, err)
         serving.failed(model, version, t0, e.http_status)
         return error(e.http_status, str(e))
     t_enc = time.perf_counter_ns()

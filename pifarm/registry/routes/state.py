@@ -27,6 +27,11 @@ class Metrics:
         self.waiters = Gauge("pifarm_metadata_waiters", "Long-poll requests waiting now", registry=registry)
         self.writes = Counter("pifarm_registry_writes", "Write requests by operation and outcome",
                               ["op", "outcome"], registry=registry)
+        # bounded labels: route templates (or "other"), status codes, error class names
+        self.requests = Counter("pifarm_http_requests", "HTTP requests by route template, method and status",
+                                ["route", "method", "status"], registry=registry)
+        self.write_failures = Counter("pifarm_registry_write_failures", "Refused or failed writes by reason",
+                                      ["reason"], registry=registry)
         self.blob_bytes = Counter("pifarm_blob_bytes_served", "Blob bytes sent", registry=registry)
         self.notify = Histogram("pifarm_metadata_notify_seconds", "Revision change to a parked long-poll answered",
                                 buckets=(.001, .005, .01, .05, .1, .25, .5, 1, 2.5, 5), registry=registry)
