@@ -141,7 +141,9 @@ def check_identity(env: Env) -> list[Result]:
 
     nqn = env.read(env.etc_root / "nvme" / "hostnqn")
     hid = env.read(env.etc_root / "nvme" / "hostid")
-    fix = "pifarm setup node --aggregator URL --enroll-file TOKEN --ca-hash sha256:... (writes /etc/nvme/hostnqn and hostid once)"
+    # the identity is this machine's alone: `node identity` writes it, enrollment then uses it
+    fix = (f"pifarm node identity --root {env.etc_root / 'nvme'} (writes hostnqn and hostid once; then "
+           f"`pifarm target allow-host NQN` on the aggregator, or enroll with `pifarm setup node`)")
     if not nqn or not hid:
         return [Result("host identity", FAIL, f"{env.etc_root}/nvme/hostnqn or hostid is missing: the aggregator's "
                        "host allowlist cannot recognise this node", fix)]

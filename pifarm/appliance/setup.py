@@ -75,6 +75,7 @@ class Step:
     target: str        # a path, or the command line
     apply: Callable[[], str]
     note: str = ""
+    content: str | None = None  # the text a file step writes: --dry-run shows it (issue 20)
 
 
 @dataclass
@@ -116,7 +117,7 @@ def file_step(path: Path, content: str, mode: int = 0o644, *, what: str = "file"
             return "overwritten (old copy in .bak)"
         atomic_write(path, data, mode)
         return "created"
-    return Step(what, str(path), apply, f"mode {mode:o}")
+    return Step(what, str(path), apply, f"mode {mode:o}", content=content)
 
 
 def secret_step(path: Path, make: Callable[[], str], note: str) -> Step:
@@ -455,6 +456,8 @@ def run_plan(steps: list[Step], *, dry_run: bool, echo: Callable[[str], None]) -
         head = f"{s.what:<8} {s.target}"
         if dry_run:
             echo(f"would  {head}" + (f"  ({s.note})" if s.note else ""))
+            if s.content is not None:  # what would be written, indented under its step
+                echo("".join(f"       | {line}\n" for line in s.content.splitlines()).rstrip("\n"))
             out.append(Outcome(s, "planned"))
             continue
         try:

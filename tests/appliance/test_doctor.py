@@ -232,7 +232,14 @@ def test_doctor_on_this_machine_cli_json_and_exit_code(tmp_path):
     cfg = tmp_path / "node.toml"
     cfg.write_text(f'[node]\naggregator = "http://127.0.0.1:{free_port()}"\n[cache]\nroot = "{tmp_path}"\n')
     r = run_cli(["doctor", "--role", "node", "--config", str(cfg), "--json"])
-    results = json.loads(r.stdout)
+    doc = json.loads(r.stdout)
+    results = doc["checks"]
+    assert doc["role"] == "node" and doc["config"] == str(cfg)  # issue 20: role and summary in --json
+    assert doc["summary"] == {s: sum(x["status"] == s for x in results) for s in ("pass", "warn", "fail")}
+    assert doc["ok"] is (doc["summary"]["fail"] == 0)
+    ident = [x for x in results if x["check"] == "host identity"]
+    if ident and ident[0]["status"] == "fail":
+        assert "pifarm node identity" in ident[0]["fix"]  # not enrollment first
     assert {x["status"] for x in results} <= {"pass", "warn", "fail"}
     assert all(x["fix"] for x in results if x["status"] == "fail")
     mods = [x for x in results if x["check"].startswith("module ")]

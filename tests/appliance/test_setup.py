@@ -124,7 +124,9 @@ def test_dry_run_lists_every_step_and_writes_nothing(tmp_path):
     assert not root.exists()
     for what in (CONF, "api-token", "pki", "pifarm-aggregator.service", "systemctl --root="):
         assert what in r.stdout, what
-    assert all(line.startswith("would ") for line in r.stdout.strip().splitlines())
+    # every line is a step or, indented under a file step, the contents it would write (issue 20)
+    assert all(line.startswith(("would ", "       | ")) for line in r.stdout.strip().splitlines())
+    assert "       | [api]" in r.stdout and "       | ExecStart=" in r.stdout, r.stdout
 
 
 def test_dry_run_of_node_contacts_nobody_and_writes_nothing(tmp_path):

@@ -16,9 +16,12 @@ def doctor(role, config_path, as_json) -> None:
     """Check this machine for the farm: pass / warn / fail, with the fix for each."""
     from pifarm.appliance import doctor as checks
 
-    results = checks.run(checks.Env.system(role=role, config=config_path))
-    if as_json:
-        echo_json([r.to_json() for r in results], indent=2)
+    env = checks.Env.system(role=role, config=config_path)
+    results = checks.run(env)
+    if as_json:  # the role checked and a summary beside the checks, so a script needs no counting
+        counts = {s: sum(r.status == s for r in results) for s in ("pass", "warn", "fail")}
+        echo_json({"role": env.role, "config": env.config_path or None, "ok": not counts["fail"],
+                   "summary": counts, "checks": [r.to_json() for r in results]}, indent=2)
     else:
         checks.render(results, echo=click.echo)
     failed = [r.check for r in results if r.status == "fail"]
