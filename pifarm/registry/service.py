@@ -7,6 +7,10 @@ Publish order (each step durable before the next):
     4. snapshot.json mirrored to the store; subscribers notified
 A crash before 3 leaves only unreferenced objects that `recover()` deletes at the next open; a
 crash after 3 leaves a committed version whose snapshot mirror `recover()` rewrites.
+
+With an S3 store that honours conditional writes (`shared`), step 3's commit point is the
+creation of `revisions/<n>.json` in the bucket (inside the SQLite transaction, which rolls back
+when another aggregator made revision n first) and the manifest is mirrored after it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pifarm.errors import Conflict, ConfigError, IntegrityError, NotFound, ReadO
 from pifarm.signed.canonical import canonical_bytes
 from pifarm.registry.datadir import ensure_api_token, lock_data_dir
 from pifarm.registry.db import Database, VersionRow
+from pifarm.registry.shared import LostRace, SharedMixin
+from pifarm.registry.statedoc import ensure_schema, nsids, set_extra
 from pifarm.signed.files import collect_files
 from pifarm.signed.integrity import BlobRef, StreamVerifier
 from pifarm.signed.pieces import hash_file
@@ -55,6 +61,13 @@ class ServedVersion:
     name: str
     version: int
     manifest_digest: str
+    #: the namespace id the registry assigned (the same on every aggregator of a shared bucket)
+    nsid: int | None = None
+
+
+def _meta_in(conn, key: str, default):
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row[0] if row else default
 
 
 def check_channel(channel: str | None) -> str | None:
@@ -86,7 +99,7 @@ def _settings(settings: Any) -> tuple[RegistrySettings, StoreSettings]:
     raise TypeError(f"registry settings: unexpected {type(settings).__name__}")
 
 
-class Registry:
+class Registry(SharedMixin):
     def __init__(self, data_dir: Path, settings: RegistrySettings, store: Store, db: Database,
                  key: SigningKey, lock_fd: int | None):
         self.data_dir = data_dir
@@ -133,6 +146,7 @@ class Registry:
                 SigningKey.generate().write(d / "keys")
             key = SigningKey.load(key_path)
             db = Database(d / "registry.db")
+            ensure_schema(db._conn)
             st = store if store is not None else open_store(store_settings, d)
         except BaseException:
             if lock_fd is not None:
@@ -144,15 +158,21 @@ class Registry:
             reg._init_snapshot()
             try:
                 reg.store.check()
+                reg._setup_log(store_settings)
                 reg.recover(startup=True)
             except StoreUnavailable as e:
+                reg._log_pending = store_settings  # probe the bucket once it answers, before any write
                 reg._go_read_only(e)
+            except BaseException:
+                reg.close()
+                raise
         return reg
 
     def close(self) -> None:
         if getattr(self, "_closed", False):
             return
         self._closed = True
+        self.stop_following()
         self.db.close()
         self.store.close()
         if self._lock_fd is not None:
@@ -194,6 +214,9 @@ class Registry:
         try:
             self.store.check()
             with self._write:
+                pending, self._log_pending = getattr(self, "_log_pending", None), None
+                if pending is not None:
+                    self._setup_log(pending)
                 if self._mirror_pending or self.read_only_reason:
                     self.recover()
         except StoreUnavailable as e:
@@ -235,6 +258,9 @@ class Registry:
         """Make the snapshot carry exactly `rollouts` (pifarm.registry.rollout decides them) and,
         with `promote`, point stable at a version in the same revision; unchanged -> no revision."""
         data = json.dumps({n: r.to_json() for n, r in sorted(rollouts.items())}, sort_keys=True)
+        return self._write_op(lambda: self._set_rollouts(data, promote))
+
+    def _set_rollouts(self, data: str, promote: tuple[str, int] | None) -> int:
         with self._write:
             same = self.db.get_meta("rollouts", "{}") == data
             if same and (promote is None or self.db.channels(promote[0]).get("stable") == promote[1]):
@@ -252,14 +278,18 @@ class Registry:
         self._after_commit(rev)
         return rev
 
-    def _commit_change(self, conn, change: Callable[[Any], None] | None = None) -> int:
-        """Inside a transaction: apply `change`, bump the revision, sign and store the snapshot."""
+    def _commit_change(self, conn, change: Callable[[Any], None] | None = None, added: tuple[bytes, ...] = ()) -> int:
+        """Inside a transaction: apply `change`, bump the revision, sign and store the snapshot;
+        in bucket mode create the revision in the bucket (LostRace: another aggregator did first)."""
         if change is not None:
             change(conn)
         revision = int((conn.execute("SELECT value FROM meta WHERE key='revision'").fetchone() or (0,))[0]) + 1
+        conn.execute("UPDATE version_extra SET added_in=? WHERE added_in IS NULL", (revision,))
         Database.set_meta(conn, "revision", revision)
         # built through the same connection lock, so it sees this transaction's rows
-        Database.set_meta(conn, "snapshot", self._build_snapshot(revision))
+        snapshot = self._build_snapshot(revision)
+        Database.set_meta(conn, "snapshot", snapshot)
+        self._log_revision(conn, revision, snapshot, list(added))
         return revision
 
     def _init_snapshot(self) -> None:
@@ -271,7 +301,10 @@ class Registry:
 
     def _mirror_snapshot(self) -> None:
         try:
-            self.store.put_document(SNAPSHOT_KEY, self.snapshot_bytes()[1])
+            if self.log_ is not None:  # never move a newer snapshot.json back
+                self.log_.advance_snapshot(*self.snapshot_bytes())
+            else:
+                self.store.put_document(SNAPSHOT_KEY, self.snapshot_bytes()[1])
             self._mirror_pending = False
         except StoreUnavailable as e:
             self._mirror_pending = True
@@ -306,11 +339,17 @@ class Registry:
         left = (parse_iso(body["expires"]) - utcnow()).total_seconds()
         if left > self.settings.snapshot_lifetime / 2 or self.read_only_reason or self._opened_readonly:
             return False
-        with self._write:
+
+        def body() -> bool:
+            body_ = self.snapshot_document()["signed"]  # another aggregator may have re-signed it meanwhile
+            if (parse_iso(body_["expires"]) - utcnow()).total_seconds() > self.settings.snapshot_lifetime / 2:
+                return False
             with self.db.transaction() as conn:
                 rev = self._commit_change(conn)
             self._after_commit(rev)
-        return True
+            return True
+
+        return self._write_op(body)
 
     # -- reads ----------------------------------------------------------------------------------
     def models(self) -> dict[str, dict[str, Any]]:
@@ -349,7 +388,10 @@ class Registry:
         return Manifest.from_json(self.manifest_document(name, version)["signed"])
 
     def served_versions(self) -> list[ServedVersion]:
-        return [ServedVersion(r.name, r.version, r.manifest_digest) for r in self.db.versions()]
+        with self.db._lock:
+            ids = nsids(self.db._conn)
+        return [ServedVersion(r.name, r.version, r.manifest_digest, ids.get((r.name, r.version)))
+                for r in self.db.versions()]
 
     def blob_size(self, digest: str) -> int:
         return self.store.blob_size(digest)
@@ -491,6 +533,12 @@ class Registry:
         files = sorted(files, key=lambda f: f.path)
         content_key = blake3.blake3(canonical_bytes(
             {"format": fmt, "files": [f.to_json() for f in files], "labels": labels})).hexdigest()
+        return self._write_op(lambda: self._commit_version_once(name, files, fmt, inputs, outputs, channel, labels,
+                                                                content_key))
+
+    def _commit_version_once(self, name: str, files: list[FileEntry], fmt: str, inputs, outputs,
+                             channel: str | None, labels: dict[str, str], content_key: str
+                             ) -> tuple[Manifest, dict[str, Any]]:
         with self._write:
             existing = self.db.find_content(name, content_key)
             if existing is not None:
@@ -507,21 +555,27 @@ class Registry:
             doc = self.key.sign(manifest.to_json())
             data = canonical_bytes(doc)
             key = manifest_key(name, version)
-            try:
-                self.store.put_document(key, data)
-            except StoreUnavailable:
-                self._try_delete(key)
-                raise
+            if self.log_ is None:  # bucket mode: the revision carries it, mirrored once committed
+                try:
+                    self.store.put_document(key, data)
+                except StoreUnavailable:
+                    self._try_delete(key)
+                    raise
             row = VersionRow(name, version, manifest.digest, data, False, manifest.created, manifest.total_size,
                              content_key)
 
             def change(conn) -> None:
                 Database.insert_version(conn, row, [(f.path, f.digest, f.size) for f in files])
+                nsid = int(_meta_in(conn, "nsid_next", 1))  # one namespace id per version, farm-wide
+                set_extra(conn, name, version, None, nsid)
+                Database.set_meta(conn, "nsid_next", nsid + 1)
                 if channel:
                     Database.set_channel(conn, name, channel, version)
 
             with self.db.transaction() as conn:
-                rev = self._commit_change(conn, change)
+                rev = self._commit_change(conn, change, added=(data,))
+            if self.log_ is not None:
+                self.store.put_document(key, data)
             log.info("published %s version %d (%s) at revision %d", name, version, manifest.digest, rev)
         self._after_commit(rev)
         return manifest, doc
@@ -536,6 +590,9 @@ class Registry:
     def promote(self, name: str, version: int, channel: str) -> int:
         """Point `channel` of `name` at `version`; returns the new revision (unchanged if already there)."""
         check_channel(channel)
+        return self._write_op(lambda: self._promote(name, version, channel))
+
+    def _promote(self, name: str, version: int, channel: str) -> int:
         with self._write:
             self._row(name, version)
             self._require_writable()
@@ -550,6 +607,9 @@ class Registry:
         """Point `channel` back at the version it had before the current one; returns that version."""
         check_channel(channel)
         check_name(name)
+        return self._write_op(lambda: self._rollback(name, channel))
+
+    def _rollback(self, name: str, channel: str) -> int:
         with self._write:
             current = self.db.channels(name).get(channel)
             if current is None:
@@ -580,6 +640,9 @@ class Registry:
 
     def retire(self, name: str, version: int) -> int:
         """Stop offering a version; collect blobs no live version refers to. Returns the revision."""
+        return self._write_op(lambda: self._retire(name, version))
+
+    def _retire(self, name: str, version: int) -> int:
         with self._write:
             self._row(name, version)
             on = [c for c, v in self.db.channels(name).items() if v == int(version)]
@@ -620,6 +683,10 @@ class Registry:
                 pinned = set(self._pins)
             keep = self.db.live_digests() | set(self._staged) | pinned
             gone = [d for d in stored if d not in keep]
+            if self.log_ is not None:
+                # another aggregator may be uploading a blob for a publish not committed yet: in a
+                # shared bucket only blobs of retired versions are ever collected
+                gone = [d for d in gone if d in self._retired_digests()]
             for d in gone:
                 self.store.delete_blob(d)
         if gone:
@@ -631,7 +698,10 @@ class Registry:
         mirror that lags the database; at start-up (no write in flight) also temp leftovers."""
         with self._write:
             cleanup = getattr(self.store, "cleanup_temp", None)
-            # store temp files are safe to remove whenever no write of ours is in flight
+            # store temp files are safe to remove whenever no write of ours is in flight (a shared
+            # bucket: only uploads older than the upload grace, the others may be another aggregator's)
+            if cleanup and self.log_ is not None:
+                cleanup = lambda: self.store.cleanup_temp(older_than=self.settings.upload_grace)  # noqa: E731
             if cleanup and (startup or not self._temp_cleaned) and not self._pins:
                 cleanup()
                 self._temp_cleaned = True
@@ -640,8 +710,12 @@ class Registry:
                     p.unlink(missing_ok=True)
                 elif p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
+            listed = self.store.list_documents(MODEL_PREFIX)
+            # shared bucket: a manifest is mirrored only after its revision exists, so catching up
+            # after the listing makes every listed manifest of a committed version known here
+            self._sync_locked()
             live = {(r.name, r.version) for r in self.db.versions()}
-            for key in self.store.list_documents(MODEL_PREFIX):
+            for key in listed:
                 parts = key[len(MODEL_PREFIX):].split("/")
                 ok = len(parts) == 2 and parts[1].endswith(".json") and parts[1][:-5].isdigit()
                 if not ok or (parts[0], int(parts[1][:-5])) not in live:
@@ -650,6 +724,15 @@ class Registry:
                 if self.store.get_document(manifest_key(r.name, r.version)) != r.document:
                     self.store.put_document(manifest_key(r.name, r.version), r.document)
             self.collect_garbage()
-            if self.store.get_document(SNAPSHOT_KEY) != self.snapshot_bytes()[1]:
+            if self.log_ is not None:
+                self.log_.advance_snapshot(*self.snapshot_bytes())
+            elif self.store.get_document(SNAPSHOT_KEY) != self.snapshot_bytes()[1]:
                 self.store.put_document(SNAPSHOT_KEY, self.snapshot_bytes()[1])
             self._mirror_pending = False
+
+    def _retired_digests(self) -> set[str]:
+        out = set()
+        for r in self.db.versions(include_retired=True):
+            if r.retired:
+                out |= {d for _p, d, _s in self.db.files(r.name, r.version)}
+        return out

@@ -32,6 +32,10 @@ class StoreSettings:
     #: seconds between store reachability checks (read-only mode enters and leaves on these)
     check_interval: float = 5.0
     connect_timeout: float = 5.0
+    #: several aggregators on this S3 store: "auto" = the bucket is the commit point when the
+    #: endpoint honours conditional writes (single-writer otherwise, with a warning); "yes" =
+    #: refuse to start without them; "no" = single-writer (SQLite is the commit point)
+    shared: Literal["auto", "yes", "no"] = "auto"
 
     def __post_init__(self) -> None:
         u = self.url

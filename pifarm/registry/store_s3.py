@@ -106,12 +106,20 @@ class S3Store:
     def list_documents(self, prefix: str) -> list[str]:
         return self.b.list(prefix, self._what(f"listing {prefix}"))
 
-    def cleanup_temp(self) -> int:
-        """Abort multipart uploads a crash left behind under our prefix (the writer holds the lock)."""
+    def cleanup_temp(self, older_than: float | None = None) -> int:
+        """Abort multipart uploads a crash left behind under our prefix (the writer holds the lock);
+        with `older_than` (seconds) only those started that long ago (a shared bucket: the others
+        may be another aggregator's uploads in progress)."""
+        import datetime
+
         n = 0
+        now = datetime.datetime.now(datetime.timezone.utc)
         with self.b.mapped(self._what("listing multipart uploads")):
             resp = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
             for u in resp.get("Uploads", []):
+                started = u.get("Initiated")
+                if older_than is not None and started is not None and (now - started).total_seconds() < older_than:
+                    continue
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=u["Key"], UploadId=u["UploadId"])
                 n += 1
         return n

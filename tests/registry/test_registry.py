@@ -249,7 +249,10 @@ def test_open_recovers_leftovers_and_lagging_snapshot_mirror(open_registry, tmp_
     reg.close()
     reg = open_registry(d)
     assert reg.store.get_document(manifest_key("face", 2)) is None
-    assert reg.store.list_blobs() == [m.files[0].digest]
+    if reg.log_ is None:
+        assert reg.store.list_blobs() == [m.files[0].digest]
+    else:  # a shared bucket: an unreferenced blob may be another aggregator's upload in progress
+        assert set(reg.store.list_blobs()) == {m.files[0].digest, ref.digest}
     assert reg.store.get_document(SNAPSHOT_KEY) == good_snapshot
     if hasattr(reg.store, "root"):
         assert not list(reg.store.root.rglob("*.part"))

@@ -34,7 +34,7 @@ def test_prefix_layout_versioning_and_reader_only_node(seaweed, s3_bucket, tmp_p
     assert admin.get_bucket_versioning(Bucket=s3_bucket)["Status"] == "Enabled"
     keys = sorted(o["Key"] for o in admin.list_objects_v2(Bucket=s3_bucket)["Contents"])
     assert keys == ["farm/a/" + k for k in sorted([f"blobs/blake3/{m.files[0].digest[7:]}", "models/face/1.json",
-                                                    "snapshot.json"])]
+                                                    "snapshot.json", "revisions/0.json", "revisions/1.json"])]
     # a node with read-only credentials works from S3 alone: snapshot -> manifest -> verified blob
     node = seaweed.client(reader=True)
     trusted = TrustedKeys.from_files([tmp_path / "agg" / "keys" / "signing.pub"])
