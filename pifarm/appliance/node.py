@@ -196,11 +196,12 @@ def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     daemon = NodeDaemon(cfg, metrics=NodeMetrics(process=not serve))  # serving: the server's registry has them
     daemon.claim()  # before anything else: a second node on these directories names the first
     try:
+        host, port = parse_listen(cfg.node.listen)
         if serve:  # bind first: a taken port is one line now, not after pulling every model
-            host, port = parse_listen(cfg.node.listen)
             sock = bind_listen(host, port, "[node] listen")
-            local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-            daemon.inference_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
+        # served here, or by `pifarm serve` (pifarm-inference.service) on the same [node] listen
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        daemon.inference_url = f"http://{f'[{local}]' if ':' in local else local}:{port}"
         daemon.start()
     except BaseException:
         if sock is not None:

@@ -273,6 +273,8 @@ class Cache:
 
     def blobs(self) -> list[BlobUse]:
         out = []
+        if not self.layout.blobs.is_dir():  # a cache opened read-only that never held a blob
+            return out
         for e in os.scandir(self.layout.blobs):
             if HEX_RE.match(e.name):
                 with contextlib.suppress(FileNotFoundError):

@@ -260,7 +260,8 @@ def test_unwritable_cache_directory_fails_clearly_at_start(tmp_path):
     """Root ignores file modes, so as root the directory is a read-only bind mount instead."""
     d = tmp_path / "ro"
     (d / "cache").mkdir(parents=True)
-    argv = [sys.executable, "-m", "pifarm", "cache", "ls", "--cache", str(d / "cache")]
+    # `cache gc` writes; `cache ls` only reads and must work on a read-only cache (issue 20)
+    argv = [sys.executable, "-m", "pifarm", "cache", "gc", "--cache", str(d / "cache")]
     if os.geteuid() == 0:
         require(shutil.which("unshare") is not None, "needs unshare for a read-only bind mount")
         argv = ["unshare", "-m", "sh", "-c",
@@ -271,6 +272,8 @@ def test_unwritable_cache_directory_fails_clearly_at_start(tmp_path):
     assert r.returncode == 1, r.stderr
     assert "is not writable" in r.stderr and "Traceback" not in r.stderr
     assert r.stderr.count("\n") == 1
+    r = subprocess.run([a if a != "gc" else "ls" for a in argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "0 blobs" in r.stdout, r.stderr  # a look needs no write access
 
 
 def _can_mount_tmpfs() -> bool:

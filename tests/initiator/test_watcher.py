@@ -205,7 +205,7 @@ def test_highest_revision_survives_a_restart_and_bad_manifest_path_is_refused(tm
         bad = key.sign(body)
         srv.manifests[("m", 2)] = bad
         srv.snapshot = snapshot_doc(key, 10, {"m": {"stable": bad}})
-        w._agg.next_try = 0  # skip the backoff the refused snapshot earned
+        w._refused_until = 0  # skip the backoff the refused snapshot earned
         w.cycle()
         assert active(cache, "m") is None
         err = read_state(tmp_path / "s").models["m"]["error"]

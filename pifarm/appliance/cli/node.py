@@ -213,7 +213,7 @@ def status(state_dir, config, as_json):
     click.echo(f"node: {state}" + (f": {reason}" if reason else "") +
                f"; channel {st.channel}; snapshot revision {st.revision}; updated {st.updated}")
     if st.degraded:
-        click.echo(f"degraded since {st.degraded_since}")
+        click.echo(f"DEGRADED since {st.degraded_since}: {st.degraded_reason}")
     click.echo("paths: " + ", ".join(f"{k}={v}" for k, v in sorted(st.paths.items())) +
                (f" (live: {st.live_path})" if st.live_path else " (none live)"))
     if st.last_error and verdict != "untrusted snapshot":
