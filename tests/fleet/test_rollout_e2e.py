@@ -205,5 +205,7 @@ def test_aggregator_metrics_count_nodes_versions_and_rollouts(farm):
     assert re.search(rf'^pifarm_fleet_model_nodes\{{model="{MODEL}",version="{stable_version(farm)}"\}} 4\.0$',
                      text, re.M)
     assert re.search(r"^pifarm_fleet_reports_total \d+", text, re.M)
-    paths = farm.api("GET", "/openapi.json").json()["paths"]
+    r = farm.api("GET", "/openapi.json")
+    assert r.status_code == 200, r.text[:300] + farm.agg.log()[-3000:]
+    paths = r.json()["paths"]
     assert {"/v1/fleet", "/v1/fleet/{node}", "/v1/rollouts/{model}", "/v1/rollouts/{model}/abort"} <= set(paths)
