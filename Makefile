@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-check test test-fast bench venv system-deps tflite-runtime-venv models proto clean
+.PHONY: demo demo-check test test-fast bench soak venv system-deps tflite-runtime-venv models proto clean
 
 $(STAMP): pyproject.toml
 	@# Debian's python3 ships venv/ensurepip separately: install them when root and missing
@@ -25,6 +25,8 @@ system-deps:
 	bash tests/vm/install-host-deps.sh
 	bash tests/appliance/install-deps.sh
 	bash tests/fleetview/install-deps.sh
+	bash tests/haproxy/install-deps.sh
+	bash tests/peers/install-deps.sh
 
 # real MediaPipe models for tests and benches: pip download of the pinned wheel, digests checked,
 # kept in ~/.cache/pifarm/models (PIFARM_MODELS_DIR overrides); a second run downloads nothing
@@ -53,6 +55,12 @@ test-fast: venv models
 
 bench: venv models
 	$(PY) -m bench
+
+# soak R7 (issue 15): aggregator with 1,000 parked watchers, 3 nodes behind HAProxy under load,
+# a publish with a rollout every 30 s, a node restarted every 2 min; figures to bench/soak.json
+SOAK_SECONDS ?= 600
+soak: venv system-deps models
+	SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) .venv-tflite-runtime .pytest_cache bench/results.json

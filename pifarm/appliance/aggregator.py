@@ -146,7 +146,11 @@ def run(config=None, data_dir=None, listen=None) -> int:
         _include(app, _enroll_router(d, ctx), "enrollment routes (pifarm.registry.enroll_api)")
         for router, what in ctx.routers:
             _include(app, router, what)
-        aggregator_fleet.mount(app, ctx, token)
+        fleet = aggregator_fleet.mount(app, ctx, token)
+        if cfg.haproxy.socket:  # [haproxy]: this aggregator keeps an HAProxy in step with the fleet
+            from pifarm.appliance import aggregator_haproxy
+
+            aggregator_haproxy.mount(app, ctx, fleet)
         server = _server_class()(uvicorn.Config(
             app, host=host, port=port, log_level="warning", lifespan="on", timeout_graceful_shutdown=3,
             access_log=False, limit_concurrency=api.max_connections, **uvicorn_ssl_kwargs(api),

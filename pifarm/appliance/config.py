@@ -1,6 +1,6 @@
 """The one config loader, for both roles: TOML file < `PIFARM_<SECTION>_<KEY>` < command line.
 
-    AggregatorConfig   aggregator.toml: [store] [api] [registry] [target] [enroll]
+    AggregatorConfig   aggregator.toml: [store] [api] [registry] [target] [enroll] [haproxy]
     NodeConfig         node.toml: [node] [cache] [s3] [watcher] [inference] and [[sources]]
 
 Which file: `--config`, else `$PIFARM_CONFIG`, else `/etc/pifarm/<role>.toml` when it exists,
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from pifarm.appliance.haproxy.settings import HaproxySettings
 from pifarm.cache.settings import CacheSettings
 from pifarm.errors import ConfigError
 from pifarm.inference.settings import InferenceSettings
@@ -264,6 +265,7 @@ class AggregatorConfig:
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     target: TargetSettings = field(default_factory=TargetSettings)
     enroll: EnrollSettings = field(default_factory=EnrollSettings)
+    haproxy: HaproxySettings = field(default_factory=HaproxySettings)
     origin: str = "defaults"
 
 
@@ -283,7 +285,7 @@ class NodeConfig:
 #: the dataclass each role's sections are read into ([cache] and [s3] take sizes as "8GiB" too)
 SECTION_TYPES: dict[type, dict[str, type]] = {
     AggregatorConfig: {"store": StoreSettings, "api": ApiSettings, "registry": RegistrySettings,
-                       "target": TargetSettings, "enroll": EnrollSettings},
+                       "target": TargetSettings, "enroll": EnrollSettings, "haproxy": HaproxySettings},
     NodeConfig: {"node": NodeSettings, "cache": CacheConfig, "s3": S3Config, "watcher": WatcherSettings,
                  "inference": InferenceSettings},
 }

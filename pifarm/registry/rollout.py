@@ -281,6 +281,9 @@ class RolloutEngine:
         self.history: list[dict] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: called with (rollout, action) before a decision moves the snapshot (HAProxy drains the
+        #: nodes it will move); a failing hook is logged and never stops the rollout
+        self.before_apply: list[Callable[[dict, str], None]] = []
         self._load()
 
     def _load(self) -> None:
@@ -353,6 +356,11 @@ class RolloutEngine:
     def _apply(self, r: dict, promote: bool) -> None:
         """Move the snapshot to a decision; on failure (store unreachable: read-only) `synced`
         stays False and every tick, and the next start, tries again."""
+        for hook in self.before_apply:
+            try:
+                hook(r, "promote" if promote else "abort" if r["state"] == "aborted" else "publish")
+            except Exception:
+                log.exception("rollout hook %r failed", hook)
         try:
             self.sync(promote=(r["model"], r["version"]) if promote else None)
         except (ReadOnlyError, SourceError) as e:

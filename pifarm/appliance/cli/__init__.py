@@ -15,7 +15,7 @@ import sys
 import click
 
 from pifarm import __version__
-from pifarm.appliance.cli import cache, demo, doctor, enroll, fleet, node, nvme, pki, registry, serve, setup, target
+from pifarm.appliance.cli import cache, demo, doctor, enroll, fleet, haproxy, node, nvme, pki, registry, serve, setup, target
 from pifarm.errors import PifarmError
 
 
@@ -38,6 +38,8 @@ COMMANDS: tuple[click.Command, ...] = (
     registry.retire, registry.keys,
     # the fleet: node reports, rollouts
     fleet.fleet, fleet.rollout,
+    # HAProxy in front of the farm, driven by fleet state
+    haproxy.haproxy,
     # the kernel NVMe/TCP target and model volumes; the userspace NVMe/TCP host
     target.target, target.volume, nvme.nvme,
     # the node: daemon, pulls, status, cache; the inference server alone
