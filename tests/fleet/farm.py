@@ -22,11 +22,12 @@ import numpy as np
 
 from pifarm.initiator.identity import ensure_identity
 from pifarm.registry.fleet_api import load_token_key, node_token
-from tests.support.aggregator import AggregatorProc, start_aggregator
+from tests.support.aggregator import AggregatorProc
 from tests.support.procs import Proc, free_port, run_cli, start_pifarm
 from tests.support.wait import wait_for
 
 MODEL = "m"
+START_TIMEOUT = 90.0
 
 
 @dataclass
@@ -53,7 +54,8 @@ class Farm:
     load_sent: int = 0
 
     def start(self) -> "Farm":
-        self.agg = start_aggregator(self.root / "agg")
+        # generous: five processes start together on a shared 2-core box
+        self.agg = AggregatorProc(self.root / "agg", free_port()).start(timeout=START_TIMEOUT)
         key = load_token_key(self.agg.data_dir)
         for i in range(self.nodes_wanted):
             root = self.root / f"node{i}"
@@ -74,7 +76,7 @@ class Farm:
         n.proc = start_pifarm(["node", "run", "--aggregator", self.agg.url, "--config", str(n.root / "node.toml"),
                                "--cache", str(n.root / "cache"), "--state-dir", str(n.root / "state"),
                                "--listen", f"127.0.0.1:{n.port}"], n.root / "node.log", f"{n.url}/v2/health/live",
-                              timeout=90)
+                              timeout=START_TIMEOUT)
         return n
 
     def kill_node(self, i: int) -> None:

@@ -105,7 +105,7 @@ def test_an_aggregator_restart_mid_rollout_resumes_it(farm):
         farm.rollout(v, waves="1,100%", **{**GOOD, "bake": 4})
         wait_for(lambda: farm.status()["phase"] == "baking", "wave 1 baking", 120, interval=0.2)
         farm.agg.stop()
-        farm.agg.start()
+        farm.agg.start(timeout=90)
         st = farm.status()
         assert st["state"] == "running" and st["version"] == v, st
         st = farm.wait_rollout("promoted")
