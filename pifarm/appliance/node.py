@@ -28,6 +28,7 @@ from pifarm.errors import ConfigError, PifarmError
 from pifarm.initiator.chain import build_sources, close_all, default_specs
 from pifarm.initiator.s3_source import S3Documents
 from pifarm.initiator.settings import SourceContext
+from pifarm.inference.metrics import NODE_METRICS_FILE
 from pifarm.initiator.watcher import Watcher
 from pifarm.listen import bind_listen, parse_listen
 from pifarm.signed.integrity import BlobRef
@@ -69,6 +70,7 @@ class NodeDaemon:
         self._metrics_server: Any = None  # (httpd, thread) of [node] metrics_listen
         self._locks: list[int] = []  # owner.lock fds of the state dir and the cache
         self.inference_url: str | None = None  # set by run_node when it serves inference
+        self.export_metrics = False  # --no-serve: metrics to <state_dir>/node-metrics.prom for `pifarm serve`
 
     def start(self) -> None:
         c = self.cfg
@@ -111,6 +113,11 @@ class NodeDaemon:
         self._spawn("watcher", self.watcher.run, self.stop_event)
         if self.reporter is not None:
             self._spawn("reporter", self.reporter.run, self.stop_event)
+        export = state_dir / NODE_METRICS_FILE
+        if self.export_metrics:
+            self._spawn("metrics-export", self._export_metrics, export)
+        else:
+            export.unlink(missing_ok=True)  # served in this process now: no stale copy beside it
         if c.cache.tamper_watch:
             self.tamper = TamperWatch(self.cache, on_damage=self._refetch)
             self.tamper.start()
@@ -123,6 +130,26 @@ class NodeDaemon:
         if not self._locks:
             self._locks = [owner.acquire(self.cfg.node.state_dir, "state directory"),
                            owner.acquire(self.cfg.cache.root, "cache")]
+
+    def _export_metrics(self, path: Path) -> None:
+        """Under --no-serve, `pifarm serve` (pifarm-inference.service) is the node's /metrics: it
+        appends this file, rewritten every 10 s, so the cache, source and watcher metrics are
+        scraped where the inference metrics are. Only pifarm_* families: process_* are per process."""
+        from prometheus_client import generate_latest
+
+        from pifarm.durable import atomic_write
+
+        while True:
+            text = generate_latest(self.metrics.registry).decode()
+            keep = [ln for ln in text.splitlines()
+                    if (ln.split(" ", 3)[2] if ln.startswith("#") and ln.count(" ") >= 2 else ln).startswith("pifarm_")]
+            try:
+                atomic_write(path, ("\n".join(keep) + "\n").encode(), 0o644)
+            except OSError as e:
+                log.warning("cannot write %s: %s", path, e.strerror)
+            if self.stop_event.wait(10.0):
+                path.unlink(missing_ok=True)
+                return
 
     def _spawn(self, name: str, fn, *args) -> None:
         t = threading.Thread(target=fn, args=args, name=name, daemon=True)
@@ -195,6 +222,7 @@ def run_node(cfg: NodeConfig, serve: bool = True) -> int:
     sock = None
     daemon = NodeDaemon(cfg, metrics=NodeMetrics(process=not serve))  # serving: the server's registry has them
     daemon.claim()  # before anything else: a second node on these directories names the first
+    daemon.export_metrics = not serve
     try:
         host, port = parse_listen(cfg.node.listen)
         if serve:  # bind first: a taken port is one line now, not after pulling every model

@@ -59,5 +59,23 @@ class ServerMetrics:
         self.ref_events = Counter(p + "ref_events", "Changes under <cache>/refs seen by the ref watch", registry=r)
         self.rescans = Counter(p + "rescans", "Passes over the cache refs, by what woke them", ["cause"], registry=r)
 
+    #: node metrics files (`<state_dir>/node-metrics.prom`, written by `pifarm node run --no-serve`
+    #: beside this server) appended while fresh: the node's one /metrics is still this port (issue 20)
+    files: tuple = ()
+
     def render(self) -> bytes:
-        return generate_latest(self.registry) + b"".join(generate_latest(r) for r in self.also)
+        import time
+
+        out = generate_latest(self.registry) + b"".join(generate_latest(r) for r in self.also)
+        for p in self.files:
+            try:
+                if time.time() - p.stat().st_mtime <= NODE_METRICS_FRESH:
+                    out += p.read_bytes()
+            except OSError:
+                pass
+        return out
+
+
+#: seconds a node metrics file counts as live (its writer rewrites it every 10 s)
+NODE_METRICS_FRESH = 60.0
+NODE_METRICS_FILE = "node-metrics.prom"

@@ -44,7 +44,7 @@ from pifarm import __version__
 from pifarm.errors import PifarmError
 from pifarm.inference.fastpath import InferFastPath
 from pifarm.inference.manager import ModelManager
-from pifarm.inference.metrics import ServerMetrics
+from pifarm.inference.metrics import NODE_METRICS_FILE, ServerMetrics
 from pifarm.inference.protocol import InferenceRequest
 from pifarm.inference.repository import Repository
 from pifarm.inference.routes import extensions, health, infer, models
@@ -102,6 +102,8 @@ def create_app(settings: InferenceSettings, cache_root: Path, state_dir: Path | 
     A default (not `grpc_required`) address that cannot be bound is a warning, not a failure."""
     metrics = ServerMetrics()
     metrics.also.extend(extra_metrics)
+    if state_dir is not None and not metrics.also:  # beside a `node run --no-serve`: its metrics file
+        metrics.files = (Path(state_dir) / NODE_METRICS_FILE,)
     manager = ModelManager(settings, Path(cache_root), Path(state_dir) if state_dir is not None else None, metrics)
     serving = Serving(manager, metrics)
     state = ServerState(settings=settings, manager=manager, metrics=metrics, serving=serving,

@@ -226,7 +226,10 @@ def test_status_health_and_report_agree(aggregator_factory, tmp_path, nodes):  #
     with agg.client() as c:
         c.publish(big, "big", "stable", format="raw")
     st = wait_for(lambda: (s := status(small.state)) and s["watcher"] == "model refused" and s, "model refused", 90)
-    assert st["state"] == "degraded" and "big" in st["reason"] and "budget" in st["reason"]
+    # big cannot be served (its prefetch was refused), so /health answers 503: not-ready, and the
+    # reason starts with the watcher's (the cause), as in /health and the report
+    assert st["state"] == "not-ready" and st["reason"].startswith("model refused: big") and "budget" in st["reason"]
+    assert small.health().status_code == 503
     text = run_cli(["status", "--state-dir", str(small.state)]).stdout
     assert "vNone" not in text and "from ?" not in text and "big: no version active" in text, text
     h = small.health().json()
@@ -375,3 +378,32 @@ def test_log_level_flag_and_config_key(aggregator, tmp_path, nodes):  # noqa: F8
     keyed.wait_up()
     wait_for(lambda: "DEBUG" in keyed.log.read_text(errors="replace"), "debug lines from the config key", 60)
     assert "INFO" not in quiet.output(), quiet.output()
+
+
+def test_split_units_still_one_metrics_endpoint(aggregator, tmp_path, nodes):  # noqa: F811
+    """pifarm-node.service runs `node run --no-serve` and pifarm-inference.service `pifarm serve`:
+    the node's cache and watcher metrics still appear on the inference port's /metrics (once)."""
+    publish(aggregator, tmp_path, 1)
+    node = start(nodes, tmp_path, aggregator, extra=("--no-serve",))
+    wait_for(lambda: status_file(node.state).get("models", {}).get("lin", {}).get("version") == 1, "pulled", 90)
+    with open(tmp_path / "serve.log", "ab") as out:
+        serve = subprocess.Popen([sys.executable, "-m", "pifarm", "serve", "--cache", str(node.cache), "--state-dir",
+                                  str(node.state), "--listen", f"127.0.0.1:{node.port}"], cwd=REPO, stdout=out,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        node.wait_up()
+        text = wait_for(lambda: (t := node.metrics()) and "pifarm_cache_blobs_installed_total" in t and t,
+                        "the node's metrics on the inference port", timeout=60)
+        assert re.search(r'^pifarm_cache_blobs_installed_total\{source="http"\} 1\.0$', text, re.M), text
+        assert len(re.findall(r"^process_resident_memory_bytes ", text, re.M)) == 1
+        assert len(re.findall(r"^# TYPE pifarm_node_degraded ", text, re.M)) == 1
+        assert status(node.state)["state"] == "ready"  # status asks the server at [node] listen
+    finally:
+        stop_process(serve)
+
+
+def status_file(state: Path) -> dict:
+    try:
+        return json.loads((state / "node.json").read_text())
+    except (OSError, ValueError):
+        return {}
