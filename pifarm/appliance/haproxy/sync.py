@@ -5,7 +5,7 @@ aggregator), plans what HAProxy should look like (`plan.plan`), reads what it do
 (`show backend`, `show servers state`) and sends only the differences:
 
     node joined          add server B/N ADDR weight W check ...; enable health; set server state
-    node forgotten       set server state maint; shutdown sessions; del server (retried while busy)
+    node forgotten       set server state maint; del server (retried while connections remain)
     weight changed       set server B/N weight W   (degraded, throttled, back to normal)
     state changed        set server B/N state ready|drain|maint
     address changed      set server B/N addr IP port P
@@ -298,14 +298,13 @@ class Sync:
         if cur.admin != srv.state:
             if self._cmd(f"set server {ref} state {srv.state}"):
                 self._event(f"{ref}: {cur.admin} -> {srv.state}{' (' + srv.why + ')' if srv.why else ''}")
-                if srv.state == "maint":  # no new requests; cut the kept-alive ones to a dead node
-                    self._cmd(f"shutdown sessions server {ref}")
+                # no `shutdown sessions`: it would cut the clients' streams that HAProxy can still
+                # retry on another server (retry-on empty-response / conn-failure)
 
     def _delete(self, backend: str, name: str) -> None:
         ref = f"{backend}/{name}"
         self._cmd(f"set server {ref} state maint")
-        self._cmd(f"shutdown sessions server {ref}")
-        try:
+        try:  # refused while it still has connections (they finish or time out)
             self.runtime.command(f"del server {ref}")
             self._event(f"del {ref} (node left the fleet)")
         except RuntimeCommandError as e:  # still has connections: the next interval tries again
