@@ -132,6 +132,44 @@ def run_cmd(config, data_dir, listen) -> None:
         raise PifarmError("aggregator stopped before it served (see the log above)")
 
 
+@aggregator.command("rebuild-db")
+@click.option("--config", type=click.Path(dir_okay=False), default=None, help="aggregator.toml")
+@click.option("--data-dir", default=None, help="Data dir (keys, database).")
+def rebuild_db_cmd(config, data_dir) -> None:
+    """Drop the local database and rebuild it from the shared S3 bucket (stop the aggregator first)."""
+    from pathlib import Path
+
+    from pifarm.appliance.config import load_aggregator_config
+    from pifarm.registry.datadir import lock_data_dir
+    from pifarm.registry.service import Registry
+
+    cfg = load_aggregator_config(config, data_dir=data_dir)
+    d = Path(cfg.registry.data_dir)
+    if cfg.store.kind != "s3":
+        raise PifarmError(f"[store] url {cfg.store.url or '(filesystem store)'} is not an S3 bucket: with the "
+                          "filesystem store the database is the only copy of the registry, nothing to rebuild from")
+    import os
+
+    os.close(lock_data_dir(d))  # refuse while an aggregator holds it, before moving anything
+    names = ("registry.db", "registry.db-wal", "registry.db-shm")
+    for name in names:  # kept aside until the rebuild succeeded
+        if (d / name).exists():
+            (d / name).replace(d / f"{name}.before-rebuild")
+    try:
+        with Registry.open(d, cfg) as reg:
+            revision = reg.rebuild_from_bucket()
+            versions = len(reg.served_versions())
+    except BaseException:
+        for name in names:
+            (d / name).unlink(missing_ok=True)
+            if (d / f"{name}.before-rebuild").exists():
+                (d / f"{name}.before-rebuild").replace(d / name)
+        raise
+    for name in names:
+        (d / f"{name}.before-rebuild").unlink(missing_ok=True)
+    click.echo(f"rebuilt {d / 'registry.db'} from {reg.store.location}: revision {revision}, {versions} live versions")
+
+
 @click.command("publish")
 @click.argument("path", type=click.Path())
 @click.option("--name", required=True, help="Model name ([a-z0-9][a-z0-9._-]{0,63}).")
