@@ -20,6 +20,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from pifarm.appliance.haproxy.doctor import check_haproxy  # noqa: E402 ([haproxy] socket, aggregators)
+
 PASS, WARN, FAIL = "pass", "warn", "fail"
 BUF_MIN = 16 * 2**20  # what systemd/sysctl.d/90-pifarm.conf sets
 SKEW_WARN, SKEW_FAIL = 5.0, 60.0
@@ -501,7 +503,7 @@ def check_enrollment(env: Env) -> list[Result]:
 
 AGGREGATOR_CHECKS: tuple[Callable[[Env], list[Result]], ...] = (
     check_modules, check_configfs, check_links, check_bond, check_sysctls, check_bbr, check_smart,
-    check_certificates, check_enrollment, check_s3, check_aggregator)
+    check_certificates, check_enrollment, check_s3, check_aggregator, check_haproxy)
 NODE_CHECKS: tuple[Callable[[Env], list[Result]], ...] = (
     check_modules, check_identity, check_links, check_bond, check_sysctls, check_bbr, check_disk, check_smart,
     check_certificates, check_aggregator, check_s3, check_tflite, check_delegates)
