@@ -28,3 +28,6 @@ def daemon(level: str) -> None:
     """A daemon's configured level, unless the command line chose one."""
     if not _explicit:
         logging.getLogger().setLevel(getattr(logging, level.upper()))
+        quiet = logging.WARNING if level != "debug" else logging.NOTSET  # per-request lines only at debug
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(quiet)

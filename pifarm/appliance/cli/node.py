@@ -46,8 +46,8 @@ def node_run(aggregator, config, cache_dir, state_dir, channel, listen, trust, n
 
     cfg = node_config(config, registry=aggregator, cache=cache_dir, state_dir=state_dir, trust=trust,
                       channel=channel, listen=listen)
-    if not cfg.node.aggregator and not cfg.s3.url:
-        raise UsageError("pass --aggregator URL (or set [node] aggregator / [s3] url in the config)")
+    if not cfg.node.aggregator_urls and not cfg.s3.url:
+        raise UsageError("pass --aggregator URL (or set [node] aggregator / aggregators / [s3] url in the config)")
     run_node(cfg, serve=not no_serve)
 
 
@@ -173,8 +173,6 @@ def _health(url: str | None) -> tuple[dict | None, str | None]:
     import json
     from urllib.parse import urlsplit
 
-    if not url:
-        return None, "no inference server recorded in node.json (node run --no-serve, or an older node)"
     u = urlsplit(url)
     conn_cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
     conn = conn_cls(u.hostname, u.port, timeout=3)
@@ -203,7 +201,13 @@ def status(state_dir, config, as_json):
     if st is None:
         raise NotFound(f"no node state at {Path(cfg.node.state_dir) / STATE_NAME}; is `pifarm node run` running "
                        f"with this --state-dir?")
-    health, down = _health(st.inference_url)
+    url = st.inference_url
+    if not url:  # a node.json from before the field: the server listens at [node] listen
+        from pifarm.listen import parse_listen
+
+        host, port = parse_listen(cfg.node.listen)
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    health, down = _health(url)
     state, reason = node_status(st, health, down)
     verdict, why = condition(st)
     if as_json:
