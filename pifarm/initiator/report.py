@@ -115,10 +115,13 @@ def _failed_version(text: str | None) -> int | None:
 
 
 class Reporter:
-    def __init__(self, *, aggregator: str, node_id: str, token: str = "", interval: float = 10.0,
+    def __init__(self, *, aggregator: str | list[str], node_id: str, token: str = "", interval: float = 10.0,
                  state_dir: Path, cache: Cache | None, inference_url: str = "", address: str = "",
                  tls: Any = None, hostname: str | None = None, clock: Callable[[], float] = time.monotonic):
-        self.url = aggregator.rstrip("/") + "/v1/fleet/report"
+        # several aggregators of one farm (issue 17): the report goes to whichever answers
+        self.urls = [u.rstrip("/") + "/v1/fleet/report" for u in ([aggregator] if isinstance(aggregator, str)
+                                                                   else aggregator)]
+        self.url = self.urls[0]
         self.node_id, self.token, self.interval = node_id, token, interval
         self.state_dir, self.cache = Path(state_dir), cache
         self.inference_url = inference_url.rstrip("/")
@@ -126,7 +129,10 @@ class Reporter:
         self.hostname = hostname or socket.gethostname()
         self.clock = clock
         self._wake = threading.Event()
-        self._http = httpx.Client(timeout=5.0, verify=tls if tls is not None else True)
+        # the connection outlives a 10 s interval (the aggregator keeps idle ones 30 s): no new
+        # TCP/TLS handshake per report
+        self._http = httpx.Client(timeout=5.0, verify=tls if tls is not None else True,
+                                  limits=httpx.Limits(max_connections=2, keepalive_expiry=25.0))
         self._local = httpx.Client(timeout=2.0)
         self._seq = 0
         self._last_fp: str | None = None
@@ -219,12 +225,21 @@ class Reporter:
     # -- sending -----------------------------------------------------------------------------
     def send(self, rep: Report) -> bool:
         headers = {"Content-Type": "application/json"}
+        r, err = None, None
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        try:
-            r = self._http.post(self.url, content=rep.encode(), headers=headers)
-        except httpx.HTTPError as e:
-            self._failed(f"aggregator unreachable: {e.__class__.__name__}: {e}")
+        for url in [self.url] + [u for u in self.urls if u != self.url]:
+            try:
+                r = self._http.post(url, content=rep.encode(), headers=headers)
+            except httpx.HTTPError as e:
+                err = e
+                continue
+            if r.status_code < 500:
+                self.url = url
+                break
+        else:
+            self._failed(f"aggregator unreachable: {err.__class__.__name__}: {err}" if r is None
+                         else f"HTTP {r.status_code}: {r.text[:200]}")
             return False
         if r.status_code != 200:
             try:
