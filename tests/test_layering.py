@@ -15,12 +15,14 @@ import pifarm
 PKG = Path(pifarm.__file__).parent
 
 #: Small packages both roles read. They import only each other and `pifarm.errors`.
-LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "s3", "client", "asgiserver"}
+LEAVES = {"errors", "durable", "signed", "volume", "nvmewire", "pki", "listen", "fleetwire", "s3", "client",
+          "asgiserver"}
 
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "listen": {"errors"},  # the one HOST:PORT parser
     "asgiserver": set(),  # uvicorn's Server without its 10 Hz tick (both roles' HTTP servers)
+    "fleetwire": {"errors"},  # node reports and their histograms (fleet, rollout gates)
     "durable": set(),
     "nvmewire": {"errors"},
     "signed": {"errors", "durable"},
