@@ -21,13 +21,13 @@ from pifarm.appliance import node_peers, node_report
 from pifarm.appliance.config import NodeConfig
 from pifarm.cache import owner
 from pifarm.cache.metrics import NodeMetrics
-from pifarm.client.http import AggregatorClient
+from pifarm.client.failover import aggregator_client
 from pifarm.cache.store import Cache
 from pifarm.cache.tamper import TamperWatch
 from pifarm.errors import ConfigError, PifarmError
 from pifarm.initiator.chain import build_sources, close_all, default_specs
 from pifarm.initiator.s3_source import S3Documents
-from pifarm.initiator.settings import SourceContext
+from pifarm.initiator.settings import SourceContext, SourceSpec
 from pifarm.inference.metrics import NODE_METRICS_FILE
 from pifarm.initiator.watcher import Watcher
 from pifarm.listen import bind_listen, parse_listen
@@ -84,15 +84,18 @@ class NodeDaemon:
         self.cache = Cache(c.cache.root, c.cache.max_bytes, metrics=self.metrics)
         owner.describe(c.cache.root, max_bytes=c.cache.max_bytes, budget_from=budget_source(c))
         tls = c.node.tls_context()
+        urls = c.node.aggregator_urls  # several aggregators of one farm: the first, then the next on failure
         ctx = SourceContext(
-            trusted=trusted, aggregator_url=c.node.aggregator, state_dir=state_dir, cache_root=Path(c.cache.root),
+            trusted=trusted, aggregator_url=urls[0] if urls else "", state_dir=state_dir, cache_root=Path(c.cache.root),
             host_identity_path=Path(c.node.host_identity) if c.node.host_identity else None, s3=c.s3,
             metrics=self.metrics, tls=tls,
         )
-        specs = list(c.sources) or default_specs(c.node.aggregator, c.s3.url)
+        specs = list(c.sources) or default_specs(urls[0] if urls else "", c.s3.url)
+        if not c.sources and len(urls) > 1:  # blobs over HTTP from each aggregator in turn, then S3
+            specs = [SourceSpec("http", deadline=120.0, url=u) for u in urls] + [s for s in specs if s.kind != "http"]
         self.sources = build_sources(specs, ctx, strict=False)
-        aggregator = (AggregatorClient(c.node.aggregator, connect_timeout=c.watcher.connect_timeout, tls=tls)
-                      if c.node.aggregator else None)
+        aggregator = (aggregator_client(urls, connect_timeout=c.watcher.connect_timeout, tls=tls)
+                      if urls else None)
         s3 = None
         if c.s3.url:
             quick = dataclasses.replace(c.s3, connect_timeout=c.watcher.connect_timeout, read_timeout=10.0)

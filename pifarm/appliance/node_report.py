@@ -38,15 +38,16 @@ def attach(daemon) -> Reporter | None:
         log.warning("no node id (%s): this node takes no part in rollouts and sends no reports", e)
         return None
     daemon.watcher.node_id = ident.hostid
-    if not c.node.aggregator or c.node.report_interval <= 0:
+    if not c.node.aggregator_urls or c.node.report_interval <= 0:
         return None
     host, port = parse_listen(c.node.listen)
     wildcard = host in ("", "0.0.0.0", "::")
-    reporter = Reporter(aggregator=c.node.aggregator, node_id=ident.hostid, token=report_token(c.node),
+    reporter = Reporter(aggregator=c.node.aggregator_urls, node_id=ident.hostid, token=report_token(c.node),
                         interval=c.node.report_interval, state_dir=Path(c.node.state_dir), cache=daemon.cache,
                         inference_url=f"http://{'127.0.0.1' if wildcard else host}:{port}",
                         address=f"http://{socket.gethostname() if wildcard else host}:{port}",
                         tls=c.node.tls_context())
     daemon.watcher.on_state = reporter.poke
-    log.info("node %s reports to %s every %g s", ident.hostid, c.node.aggregator, c.node.report_interval)
+    log.info("node %s reports to %s every %g s", ident.hostid, " or ".join(c.node.aggregator_urls),
+             c.node.report_interval)
     return reporter

@@ -207,6 +207,9 @@ class NodeSettings:
     """[node] in node.toml: who the node follows and what it serves."""
 
     aggregator: str = ""  # http(s)://host:port of the aggregator; "" = S3 only
+    #: several aggregators of one farm (one shared S3 bucket): tried in turn, the node moves to the
+    #: next one on failure without going degraded; `aggregator`, when set, is tried first
+    aggregators: list[str] = field(default_factory=list)
     channel: str = "stable"
     models: list[str] = field(default_factory=list)  # narrow to these models; empty = every model of the channel
     trusted_keys: list[str] = field(default_factory=list)  # PEM files of registry signing keys
@@ -231,9 +234,18 @@ class NodeSettings:
             raise ValueError(f"channel must be one of {', '.join(CHANNELS)}, got {self.channel!r}")
         if self.aggregator and not self.aggregator.startswith(("http://", "https://")):
             raise ValueError(f"aggregator must be an http(s):// URL, got {self.aggregator!r}")
+        for u in self.aggregators:
+            if not isinstance(u, str) or not u.startswith(("http://", "https://")):
+                raise ValueError(f"aggregators must be http(s):// URLs, got {u!r}")
         parse_listen(self.listen)
         if self.metrics_listen:
             parse_listen(self.metrics_listen, key="metrics_listen")
+
+    @property
+    def aggregator_urls(self) -> list[str]:
+        """Every aggregator this node follows, `aggregator` first, each once."""
+        out = [self.aggregator] if self.aggregator else []
+        return out + [u for u in self.aggregators if u not in out]
 
     def tls_context(self) -> ssl.SSLContext | None:
         """What the node's clients of the aggregator pass as `verify=` (None: system CAs)."""
