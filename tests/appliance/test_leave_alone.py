@@ -248,7 +248,7 @@ def test_one_metrics_endpoint_with_bounded_labels(aggregator, tmp_path, nodes): 
     node.wait_up()
     wait_http(httpx.Client(base_url=node.url), "/health", lambda r: r.status_code == 200, timeout=60)
     text = node.metrics()
-    for name in ("pifarm_inference_requests_total", "pifarm_cache_blobs_installed_total", "pifarm_node_degraded",
+    for name in ("pifarm_inference_active_version", "pifarm_cache_blobs_installed_total", "pifarm_node_degraded",
                  "pifarm_cache_budget_refusals_total", "pifarm_cache_bytes", "process_resident_memory_bytes",
                  "process_cpu_seconds_total", "python_gc_collections_total"):
         assert re.search(rf"^{name}\b", text, re.M), name
@@ -392,9 +392,10 @@ def test_split_units_still_one_metrics_endpoint(aggregator, tmp_path, nodes):  #
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         node.wait_up()
-        text = wait_for(lambda: (t := node.metrics()) and "pifarm_cache_blobs_installed_total" in t and t,
+        # the daemon rewrites its file every 10 s: wait for one written after the pull
+        installed = re.compile(r'^pifarm_cache_blobs_installed_total\{source="http"\} 1\.0$', re.M)
+        text = wait_for(lambda: (t := node.metrics()) and installed.search(t) and t,
                         "the node's metrics on the inference port", timeout=60)
-        assert re.search(r'^pifarm_cache_blobs_installed_total\{source="http"\} 1\.0$', text, re.M), text
         assert len(re.findall(r"^process_resident_memory_bytes ", text, re.M)) == 1
         assert len(re.findall(r"^# TYPE pifarm_node_degraded ", text, re.M)) == 1
         assert status(node.state)["state"] == "ready"  # status asks the server at [node] listen
