@@ -97,7 +97,10 @@ class KernelTarget:
                 extra_hosts: Mapping[str, Mapping[str, str]] | None = None) -> TargetSpec:
         observed = observed if observed is not None else observe(self.root)
         live = observed.subsystems.get(self.nqn)
-        adopt = {}
+        # the registry's namespace ids first (every aggregator of a shared bucket exports a version
+        # under the same NSID, so the host's native multipath sees two paths to one namespace);
+        # an nsid live in configfs wins over it: nodes are connected to that one
+        adopt = {e.manifest_digest: e.nsid for e in exports if getattr(e, "nsid", None)}
         if live:
             by_uuid = {ns.attrs.get("device_uuid", "").lower(): nsid for nsid, ns in live.namespaces.items()}
             for e in exports:

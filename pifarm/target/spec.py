@@ -150,6 +150,8 @@ class Export:
     version: int
     manifest_digest: str
     path: str  # the volume file
+    #: the namespace id the registry assigned (several aggregators of one bucket: the same on each)
+    nsid: int | None = None
 
     @property
     def key(self) -> str:

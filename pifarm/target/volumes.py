@@ -7,6 +7,7 @@ enabled namespace still uses is safe: nvmet holds it open until the namespace is
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import os
@@ -85,7 +86,9 @@ class VolumeBuilder:
                    lambda n=sv.name, v=sv.version: self.registry.manifest_document(n, v))
 
     def sync(self, progress: Callable[[str], None] | None = None) -> list[Export]:
-        return sync_volumes(self._items(), self.registry.blob_path_or_stream, self.volume_dir, progress)
+        exports = sync_volumes(self._items(), self.registry.blob_path_or_stream, self.volume_dir, progress)
+        ids = {(sv.name, sv.version): getattr(sv, "nsid", None) for sv in self.registry.served_versions()}
+        return [dataclasses.replace(e, nsid=ids.get((e.name, e.version))) for e in exports]
 
     def build(self, name: str, version: int) -> Export:
         """Build (or confirm) one version's volume without touching the others."""

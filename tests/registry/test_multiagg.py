@@ -20,7 +20,7 @@ from pifarm.client.http import AggregatorClient
 from pifarm.errors import PifarmError
 from tests.support.multiagg import TOKEN, SharedFarm, store_toml
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
 @pytest.fixture
@@ -187,3 +187,35 @@ def test_endpoint_without_conditional_writes_is_refused_for_multi_aggregator_mod
                 assert c.publish(p, "solo", format="raw")["version"] == 1
         finally:
             a.stop()
+
+
+def test_every_aggregator_exports_a_version_under_the_same_namespace_id(farm_factory, tmp_path):
+    """Each aggregator builds the volumes of versions another one published and exports them (a
+    file-backed configfs here) under the NSID the registry assigned: with the UUID and NGUID
+    derived from the manifest digest, the same namespace identity on every aggregator."""
+    import json
+
+    from tests.support.wait import wait_for
+
+    farm = farm_factory(2, target=f'enabled = true\naddresses = ["127.0.0.1"]\n'
+                                  f'configfs_root = "fake:{tmp_path}/configfs-{{i}}.json"\n')
+    # a version published before the second aggregator's table knew anything, and one after
+    acks, failures = publish_many(farm, tmp_path, 4, workers=2)
+    assert not failures
+    farm.converged()
+
+    def table(i: int) -> dict:
+        p = farm.aggs[i].data_dir / "target" / "nsids.json"
+        try:
+            return {k: v["nsid"] for k, v in json.loads(p.read_text())["assigned"].items()}
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    want = {f"{a['name']}@{a['version']}" for a in acks.values()}
+    wait_for(lambda: set(table(0)) >= want and set(table(1)) >= want, "both targets exporting every version",
+             timeout=120, interval=0.3)
+    assert {k: table(0)[k] for k in want} == {k: table(1)[k] for k in want}
+    state = farm.revision_doc(farm.head())["state"]
+    assigned = {f"{v['name']}@{v['version']}": v["nsid"] for v in state["versions"]}
+    assert {k: table(0)[k] for k in want} == {k: assigned[k] for k in want}  # the registry's ids
+    assert len({table(0)[k] for k in want}) == len(want)

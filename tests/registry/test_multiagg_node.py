@@ -19,7 +19,7 @@ from tests.support.multiagg import TOKEN, SharedFarm
 from tests.support.procs import REPO, free_port, stop_process
 from tests.support.wait import wait_for
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.slow]
 
 
 def publish(farm: SharedFarm, i: int, tmp_path, n: int) -> dict:
