@@ -2,11 +2,11 @@
 
     <state_dir>/pieces/<hex>.data   the blob's bytes at their offsets (sparse until complete)
     <state_dir>/pieces/<hex>.have   indices of verified pieces, one per line, appended after the
-                                    piece's bytes are fsynced
+                                    piece's bytes are written
 
-A piece is marked held only after its bytes passed `StreamVerifier` and reached the disk, so
-after a crash the `.have` list names verified pieces (they are checked once more on reopening:
-a torn append costs one piece). Once the cache holds the whole blob the files are removed.
+A piece is marked held only after its bytes passed `StreamVerifier`; after a crash the pieces the
+`.have` list names are checked once more on reopening, so one that never reached the disk (or a
+torn append) costs that piece only. Once the cache holds the whole blob the files are removed.
 """
 
 from __future__ import annotations
@@ -88,7 +88,8 @@ class PieceFile:
         done = 0
         while done < n:
             done += os.pwrite(self.fd, memoryview(data)[done:], off + done)
-        os.fdatasync(self.fd)
+        # no fsync: the `.have` list is only a claim, re-verified on reopening (a piece lost in a
+        # crash fails its digest there and is fetched again), so per-piece syncs would buy nothing
         with self.lock:
             with open(self.have_path, "a") as f:
                 f.write(f"{i}\n")
