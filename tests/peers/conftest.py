@@ -1,0 +1,1 @@
+from tests.support.aggregator import aggregator, aggregator_factory  # noqa: F401
