@@ -240,10 +240,13 @@ class Registry(SharedMixin):
         models: dict[str, dict] = {}
         for row in self.db.versions():
             models.setdefault(row.name, {})[row.version] = row.manifest_digest
+        with self.db._lock:
+            ids = nsids(self.db._conn)  # the signed namespace id of each version (shared bucket)
         entries = {}
         for name, versions in models.items():
             ch = {c: VersionPointer(v, versions[v]) for c, v in channels.get(name, {}).items() if v in versions}
-            entries[name] = ModelEntry(ch, tuple(VersionPointer(v, d) for v, d in sorted(versions.items())))
+            entries[name] = ModelEntry(ch, tuple(VersionPointer(v, d, ids.get((name, v)))
+                                                 for v, d in sorted(versions.items())))
         expires = iso(utcnow() + timedelta(seconds=self.settings.snapshot_lifetime))
         rollouts = {n: r for n, r in self._rollouts().items()
                     if n in entries and any(v.version == r.version for v in entries[n].versions)}

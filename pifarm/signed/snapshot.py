@@ -50,14 +50,23 @@ def parse_iso(s: str) -> datetime:
 class VersionPointer:
     version: int
     manifest_digest: str
+    #: the NVMe namespace id the registry assigned this version (in `versions` only; optional, so
+    #: older snapshots parse; not part of equality: a channel's pointer names the same version)
+    nsid: int | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "manifest_digest": self.manifest_digest}
+        out = {"version": self.version, "manifest_digest": self.manifest_digest}
+        if self.nsid is not None:
+            out["nsid"] = self.nsid
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> "VersionPointer":
         try:
-            p = cls(int(d["version"]), str(d["manifest_digest"]))
+            nsid = d.get("nsid")
+            if nsid is not None and (not isinstance(nsid, int) or isinstance(nsid, bool) or not 1 <= nsid <= 0xFFFFFFFE):
+                raise ValueError(f"nsid {nsid!r} is not 1..4294967294")
+            p = cls(int(d["version"]), str(d["manifest_digest"]), nsid)
             digest_hex(p.manifest_digest)
             return p
         except (KeyError, TypeError, ValueError, Exception) as e:

@@ -218,4 +218,6 @@ def test_every_aggregator_exports_a_version_under_the_same_namespace_id(farm_fac
     state = farm.revision_doc(farm.head())["state"]
     assigned = {f"{v['name']}@{v['version']}": v["nsid"] for v in state["versions"]}
     assert {k: table(0)[k] for k in want} == {k: assigned[k] for k in want}  # the registry's ids
+    signed = farm.converged()["signed"]["models"]  # ... carried in the signed snapshot nodes verify
+    assert {f"{n}@{v['version']}": v["nsid"] for n, m in signed.items() for v in m["versions"]} == assigned
     assert len({table(0)[k] for k in want}) == len(want)
