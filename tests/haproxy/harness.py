@@ -109,6 +109,8 @@ def _link_cfg(sock: str, agg_port: int, ports: list[int]) -> str:
 @dataclass
 class HaFarm(Farm):
     haproxy_extra: str = ""
+    #: the sync's pace and HAProxy's checks (tests: quick; benches pass "" for the defaults)
+    sync_settings: str = "interval = 0.25\nprobe_interval = 0.1\ncheck_inter = 1.0\n"
     sync_in_aggregator: bool = True
     short: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pfhx", dir="/tmp")))
     frontend_port: int = field(default_factory=free_port)
@@ -133,8 +135,7 @@ class HaFarm(Farm):
         reload = f"sh -c 'kill -USR2 $(cat {self.cfg}.pid)'"
         sock = self.socket if self.sync_in_aggregator else ""
         p.write_text(f'[haproxy]\nsocket = "{sock}"\nconfig = "{self.cfg}"\nreload_command = "{reload}"\n'
-                     f'bind = "127.0.0.1:{self.frontend_port}"\ninterval = 0.25\nprobe_interval = 0.1\n'
-                     f'check_inter = 1.0\n{self.haproxy_extra}')
+                     f'bind = "127.0.0.1:{self.frontend_port}"\n{self.sync_settings}{self.haproxy_extra}')
         return p
 
     def start(self) -> "HaFarm":
@@ -178,9 +179,11 @@ class HaFarm(Farm):
         Runtime(self.link.socket).command(f"set server meta{i}/agg state ready")
 
     # -- the HAProxy in front ----------------------------------------------------------------
-    def render(self) -> subprocess.CompletedProcess:
+    def render(self, out: Path | None = None, socket: str | None = None,
+               port: int | None = None) -> subprocess.CompletedProcess:
         r = run_cli(["haproxy", "render", "--registry", self.agg.url, "--config", str(self.root / "aggregator.toml"),
-                     "--bind", f"127.0.0.1:{self.frontend_port}", "--socket", self.socket, "--out", str(self.cfg)])
+                     "--bind", f"127.0.0.1:{port or self.frontend_port}", "--socket", socket or self.socket,
+                     "--out", str(out or self.cfg)])
         assert r.returncode == 0, r.stderr
         return r
 

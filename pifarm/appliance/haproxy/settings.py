@@ -46,6 +46,9 @@ class HaproxySettings:
     timeout_client: float = 30.0
     timeout_queue: float = 5.0
     maxconn: int = 4096
+    #: HAProxy worker threads (0 = HAProxy's default, one per CPU); 1 leaves a Pi-sized box's
+    #: other cores to the nodes and clients beside it
+    nbthread: int = 0
     #: a node kept in drain for a version swap is made ready after this even without a report
     swap_timeout: float = 120.0
 
@@ -66,6 +69,8 @@ class HaproxySettings:
             v = getattr(self, k)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"[haproxy] {k} must be an integer >= 1, got {v!r}", key=k)
+        if not isinstance(self.nbthread, int) or not 0 <= self.nbthread <= 64:
+            raise ConfigError(f"[haproxy] nbthread must be an integer from 0 to 64, got {self.nbthread!r}", key="nbthread")
         if not isinstance(self.retries, int) or not 0 <= self.retries <= 10:
             raise ConfigError(f"[haproxy] retries must be an integer from 0 to 10, got {self.retries!r}", key="retries")
         parse_bind(self.bind)
