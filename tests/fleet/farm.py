@@ -47,7 +47,7 @@ class Node:
 class Farm:
     root: Path
     nodes_wanted: int = 4
-    report_interval: float = 0.5
+    report_interval: float = 1.0  # missing after 3 s: a node starved of CPU for a moment is not missing
     agg: AggregatorProc | None = None
     nodes: list[Node] = field(default_factory=list)
     load_errors: int = 0

@@ -17,7 +17,7 @@ def good(path: Path, seed: int) -> Path:
     return sm.write_sample(path, "linear", seed=seed)
 
 
-def slow(path: Path, width: int = 1024, layers: int = 8, seed: int = 9) -> Path:
+def slow(path: Path, width: int = 1024, layers: int = 32, seed: int = 9) -> Path:
     """x [N,16] -> FC 16->width -> (FC width->width) x layers -> FC width->4: the same inputs and
     outputs as the sample model, about layers*width*width multiply-adds more per row. The hidden
     layers share one weight tensor, so the file stays ~4 MB."""
