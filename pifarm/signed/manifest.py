@@ -79,8 +79,13 @@ class FileEntry:
 
     @classmethod
     def from_json(cls, f: dict[str, Any]) -> "FileEntry":
-        pieces = PieceTable.from_json(f["pieces"]) if f.get("pieces") is not None else None
-        return cls(f["path"], f["size"], f["digest"], pieces)
+        entry = cls(f["path"], f["size"], f["digest"])  # a bad path stays a UsageError, said as such
+        if f.get("pieces") is None:
+            return entry
+        try:
+            return cls(entry.path, entry.size, entry.digest, PieceTable.from_json(f["pieces"]))
+        except UsageError as e:  # pieces that cannot cover the blob: the document is malformed
+            raise IntegrityError(f"malformed pieces: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ class Manifest:
                 outputs=tuple(TensorSpec.from_json(t) for t in tensors.get("outputs", [])),
                 labels={str(k): str(v) for k, v in (d.get("labels") or {}).items()},
             )
-        except (KeyError, TypeError, ValueError, UsageError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise IntegrityError(f"malformed manifest: {e!r}") from e
 
     @property
