@@ -41,7 +41,7 @@ from pifarm.signed.integrity import BlobRef, StreamVerifier
 from pifarm.signed.pieces import hash_file
 from pifarm.signed.manifest import FileEntry, Manifest, TensorSpec, check_name
 from pifarm.registry.settings import RegistrySettings, StoreSettings
-from pifarm.signed.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey
+from pifarm.signed.signing import PRIVATE_NAME, PUBLIC_NAME, SigningKey, public_pem
 from pifarm.signed.snapshot import (CHANNELS, ModelEntry, RolloutPointer, Snapshot, VersionPointer, iso,
                                     parse_iso, utcnow)
 from pifarm.registry.store import SNAPSHOT_KEY, MODEL_PREFIX, Store, StoreUnavailable, manifest_key, open_store
@@ -142,9 +142,16 @@ class Registry(SharedMixin):
         lock_fd = None if readonly else lock_data_dir(d)
         try:
             key_path = d / "keys" / PRIVATE_NAME
+            if reg_settings.signing_key:  # one key shared by several aggregators (issue 17)
+                key_path = Path(reg_settings.signing_key)
+                if not key_path.is_file():
+                    raise ConfigError(f"[registry] signing_key {key_path} does not exist (copy the first "
+                                      "aggregator's keys/signing.key there)")
             if not key_path.exists() and not readonly:
                 SigningKey.generate().write(d / "keys")
             key = SigningKey.load(key_path)
+            if reg_settings.signing_key and not readonly and not (d / "keys" / PUBLIC_NAME).exists():
+                (d / "keys" / PUBLIC_NAME).write_bytes(public_pem(key.public))  # what nodes are given
             db = Database(d / "registry.db")
             ensure_schema(db._conn)
             st = store if store is not None else open_store(store_settings, d)

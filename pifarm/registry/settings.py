@@ -83,6 +83,9 @@ class ApiSettings:
 @dataclass(frozen=True)
 class RegistrySettings:
     data_dir: str = "/var/lib/pifarm/aggregator"
+    #: the signing key file ("" = <data_dir>/keys/signing.key, created when missing); every
+    #: aggregator on one shared bucket must use the same key
+    signing_key: str = ""
     log_level: Literal["debug", "info", "warning", "error"] = "info"  # `pifarm --log-level` wins
     #: how long a signed snapshot stays valid; it is re-signed (new revision) at half-life
     snapshot_lifetime: int = 7 * 24 * 3600

@@ -39,12 +39,16 @@ class SharedFarm:
         self.aggs: list[AggregatorProc] = []
         for i in range(n):
             d = self.root / f"agg{i + 1}"
-            (d / "keys").mkdir(parents=True, exist_ok=True)
-            for f in ("signing.key", "signing.pub"):
-                (d / "keys" / f).write_bytes((key_dir / f).read_bytes())
-            os.chmod(d / "keys" / "signing.key", 0o600)
+            registry = ""
+            if i == 0:  # the first gets a copy of keys/, the others point [registry] signing_key at it
+                (d / "keys").mkdir(parents=True, exist_ok=True)
+                for f in ("signing.key", "signing.pub"):
+                    (d / "keys" / f).write_bytes((key_dir / f).read_bytes())
+                os.chmod(d / "keys" / "signing.key", 0o600)
+            else:
+                registry = f'[registry]\nsigning_key = "{key_dir / "signing.key"}"\n\n'
             cfg = self.root / f"agg{i + 1}.toml"
-            cfg.write_text(f'[api]\ntoken = "{TOKEN}"\n\n' + store_toml(endpoint, url, access_key, secret_key, shared)
+            cfg.write_text(registry + f'[api]\ntoken = "{TOKEN}"\n\n' + store_toml(endpoint, url, access_key, secret_key, shared)
                            + "\n[target]\n" + (target.replace("{i}", str(i + 1)) or "enabled = false\n"))
             self.aggs.append(AggregatorProc(d, free_port(), config=cfg))
         if start:
