@@ -122,3 +122,27 @@ def test_socket_gone_and_back(rig, tmp_path):
     assert st["connected"] is True and st["counters"]["reconnects"] == 1
     assert any("reconnected" in e for _, e in sync.events)
     assert "e" in sync.runtime.servers()["model_m"]
+
+
+def test_standalone_sync_health_and_metrics(rig):
+    import httpx
+
+    from pifarm.appliance.haproxy.status_http import serve_status
+
+    s, fleet, proxy, sync = rig
+    server = serve_status("127.0.0.1:0", sync)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        sync.tick()
+        h = httpx.get(url + "/health", timeout=10)
+        assert h.status_code == 200 and h.json()["connected"] is True
+        m = httpx.get(url + "/metrics", timeout=10).text
+        assert "pifarm_haproxy_connected 1.0" in m and 'pifarm_haproxy_servers{backend="model_m",state="ready"} 2.0' in m
+        proxy.stop()
+        sync.tick()
+        h = httpx.get(url + "/health", timeout=10)
+        assert h.status_code == 503 and h.json()["connected"] is False
+        assert "pifarm_haproxy_connected 0.0" in httpx.get(url + "/metrics", timeout=10).text
+        assert httpx.get(url + "/nope", timeout=10).status_code == 404
+    finally:
+        server.shutdown()
