@@ -304,8 +304,9 @@ class Demo:
         proc = self._start_aggregator()
         return f"{self.f.agg_url} (pid {proc.popen.pid})"
 
-    def _token(self) -> str:
-        return (self.f.agg_dir / "api-token").read_text().strip()
+    def _token_file(self) -> str:
+        # a file, not the value: a token on a command line is visible to every local user
+        return str(self.f.agg_dir / "api-token")
 
     def _publish(self, seed: int, channel: str | None = "stable") -> int:
         """Publish a sample model and build its volume. With channel=None the version is only
@@ -316,7 +317,7 @@ class Demo:
         d.mkdir(parents=True, exist_ok=True)
         path = write_sample(d / "model.tflite", "linear", seed=seed)
         out = self.f.cli("publish", str(path), "--name", MODEL, *(["--channel", channel] if channel else []),
-                         "--registry", self.f.agg_url, "--token", self._token(), "--json")
+                         "--registry", self.f.agg_url, "--token-file", self._token_file(), "--json")
         try:
             version = int(json.loads(out)["version"])
         except (ValueError, KeyError, TypeError) as e:
@@ -340,7 +341,7 @@ class Demo:
     def _rollout(self, version: int, *flags: str) -> dict[str, Any]:
         """`pifarm rollout start` and wait for its outcome (promoted or aborted)."""
         self.f.cli("rollout", "start", MODEL, str(version), *flags, "--registry", self.f.agg_url,
-                   "--token", self._token())
+                   "--token-file", self._token_file())
 
         def done() -> dict[str, Any] | None:
             st = httpx.get(f"{self.f.agg_url}/v1/rollouts/{MODEL}", timeout=5).json()
@@ -371,7 +372,7 @@ class Demo:
             bad_dir.mkdir(parents=True, exist_ok=True)
             (bad_dir / "model.tflite").write_bytes(b"not a model the runtime runs " * 32)
             out = self.f.cli("publish", str(bad_dir / "model.tflite"), "--name", MODEL, "--format", "raw",
-                             "--registry", self.f.agg_url, "--token", self._token(), "--json")
+                             "--registry", self.f.agg_url, "--token-file", self._token_file(), "--json")
             bad = int(json.loads(out)["version"])
             st = self._rollout(bad, "--bake", "2", "--min-requests", "5")
             if st["state"] != "aborted":
@@ -486,7 +487,7 @@ class Demo:
             if self.f.procs.get("target") and self.f.procs["target"].alive:
                 self._start_target()
             self.f.cli("promote", MODEL, str(v), "--channel", "stable", "--registry", self.f.agg_url,
-                       "--token", self._token())
+                       "--token-file", self._token_file())
             m = wait_for(f"{MODEL} v{v} active", lambda: self._served(v))
             wait_for("requests answered by the new version", lambda: seen.get(str(v), 0) >= 5, timeout=30)
         finally:
