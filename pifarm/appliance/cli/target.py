@@ -143,9 +143,11 @@ def allow_host_cmd(nqn, dhchap, bidirectional, hmac, dhgroup, key, do_apply, con
                                        dhgroup=dhgroup, key=key)
         click.echo(f"allowed {nqn}")
         if attrs.get("dhchap_key"):
-            click.echo(f"host secret (give it to the node: nvme connect --dhchap-secret=...): {attrs['dhchap_key']}")
+            # a file on the node, not an nvme-cli argument (argv is readable by every local user)
+            click.echo(f"host secret (put it in the node's /etc/nvme/dhchap-key, mode 0600, named by "
+                       f"[[sources]] options.dhchap_secret_file): {attrs['dhchap_key']}")
         if attrs.get("dhchap_ctrl_key"):
-            click.echo(f"controller secret (--dhchap-ctrl-secret=...): {attrs['dhchap_ctrl_key']}")
+            click.echo(f"controller secret (options.dhchap_ctrl_secret_file on the node): {attrs['dhchap_ctrl_key']}")
         if do_apply:
             ctx.target.apply(ctx.built_exports(), log_step=click.echo)
     _with_ctx(go)(config, data_dir)
