@@ -42,7 +42,7 @@ def publish_many(farm: SharedFarm, tmp_path, count: int, workers: int = 12, on_p
     """`count` publishes of distinct content, job i sent to aggregator i % n; a job whose
     aggregator fails moves to the next one (as an operator's script would). Returns the acks."""
     src = tmp_path / "payloads"
-    src.mkdir(exist_ok=True)
+    src.mkdir(parents=True, exist_ok=True)
     jobs: queue.Queue = queue.Queue()
     for i in range(count):
         p = src / f"p{i}.bin"
