@@ -122,7 +122,9 @@ class UserspaceTarget:
                         return
                     # one reply at a time past the high-water mark: a host that sends commands
                     # and never reads the replies holds at most max_queued + one reply of ours
-                    if not await self._drain(writer, peer):
+                    queued = writer.transport.get_write_buffer_size()
+                    self.peak_queued = max(self.peak_queued, queued)
+                    if queued > self.config.max_queued and not await self._drain(writer, peer):
                         return
                 if session.qid == 0:
                     self._admin[session] = (codec, writer)
@@ -142,7 +144,6 @@ class UserspaceTarget:
             self._conns.discard(task)
 
     async def _drain(self, writer: asyncio.StreamWriter, peer: object) -> bool:
-        self.peak_queued = max(self.peak_queued, writer.transport.get_write_buffer_size())
         try:
             await asyncio.wait_for(writer.drain(), self.config.send_timeout)
         except asyncio.TimeoutError:
