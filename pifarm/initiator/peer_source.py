@@ -52,6 +52,7 @@ class Peer:
     failures: int = 0
     dropped: bool = False
     heard: float = 0.0  # when its have-map was last refreshed
+    busy_until: float = 0.0  # it answered 503: ask others until then
 
 
 @dataclass
@@ -332,7 +333,8 @@ class _Download:
         full = (1 << n) - 1
         held = [(full if p.complete else p.have) for p in live]
         avail = {i: sum(h >> i & 1 for h in held) for i in missing}
-        free = [(p, h) for p, h in zip(live, held) if p.inflight < self.o.per_peer]
+        now = time.monotonic()
+        free = [(p, h) for p, h in zip(live, held) if p.inflight < self.o.per_peer and p.busy_until <= now]
         order = missing[:]
         random.shuffle(order)
         if self.o.selection == "rarest":
@@ -344,8 +346,14 @@ class _Download:
         if self.agg_inflight < self.o.from_aggregator:
             nobody = [i for i in order if avail[i] == 0]
             if nobody:
+                # the aggregator's uplink is the scarce one: the swarm splits the pieces nobody has
+                # into stripes by node id (every node sees about the same members), so each leaves
+                # the aggregator about once; past its own stripe a node takes what nobody is fetching
+                ids = sorted({self.src.node_id, *self.peers})
+                rank, k = ids.index(self.src.node_id), len(ids)
                 pend = {i: sum(p.pending >> i & 1 for p in live) for i in nobody}
-                return min(nobody, key=lambda i: pend[i]), None  # `order` is shuffled: ties random
+                mine = [i for i in nobody if i % k == rank]
+                return min(mine or nobody, key=lambda i: pend[i]), None  # `order` is shuffled: ties random
         return None
 
     def _worker(self) -> None:
@@ -401,7 +409,7 @@ class _Download:
                 log.warning("peers: piece %d from the aggregator failed: %s", i, e)
                 time.sleep(0.5)
             elif status == 503:  # busy: not a failure, ask someone else for a moment
-                peer.heard = time.monotonic()
+                peer.busy_until = time.monotonic() + random.uniform(0.2, 0.6)
             else:
                 self._failed(peer, stale=status == 404)
             return

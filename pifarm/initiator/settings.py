@@ -128,7 +128,7 @@ class PeerOptions:
     rack: str = ""  # switch/rack label: peers with the same label are listed first
     tracker: str = ""  # "" = the node's aggregator
     min_size: int = 16 * 2**20  # smaller blobs go to the next source (one HTTP GET is cheaper)
-    downloads: int = 4  # pieces in flight for one blob
+    downloads: int = 6  # pieces in flight for one blob
     per_peer: int = 2  # ... at most this many from one peer
     from_aggregator: int = 1  # ... and from the aggregator (pieces no peer has); 0 = peers only
     selection: str = "rarest"  # "rarest" (fewest holders first) or "random"

@@ -22,7 +22,8 @@ import blake3
 from pifarm.errors import IntegrityError, UsageError
 from pifarm.signed.integrity import CHUNK, BlobRef, make_digest
 
-PIECE_SIZE = 4 << 20  # 4 MiB: 0.3 s at a Pi's 100 Mbit/s share, 512 digests (37 KB) for a 2 GiB model
+PIECE_SIZE = 1 << 20  # the smallest piece a publish chooses: a peer can pass it on after ~0.1 s at 100 Mbit/s
+TARGET_PIECES = 1024  # ... and larger pieces keep a big file to about this many digests (~70 KB of manifest)
 MIN_PIECE, MAX_PIECE = 64 << 10, 64 << 20
 MAX_PIECES = 1 << 16  # bounds a manifest: 4.6 MB of digests at most
 HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
@@ -70,8 +71,17 @@ class PieceTable:
             raise IntegrityError(f"malformed pieces: {e}") from e
 
 
-def hash_file(path: str | os.PathLike, piece_size: int = PIECE_SIZE) -> tuple[str, int, PieceTable]:
+def piece_size_for(size: int) -> int:
+    """1 MiB, doubled until the file has at most TARGET_PIECES pieces (64 MiB at most)."""
+    p = PIECE_SIZE
+    while p < MAX_PIECE and size > p * TARGET_PIECES:
+        p *= 2
+    return p
+
+
+def hash_file(path: str | os.PathLike, piece_size: int | None = None) -> tuple[str, int, PieceTable]:
     """(whole-file digest, size, piece table) in one pass over the file."""
+    piece_size = piece_size or piece_size_for(os.stat(path).st_size)
     whole = blake3.blake3(max_threads=blake3.blake3.AUTO)
     digests: list[str] = []
     size = 0
