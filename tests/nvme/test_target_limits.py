@@ -74,7 +74,7 @@ def test_a_host_that_never_reads_cannot_pile_up_replies(volume):
         s.connect(("127.0.0.1", t.port))
         codec = w.Codec(w.Role.HOST)
         s.sendall(codec.encode(w.ICReq()))
-        while (p := codec.next_pdu()) is w.NEED_DATA:
+        while codec.next_pdu() is w.NEED_DATA:  # the ICResp
             codec.feed(s.recv(4096))
         sqe, data = w.connect_cmd(0, 31, 0, w.ConnectData(uuid.uuid4(), 0xFFFF, w.DISCOVERY_NQN, OTHER_HOST))
         s.sendall(codec.encode(w.CapsuleCmd(sqe, data)) + codec.encode(w.CapsuleCmd(w.property_set(w.Prop.CC, 0x460001))))

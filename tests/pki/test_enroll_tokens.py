@@ -4,7 +4,6 @@ the operator allowed it, and no enrollment without a pinned CA unless asked for.
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
 

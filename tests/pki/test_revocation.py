@@ -12,7 +12,6 @@ import time
 import httpx
 import pytest
 import uvicorn
-from cryptography import x509
 
 from pifarm.pki import certs as x, revocation
 from pifarm.pki.farm import ADMIN_DAYS, NodeTls, make_csr
