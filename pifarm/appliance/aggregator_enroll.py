@@ -3,7 +3,7 @@
 Hands the aggregator the host-registration hook for the enrollment routes it mounts on the API
 (renewal works there over mTLS) and, when the API runs
 TLS with the farm PKI, a second listener with server TLS only, where nodes that have no client
-certificate yet can enroll with the secret. An enrolled host is added to the target's host allow
+certificate yet can enroll with a one-time token. An enrolled host is added to the target's host allow
 list (`<data>/target/hosts.json`), with a DH-HMAC-CHAP secret wherever the kernel target has it
 (`[enroll] dhchap`: unset = that; true/false force it).
 """
@@ -61,7 +61,7 @@ def extend(ctx) -> None:
 
     def start() -> None:
         thread.start()
-        log.info("pifarm enrollment listener: https://%s:%d (server TLS, secret-authenticated)", host, port)
+        log.info("pifarm enrollment listener: https://%s:%d (server TLS, one-time enrollment tokens)", host, port)
 
     def stop() -> None:
         server.should_exit = True

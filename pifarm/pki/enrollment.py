@@ -1,4 +1,4 @@
-"""The CA side of enrollment: check the secret, sign a node's CSR, record the host, renew.
+"""The CA side of enrollment: check the one-time token, sign a node's CSR, record the host, renew.
 
 A node presents a one-time enrollment token (`pifarm.pki.tokens`; the fleet-wide secret of older
 farms still works while its file exists), sends a CSR and its host identity, and gets back a

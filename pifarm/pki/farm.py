@@ -400,10 +400,10 @@ def fetch_bundle(url: str, *, ca_hash: str | None, timeout: float = 10.0,
 
 def enroll_node(url: str, secret: str, *, hostnqn: str, hostid: str, hostname: str, tls_dir: str | os.PathLike,
                 ca_hash: str | None = None, timeout: float = 20.0, trust_on_first_use: bool = False) -> dict[str, Any]:
-    """Node side of enrollment: key stays here, only a CSR travels; the secret is sent only over a
+    """Node side of enrollment: key stays here, only a CSR travels; the token is sent only over a
     connection verified against the (pinned) CA bundle."""
     if not url.startswith("https://"):
-        raise UsageError(f"--aggregator {url!r} must be an https:// URL (the enrollment secret is never sent in clear)")
+        raise UsageError(f"--aggregator {url!r} must be an https:// URL (the enrollment token is never sent in clear)")
     bundle, _ = fetch_bundle(url, ca_hash=ca_hash, timeout=timeout, trust_on_first_use=trust_on_first_use)
     key = x.new_key()
     resp = _post(url.rstrip("/") + "/v1/enroll", {"secret": secret, "hostnqn": hostnqn, "hostid": hostid,

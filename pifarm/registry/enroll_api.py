@@ -3,7 +3,7 @@
 A node presents a one-time enrollment token (`pifarm enroll token create`), sends a CSR and its
 host identity, and gets back a client certificate for mTLS plus its host registration.
 
-    GET  /v1/enroll/ca       the CA bundle (nodes pin it by hash before sending the secret)
+    GET  /v1/enroll/ca       the CA bundle (nodes pin it by hash before sending the token)
     POST /v1/enroll          {secret (the token), hostnqn, hostid, hostname, csr} -> certificate, ...
                              403 bad/used/expired token, 409 NQN held by a live certificate
     POST /v1/enroll/renew    {certificate, csr, proof} -> a fresh certificate from the current CA
