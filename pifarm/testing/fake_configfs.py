@@ -40,6 +40,8 @@ DISCOVERY_NQN = "nqn.2014-08.org.nvmexpress.discovery"
 MAX_NAMESPACES = 1024
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
 PROFILES = ("6.1", "6.12")
+# the top-level groups that hold named objects, and the kind _resolve gives one of them
+_TOP_KINDS = {"hosts": "host", "subsystems": "subsys", "ports": "port"}
 
 
 def _err(code: int, rel: str = "") -> OSError:
@@ -213,67 +215,64 @@ class FakeConfigfs:
         top = p[0]
         if n == 1 and top in self.root_attrs:
             return "attr", ("root",), top
-        if top == "hosts":
-            if n == 1:
-                return "group", "hosts", None
-            h = self.hosts.get(p[1])
-            if h is None:
+        kind = _TOP_KINDS.get(top)
+        if kind is None:
+            raise _err(errno.ENOENT, rel)
+        # hosts/, subsystems/ and ports/ begin alike: the group, one named object in it
+        # (ENOENT when there is none), then that object's attributes
+        if n == 1:
+            return "group", top, None
+        obj = getattr(self, top).get(p[1])
+        if obj is None:
+            raise _err(errno.ENOENT, rel)
+        if n == 2:
+            return kind, p[1], None
+        if n == 3 and p[2] in (obj if kind == "host" else obj.attrs):
+            return "attr", (kind, p[1]), p[2]
+        if kind == "subsys":
+            return self._resolve_in_subsys(rel, p, obj)
+        if kind == "port":
+            return self._resolve_in_port(rel, p, obj)
+        raise _err(errno.ENOENT, rel)
+
+    def _resolve_in_subsys(self, rel: str, p: list[str], s: "_Subsys") -> tuple[str, Any, str | None]:
+        n = len(p)
+        if p[2] == "namespaces":
+            if n == 3:
+                return "group", ("namespaces", p[1]), None
+            ns = s.namespaces.get(p[3])
+            if ns is None:
                 raise _err(errno.ENOENT, rel)
-            if n == 2:
-                return "host", p[1], None
-            if n == 3 and p[2] in h:
-                return "attr", ("host", p[1]), p[2]
-        elif top == "subsystems":
-            if n == 1:
-                return "group", "subsystems", None
-            s = self.subsystems.get(p[1])
-            if s is None:
-                raise _err(errno.ENOENT, rel)
-            if n == 2:
-                return "subsys", p[1], None
-            if n == 3 and p[2] in s.attrs:
-                return "attr", ("subsys", p[1]), p[2]
-            if p[2] == "namespaces":
-                if n == 3:
-                    return "group", ("namespaces", p[1]), None
-                ns = s.namespaces.get(p[3])
-                if ns is None:
-                    raise _err(errno.ENOENT, rel)
-                if n == 4:
-                    return "ns", (p[1], p[3]), None
-                if n == 5 and p[4] in ns.attrs:
-                    return "attr", ("ns", p[1], p[3]), p[4]
-            elif p[2] == "allowed_hosts":
-                if n == 3:
-                    return "group", ("allowed_hosts", p[1]), None
-                if n == 4 and p[3] in s.allowed:
-                    return "link", ("allowed", p[1]), p[3]
-            elif p[2] == "passthru" and self.auth and n == 3:
-                return "group", ("passthru", p[1]), None
-        elif top == "ports":
-            if n == 1:
-                return "group", "ports", None
-            port = self.ports.get(p[1])
-            if port is None:
-                raise _err(errno.ENOENT, rel)
-            if n == 2:
-                return "port", p[1], None
-            if n == 3 and p[2] in port.attrs:
-                return "attr", ("port", p[1]), p[2]
-            if p[2] == "subsystems":
-                if n == 3:
-                    return "group", ("port_subsystems", p[1]), None
-                if n == 4 and p[3] in port.links:
-                    return "link", ("port", p[1]), p[3]
-            elif p[2] == "referrals" and n == 3:
-                return "group", ("referrals", p[1]), None
-            elif p[2] == "ana_groups":
-                if n == 3:
-                    return "group", ("ana_groups", p[1]), None
-                if n == 4 and p[3] == "1":
-                    return "group", ("ana_group", p[1]), None
-                if n == 5 and p[3] == "1" and p[4] == "ana_state":
-                    return "attr", ("ana", p[1]), "ana_state"
+            if n == 4:
+                return "ns", (p[1], p[3]), None
+            if n == 5 and p[4] in ns.attrs:
+                return "attr", ("ns", p[1], p[3]), p[4]
+        elif p[2] == "allowed_hosts":
+            if n == 3:
+                return "group", ("allowed_hosts", p[1]), None
+            if n == 4 and p[3] in s.allowed:
+                return "link", ("allowed", p[1]), p[3]
+        elif p[2] == "passthru" and self.auth and n == 3:
+            return "group", ("passthru", p[1]), None
+        raise _err(errno.ENOENT, rel)
+
+    @staticmethod
+    def _resolve_in_port(rel: str, p: list[str], port: "_Port") -> tuple[str, Any, str | None]:
+        n = len(p)
+        if p[2] == "subsystems":
+            if n == 3:
+                return "group", ("port_subsystems", p[1]), None
+            if n == 4 and p[3] in port.links:
+                return "link", ("port", p[1]), p[3]
+        elif p[2] == "referrals" and n == 3:
+            return "group", ("referrals", p[1]), None
+        elif p[2] == "ana_groups":
+            if n == 3:
+                return "group", ("ana_groups", p[1]), None
+            if n == 4 and p[3] == "1":
+                return "group", ("ana_group", p[1]), None
+            if n == 5 and p[3] == "1" and p[4] == "ana_state":
+                return "attr", ("ana", p[1]), "ana_state"
         raise _err(errno.ENOENT, rel)
 
     # ---- Backend ---------------------------------------------------------------------------
@@ -320,16 +319,21 @@ class FakeConfigfs:
                 return ["ana_state"]
             return []
 
+    def _resolve_new(self, rel: str) -> tuple[str, Any, str]:
+        """(kind, object) of the parent of a path that must not exist yet, and its last name."""
+        parent, _, name = rel.rpartition("/")
+        try:
+            self._resolve(rel)
+            raise _err(errno.EEXIST, rel)
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+        k, o, _ = self._resolve(parent)
+        return k, o, name
+
     def mkdir(self, rel: str) -> None:
         with self._lock:
-            parent, _, name = rel.rpartition("/")
-            try:
-                self._resolve(rel)
-                raise _err(errno.EEXIST, rel)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
-            k, o, _ = self._resolve(parent)
+            k, o, name = self._resolve_new(rel)
             if k != "group" or o in ("ana_groups",) or (isinstance(o, tuple) and o[0] not in ("namespaces",)):
                 raise _err(errno.EPERM, rel)
             if o == "hosts":
@@ -420,14 +424,7 @@ class FakeConfigfs:
 
     def symlink(self, target_rel: str, rel: str) -> None:
         with self._lock:
-            parent, _, name = rel.rpartition("/")
-            try:
-                self._resolve(rel)
-                raise _err(errno.EEXIST, rel)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise
-            k, o, _ = self._resolve(parent)
+            k, o, name = self._resolve_new(rel)
             if k != "group" or not isinstance(o, tuple) or o[0] not in ("allowed_hosts", "port_subsystems"):
                 raise _err(errno.EPERM, rel)
             tk, to, _ = self._resolve(target_rel)
