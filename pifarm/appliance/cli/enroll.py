@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pifarm.appliance.cli._options import aggregator_data_dir_option
 from pifarm.appliance.cli._output import echo_json
 
 
@@ -19,9 +20,7 @@ def token() -> None:
     """One-time, expiring enrollment tokens (only their hash is kept)."""
 
 
-def _data_dir_option(f):
-    return click.option("--data-dir", default="/var/lib/pifarm/aggregator", show_default=True,
-                        help="Aggregator data dir.")(f)
+_data_dir_option = aggregator_data_dir_option("Aggregator data dir.")
 
 
 @token.command("create")

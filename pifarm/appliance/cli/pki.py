@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pifarm.appliance.cli._options import aggregator_data_dir_option
 from pifarm.appliance.cli._output import echo_json
 from pifarm.errors import PifarmError, UsageError
 
@@ -15,9 +16,7 @@ def pki() -> None:
     """The farm's private CA: certificates for mTLS, rotation, renewal."""
 
 
-def _data_dir_option(f):
-    return click.option("--data-dir", default="/var/lib/pifarm/aggregator", show_default=True,
-                        help="Aggregator data dir (holds pki/).")(f)
+_data_dir_option = aggregator_data_dir_option("Aggregator data dir (holds pki/).")
 
 
 @pki.command("init")
