@@ -44,6 +44,17 @@ log = logging.getLogger(__name__)
 PARTIAL_RE = re.compile(r"^([0-9a-f]{64})\.partial\Z")
 HEX_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
+
+def _lock_or_close(fd: int) -> bool:
+    """Take fd's exclusive lock without waiting; when another process holds it, close fd: False."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    return True
+
+
 #: progress callback: (bytes just received, source name)
 ProgressFn = Callable[[int, str], None]
 
@@ -178,10 +189,7 @@ class Cache:
             return
         except IsADirectoryError:
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        if not _lock_or_close(fd):
             return
         try:
             os.unlink(p)
@@ -396,10 +404,7 @@ class Cache:
         partial = self.layout.tmp / f"{hexd}.partial"
         for _ in range(3):
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
+            if not _lock_or_close(fd):
                 break
             try:
                 same = os.stat(partial).st_ino == os.fstat(fd).st_ino
