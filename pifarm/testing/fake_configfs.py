@@ -235,7 +235,7 @@ class FakeConfigfs:
             return self._resolve_in_port(rel, p, obj)
         raise _err(errno.ENOENT, rel)
 
-    def _resolve_in_subsys(self, rel: str, p: list[str], s: "_Subsys") -> tuple[str, Any, str | None]:
+    def _resolve_in_subsys(self, rel: str, p: list[str], s: _Subsys) -> tuple[str, Any, str | None]:
         n = len(p)
         if p[2] == "namespaces":
             if n == 3:
@@ -257,7 +257,7 @@ class FakeConfigfs:
         raise _err(errno.ENOENT, rel)
 
     @staticmethod
-    def _resolve_in_port(rel: str, p: list[str], port: "_Port") -> tuple[str, Any, str | None]:
+    def _resolve_in_port(rel: str, p: list[str], port: _Port) -> tuple[str, Any, str | None]:
         n = len(p)
         if p[2] == "subsystems":
             if n == 3:
