@@ -31,6 +31,28 @@ def _error(status: int, message: str) -> tuple[int, list, bytes]:
     return status, list(_JSON), json.dumps({"error": message}).encode()
 
 
+async def infer(serving: Serving, model: str, version: str | None, body: bytes, header_len: str | None,
+                t0: int) -> tuple[bytes, int | None]:
+    """One REST infer request, as this layer and the framework's routes both answer it: the
+    response bytes and, for a binary response, its JSON header's length. A PifarmError is raised
+    as the client should see it (refine), already counted as failed."""
+    try:
+        req = parse_request(body, header_len)
+        call = serving.start(model, version, req.tensors, req.outputs, t0)
+        await asyncio.wrap_future(call.job.future)
+        outs = serving.outputs(call)
+    except PifarmError as err:
+        e = serving.refine(model, err)
+        serving.failed(model, version, t0, e.http_status)
+        raise e
+    t_enc = perf_counter_ns()
+    mv = call.mv
+    payload, json_len = build_response(mv.name, mv.version, req.id, [(o.name, a) for o, a in outs],
+                                       req.binary_outputs)
+    serving.finish(call, t_enc)
+    return payload, json_len
+
+
 class InferFastPath:
     def __init__(self, app: Callable, serving: Serving, max_body: int):
         self.app = app
@@ -75,25 +97,14 @@ class InferFastPath:
         if len(body) > self.max_body:
             return await self._send(send, *_error(413, f"request body exceeds the limit of {self.max_body} "
                                                        f"bytes (max_body)"), close=True)
-        serving = self.serving
         try:
-            req = parse_request(body, header_len)
-            call = serving.start(model, version, req.tensors, req.outputs, t0)
-            await asyncio.wrap_future(call.job.future)
-            outs = serving.outputs(call)
-        except PifarmError as err:
-            e = serving.refine(model, err)
-            serving.failed(model, version, t0, e.http_status)
+            payload, json_len = await infer(self.serving, model, version, body, header_len, t0)
+        except PifarmError as e:
             return await self._send(send, *_error(e.http_status, str(e)))
-        t_enc = perf_counter_ns()
-        mv = call.mv
-        payload, json_len = build_response(mv.name, mv.version, req.id, [(o.name, a) for o, a in outs],
-                                           req.binary_outputs)
         if json_len is None:
             headers = list(_JSON)
         else:
             headers = [_BINARY, (_HEADER, str(json_len).encode())]
-        serving.finish(call, t_enc)
         await self._send(send, 200, headers, payload)
 
     @staticmethod

@@ -1,19 +1,19 @@
 """POST .../infer: JSON tensors, or a JSON header plus binary tensors (protocol.py).
 
 Normally answered below the framework by fastpath.py (InferFastPath); a request that reaches
-these routes takes the same path through `Serving` and gets the same answer.
+these routes takes the same path (`fastpath.infer`, through `Serving`) and gets the same answer.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pifarm.errors import PifarmError
-from pifarm.inference.protocol import HEADER_LENGTH, build_response, parse_request
+from pifarm.inference.fastpath import infer
+from pifarm.inference.protocol import HEADER_LENGTH
 from pifarm.inference.routes.state import ServerState, State, error
 
 __all__ = ["router"]
@@ -30,22 +30,12 @@ BODY_DOC = {"openapi_extra": {"requestBody": {"required": True, "content": {
 
 
 async def _infer(state: ServerState, model: str, version: str | None, request: Request) -> Response:
-    serving = state.serving
     t0 = time.perf_counter_ns()
     try:
-        req = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
-        call = serving.start(model, version, req.tensors, req.outputs, t0)
-        await asyncio.wrap_future(call.job.future)
-        outs = serving.outputs(call)
-    except PifarmError as err:
-        e = serving.refine(model, err)
-        serving.failed(model, version, t0, e.http_status)
+        body, header_len = await infer(state.serving, model, version, await request.body(),
+                                       request.headers.get(HEADER_LENGTH), t0)
+    except PifarmError as e:
         return error(e.http_status, str(e))
-    t_enc = time.perf_counter_ns()
-    mv = call.mv
-    body, header_len = build_response(mv.name, mv.version, req.id, [(o.name, a) for o, a in outs],
-                                      req.binary_outputs)
-    serving.finish(call, t_enc)
     if header_len is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_len)})
