@@ -143,22 +143,21 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         auth = dict(context.invocation_metadata()).get("authorization")
         self.repository.authorize(auth)
 
-    def RepositoryModelLoad(self, request, context):
+    def _repository_write(self, request, context, action: Callable[[str], None]) -> None:
+        """Load or unload: the caller's token first, then the named model."""
         def go():
             self._authorize(context)
             if not request.model_name:
                 raise UsageError("model_name is empty")
-            self.repository.load(request.model_name)
+            action(request.model_name)
         self._guard(context, go)
+
+    def RepositoryModelLoad(self, request, context):
+        self._repository_write(request, context, self.repository.load)
         return pb.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request, context):
-        def go():
-            self._authorize(context)
-            if not request.model_name:
-                raise UsageError("model_name is empty")
-            self.repository.unload(request.model_name)
-        self._guard(context, go)
+        self._repository_write(request, context, self.repository.unload)
         return pb.RepositoryModelUnloadResponse()
 
 
