@@ -100,7 +100,10 @@ class Sync:
         self._nodes: list[dict] = []
         self._rollouts: dict = {}
         self._fetched = 0.0
-        self._down: dict[str, tuple[float, str]] = {}   # node -> (since, why): failed probes
+        # node -> [why, answers again since]: failed probes; back in service only with a report
+        # sent after its port answered again (a report the dying process sent, or the last one
+        # before a restart, says nothing about the new process, which may still be loading)
+        self._down: dict[str, list] = {}
         self._swaps: dict[str, tuple[str, int, float]] = {}  # node -> (model, version, deadline)
         self._written = ""
         self._haproxy_pid: str | None = None
@@ -173,12 +176,18 @@ class Sync:
         with self._lock:
             for node, why in failed.items():
                 if node not in self._down:
-                    self._down[node] = (now, why)
+                    self._down[node] = [why, None]
                     self._event(f"node {node} unreachable ({why}): maint until it reports again")
                     changed = True
+                else:
+                    self._down[node][1] = None  # refused again: wait for it to answer anew
             fresh = {n["node"]: self._fetched - float(n.get("seconds_since") or 0) for n in self._nodes}
-            for node, (since, _) in list(self._down.items()):
-                if node not in failed and fresh.get(node, 0) > since:
+            for node, entry in list(self._down.items()):
+                if node in failed:
+                    continue
+                if entry[1] is None:
+                    entry[1] = now
+                elif fresh.get(node, 0) > entry[1]:
                     del self._down[node]
                     self._event(f"node {node} answers and reported again")
                     changed = True
@@ -236,7 +245,7 @@ class Sync:
     def plan(self) -> Plan:
         with self._lock:
             return plan(self._nodes, self._rollouts, self.s, swapping=self._current_swaps(),
-                        unreachable={n: why for n, (_, why) in self._down.items()})
+                        unreachable={n: e[0] for n, e in self._down.items()})
 
     def apply(self) -> None:
         with self._lock:
