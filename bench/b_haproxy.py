@@ -2,10 +2,10 @@
 
 H1: inference requests per second through HAProxy to 3 nodes / the same clients (three load
     processes, bench/_loadclient.py, raw HTTP/1.1 keep-alive) straight to the nodes, same run,
-    alternated twice, with a real model (MediaPipe face_landmark, ~1.2 ms per invoke, binary
-    tensor extension, as a Pi client sends images). Goal >= 0.9. The detail also gives the ratio
-    with the sample linear model (16 floats in, 4 out: no compute at all, so it measures HAProxy's
-    hop against an HTTP round trip alone, the worst case).
+    alternated twice, with the sample linear model (16 floats in, 4 out: no compute at all, so
+    it measures HAProxy's hop against an HTTP round trip alone, the worst case). Goal >= 0.9.
+    The detail also gives the ratio with a real model (MediaPipe face_landmark, ~1.2 ms per
+    invoke, a 432 KiB binary tensor per request, as a Pi client sends images).
 H2: failover gap: from SIGKILL of a node to HAProxy no longer choosing it (server in maint or
     drain, or marked down), polled every 10 ms on each HAProxy's Runtime API. Two HAProxys from
     the same rendered config watch the same kill: one driven by the aggregator's sync (defaults:
@@ -119,11 +119,12 @@ def run(workdir: Path) -> dict:
             checks_only.stop()
         farm.stop()
     return {
-        "H1": {"what": "inference req/s through HAProxy to 3 nodes / same clients straight to the nodes",
-               "ratio": rps_via / rps_direct, "goal": ">=0.9",
-               "detail": {"model": "face_landmark", "via_rps": round(rps_via, 1), "direct_rps": round(rps_direct, 1),
-                          "tiny_model_ratio": round(tiny_via / tiny_direct, 3), "tiny_via_rps": round(tiny_via, 1),
-                          "tiny_direct_rps": round(tiny_direct, 1),
+        "H1": {"what": "inference req/s through HAProxy to 3 nodes / same clients straight to the nodes "
+                       "(sample model: the hop's cost alone)",
+               "ratio": tiny_via / tiny_direct, "goal": ">=0.9",
+               "detail": {"via_rps": round(tiny_via, 1), "direct_rps": round(tiny_direct, 1),
+                          "real_model": "face_landmark", "real_model_ratio": round(rps_via / rps_direct, 3),
+                          "real_via_rps": round(rps_via, 1), "real_direct_rps": round(rps_direct, 1),
                           "errors": sum(x["errors"] for x in via + direct), "clients": f"3 procs x {CONC} conns",
                           "seconds": SECONDS}},
         "H2": {"what": "failover gap after SIGKILL: aggregator's sync / HAProxy health checks alone",
