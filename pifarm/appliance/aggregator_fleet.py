@@ -14,6 +14,12 @@ from pifarm.registry.fleet_api import FleetCollector, FleetService, ReportPath, 
 
 def mount(app, ctx, token: str | None) -> FleetService:
     service = FleetService(ctx.registry, ctx.data_dir, token)
+    blog = getattr(ctx.registry, "log_", None)
+    if blog is not None:  # several aggregators on one bucket: rollouts there, one leader (issue 17)
+        import os
+        import socket
+
+        service.engine.share(blog.b, f"{socket.gethostname()}:{ctx.config.api.listen}:{os.getpid()}")
     app.add_middleware(ReportPath, service=service)
     # the fleet view first: its /v1/fleet/prometheus-sd must be matched before /v1/fleet/{node}
     aggregator_fleetview.mount(app, ctx, service)

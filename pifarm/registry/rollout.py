@@ -40,6 +40,7 @@ from pifarm.signed.snapshot import RolloutPointer
 log = logging.getLogger(__name__)
 
 HISTORY = 100
+ROLLOUTS_KEY = "fleet/rollouts.json"  # in a shared bucket (issue 17)
 LOW_TRAFFIC_FACTOR = 3  # a wave short of min_requests bakes at most this many bake times
 
 
@@ -284,20 +285,76 @@ class RolloutEngine:
         #: called with (rollout, action) before a decision moves the snapshot (HAProxy drains the
         #: nodes it will move); a failing hook is logged and never stops the rollout
         self.before_apply: list[Callable[[dict, str], None]] = []
+        #: several aggregators on one bucket (issue 17): the rollouts live there, one leader ticks
+        self._bucket: Any = None
+        self.lease: Any = None
+        self._leading = False
         self._load()
 
     def _load(self) -> None:
+        where = self.path
         try:
-            doc = json.loads(self.path.read_text())
+            if self._bucket is not None:
+                where = f"{self._bucket.location}{ROLLOUTS_KEY}"
+                try:
+                    data = self._bucket.get(ROLLOUTS_KEY, f"reading {where}")
+                except NotFound:
+                    return  # nothing shared yet: this aggregator's own rollouts go there at the next save
+            else:
+                data = self.path.read_bytes()
+            doc = json.loads(data)
             self.active, self.history = dict(doc.get("active") or {}), list(doc.get("history") or [])
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as e:
-            log.error("rollout state %s unreadable (%s); no rollout resumed", self.path, e)
+        except (OSError, ValueError, SourceError) as e:
+            log.error("rollout state %s unreadable (%s); no rollout resumed", where, e)
 
     def _save(self) -> None:
-        atomic_write(self.path, json.dumps({"active": self.active, "history": self.history[-HISTORY:]},
-                                           indent=1, sort_keys=True).encode())
+        data = json.dumps({"active": self.active, "history": self.history[-HISTORY:]}, indent=1,
+                          sort_keys=True).encode()
+        if self._bucket is not None:
+            self._bucket.put(ROLLOUTS_KEY, data, f"writing {self._bucket.location}{ROLLOUTS_KEY}")
+        atomic_write(self.path, data)
+
+    def share(self, bucket: Any, holder: str, ttl: float = 10.0) -> None:
+        """Keep the rollouts in the shared bucket and tick them only while this aggregator holds
+        the rollout lease: a dead leader's lease expires after `ttl` s and another one finishes
+        its rollouts from the state it saved there (timings are wall-clock, so they carry over)."""
+        from pifarm.registry.lease import BucketLease
+
+        with self._lock:
+            local = (dict(self.active), list(self.history))
+            self._bucket = bucket
+            self.lease = BucketLease(bucket, "rollouts", holder, ttl=ttl, clock=self.clock)
+            self.active, self.history = {}, []
+            self._load()
+            if not self.active and not self.history and (local[0] or local[1]):
+                self.active, self.history = local  # the first aggregator brings its own rollouts along
+                self._save()
+
+    def _refresh(self) -> None:
+        """Shared bucket: read the rollouts again (another aggregator may have changed them)."""
+        if self._bucket is not None:
+            self._load()
+
+    def _lead(self) -> bool:
+        """Shared bucket: hold (take or renew) the rollout lease; True when this one may tick."""
+        if self.lease is None:
+            return True
+        if not self.lease.held and not any(self.fleet.views(m) for m in self.active):
+            # fleet reports go to whichever aggregator answers: one that hears none of the nodes
+            # in a rollout must not lead it (its gates would see every wave node missing)
+            return False
+        try:
+            held = self.lease.hold()
+        except PifarmError as e:
+            log.warning("rollout lease unavailable (%s); not ticking", e)
+            held = False
+        if held and not self._leading:
+            log.warning("rollout leader now (%s): %s", self.lease.holder, ", ".join(
+                f"{m} v{r['version']} wave {r['wave'] + 1} ({r['state']})" for m, r in self.active.items()) or "none")
+        self._leading = held
+        return held
 
     # -- applying to the snapshot ----------------------------------------------------------
     def _pointers(self) -> dict[str, RolloutPointer]:
@@ -325,6 +382,8 @@ class RolloutEngine:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.lease is not None:
+            self.lease.release()
 
     def _run(self) -> None:
         while not self._stop.wait(self.tick_seconds):
@@ -336,6 +395,9 @@ class RolloutEngine:
 
     def tick(self) -> None:
         with self._lock:
+            self._refresh()
+            if not self._lead():
+                return
             self._retry_sync()
             for model in list(self.active):
                 r = self.active[model]
@@ -391,6 +453,7 @@ class RolloutEngine:
         if stable == version:
             raise Conflict(f"{model} v{version} is already stable; nothing to roll out")
         with self._lock:
+            self._refresh()
             cur = self.active.get(model)
             if cur is not None:
                 raise Conflict(f"a rollout of {model} is already {cur['state']} (v{cur['version']}, wave "
@@ -412,6 +475,7 @@ class RolloutEngine:
 
     def pause(self, model: str) -> dict:
         with self._lock:
+            self._refresh()
             r = self._get(model)
             if r["state"] == "running":
                 r["state"], r["paused_at"] = "paused", self.clock()
@@ -421,6 +485,7 @@ class RolloutEngine:
 
     def resume(self, model: str) -> dict:
         with self._lock:
+            self._refresh()
             r = self._get(model)
             if r["state"] == "paused":
                 now = self.clock()
@@ -435,6 +500,7 @@ class RolloutEngine:
 
     def abort(self, model: str, reason: str = "aborted by the operator") -> dict:
         with self._lock:
+            self._refresh()
             r = copy.deepcopy(self._get(model))
             _finish(r, self.clock(), "aborted", reason)
             r["synced"] = False
