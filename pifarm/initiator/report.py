@@ -1,9 +1,13 @@
 """The node's reports to its aggregator (`POST /v1/fleet/report`).
 
 Every `[node] report_interval` seconds, and at once when the node's state changes (the watcher
-pokes after each state write: a version activated, degraded entered or left; after a poke that
-changed something the inference server is watched closely for `SETTLE` seconds, so a version
-that fails to load is reported within a second; a poke that changed nothing costs one look). A report is built from what the node already keeps: `node.json`
+pokes after each state write: a version activated, degraded entered or left; a poke that changed
+nothing costs one look). What follows a change, e.g. the inference server loading or refusing
+the version just activated, is looked for with the inference server's /health alone (one
+loopback request, nothing parsed but it) at 0.5, 1, 2, 4 ... s for `SETTLE` seconds, a handful of
+looks, and a full report goes out when it moved (issue 19: it used to build a whole report every
+0.5 s for 30 s). The slow probes (throttling, temperature: `vcgencmd` on some Pis) run at most
+once per interval. A report is built from what the node already keeps: `node.json`
 (watcher), the cache refs and size, the inference server's /health, its statistics and its
 per-version latency histogram (read over loopback, so `pifarm serve` may run as its own
 service), the Pi firmware's throttling bits and the SoC temperature.
@@ -34,8 +38,8 @@ from pifarm.fleetwire.report import MAX_VERSIONS, ModelReport, Report, VersionSt
 
 log = logging.getLogger(__name__)
 
-SETTLE = 30.0      # seconds of close watching after a state change
-SETTLE_TICK = 0.5
+SETTLE = 30.0      # seconds of watching /health after a state change
+SETTLE_FIRST = 0.5  # the first look; each next one waits twice as long (0.5, 1, 2, 4, 8, 16 s)
 THROTTLED_PATH = Path("/sys/devices/platform/soc/soc:firmware/get_throttled")
 THERMAL_PATH = Path("/sys/class/thermal/thermal_zone0")
 # get_throttled bits: now (0-3) and since boot (16-19)
@@ -136,8 +140,14 @@ class Reporter:
         self._local = httpx.Client(timeout=2.0)
         self._seq = 0
         self._last_fp: str | None = None
+        self._last_health: str | None = None  # health_key() of the last report built
+        self._slow: tuple[float, dict, dict] | None = None  # (when, throttling, temperature)
         self._failures = 0
         self.sent = 0
+        # what the thread did (tests count them: issue 19)
+        self.wakeups = 0  # times it woke up
+        self.builds = 0   # whole reports built (three loopback requests, a /metrics parse)
+        self.looks = 0    # /health-only looks after a change
 
     def poke(self) -> None:
         """Something changed: report now if the state differs from the last report delivered."""
@@ -148,6 +158,35 @@ class Reporter:
         self._local.close()
 
     # -- building ---------------------------------------------------------------------------
+    @staticmethod
+    def health_key(health: dict | None) -> str:
+        """What of /health a report reflects (not queue depths or worker counts, which move under
+        load): a change here after a state change is worth a whole report."""
+        if health is None:
+            return "down"
+        models = {n: {k: m.get(k) for k in ("ready", "version", "error", "loading", "prefetched", "prefetch_error")}
+                  for n, m in (health.get("models") or {}).items() if isinstance(m, dict)}
+        return json.dumps([health.get("status"), health.get("degraded"), models], sort_keys=True, default=str)
+
+    def look(self) -> str:
+        """One /health request: its health_key (the settle watch)."""
+        self.looks += 1
+        if not self.inference_url:
+            return self.health_key(None)
+        try:
+            return self.health_key(self._local.get(self.inference_url + "/health").json())
+        except (httpx.HTTPError, ValueError):
+            return self.health_key(None)
+
+    def _slow_probes(self) -> tuple[dict, dict]:
+        """Throttling and temperature, read once per interval (`vcgencmd` is a process): a report at
+        a state change in between carries the last reading. (0.9: the periodic report comes a hair
+        under one interval after the last reading, and must not find it fresh.)"""
+        now = self.clock()
+        if self._slow is None or now - self._slow[0] >= 0.9 * self.interval or now < self._slow[0]:
+            self._slow = (now, throttling(), temperature())
+        return self._slow[1], self._slow[2]
+
     def _inference(self) -> tuple[dict | None, dict, str, str | None]:
         """(/health body, /v2/models/stats body, /metrics text, why unreachable)."""
         if not self.inference_url:
@@ -162,8 +201,10 @@ class Reporter:
             return None, {}, "", f"inference server {self.inference_url} not answering: {e.__class__.__name__}"
 
     def build(self) -> Report:
+        self.builds += 1
         st = read_state(self.state_dir)
         health, stats, metrics_text, down = self._inference()
+        self._last_health = self.health_key(health)
         hists = histograms(metrics_text)
         counts: dict[tuple[str, str], tuple[int, int, float]] = {}
         for e in stats.get("model_stats", []):
@@ -206,11 +247,12 @@ class Reporter:
             except OSError:
                 pass
         self._seq += 1
+        throttled, temp = self._slow_probes()
         return Report(node=self.node_id, hostname=self.hostname[:255], pifarm=__version__, address=self.address,
                       interval=self.interval, seq=self._seq, state=state, reason=clip(reason),
                       channel=st.channel if st else "stable", revision=st.revision if st else -1, cache=cache,
-                      paths=dict(list((st.paths if st else {}).items())[:8]), throttling=throttling(),
-                      temperature=temperature(), models=models)
+                      paths=dict(list((st.paths if st else {}).items())[:8]), throttling=throttled,
+                      temperature=temp, models=models)
 
     @staticmethod
     def fingerprint(rep: Report) -> str:
@@ -261,30 +303,40 @@ class Reporter:
                         self._failures, why)
 
     def run(self, stop: threading.Event) -> None:
-        next_at = 0.0
+        next_at = 0.0           # the next periodic report
+        look_at: float | None = None  # the next /health look of the settle watch (None: none)
+        look_gap = SETTLE_FIRST
         settle_until = 0.0
         while not stop.is_set():
             now = self.clock()
             wait = max(0.0, next_at - now)
-            if now < settle_until:
-                wait = min(wait, SETTLE_TICK)
+            if look_at is not None:
+                wait = min(wait, max(0.0, look_at - now))
             poked = self._wake.wait(wait)
             self._wake.clear()
             if stop.is_set():
                 return
+            self.wakeups += 1
             now = self.clock()
+            if not poked and look_at is not None and now >= look_at:
+                look_gap *= 2
+                look_at = now + look_gap if now + look_gap < settle_until else None
+                # a settle look: only a moved /health is worth a whole report
+                if now < next_at and self.look() == self._last_health:
+                    continue
             try:
                 rep = self.build()
                 fp = self.fingerprint(rep)
                 changed = fp != self._last_fp
                 if changed and poked:
                     # a real change (not every watcher write): what follows it, e.g. the inference
-                    # server loading the version just activated, is watched closely for a while
-                    settle_until = now + SETTLE
+                    # server loading the version just activated, is looked for at growing gaps
+                    settle_until, look_gap = now + SETTLE, SETTLE_FIRST
+                    look_at = now + look_gap
                 if now >= next_at or changed:
                     self.send(rep)
                     # a refused report (401, aggregator down) is retried at the interval, not on every
-                    # settle tick: an undeliverable change must not turn into two requests a second
+                    # look: an undeliverable change must not turn into a request per look
                     self._last_fp = fp
                     next_at = now + self.interval
             except Exception:  # a bug in one report must not end reporting
