@@ -65,6 +65,7 @@ def extend(ctx) -> None:
 
     def stop() -> None:
         server.should_exit = True
+        server.wake()  # a QuietServer sees should_exit at once, not at its next 1 s tick
         thread.join(timeout=5)
 
     ctx.on_start.append(start)

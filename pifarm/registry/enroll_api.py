@@ -109,10 +109,13 @@ def enroll_app(data_dir: str | os.PathLike, **kwargs):
 def enrollment_server(data_dir: str | os.PathLike, host: str, port: int, *, certfile: str, keyfile: str,
                       register_host: Callable[[HostRecord], str | None] | None = None, log_level: str = "warning"):
     """A uvicorn.Server for the enrollment listener (server TLS only: the nodes calling it have no
-    client certificate yet). The aggregator runs it beside its mTLS API; `await server.serve()`."""
+    client certificate yet). The aggregator runs it beside its mTLS API; `await server.serve()`.
+    A QuietServer: no 10 Hz tick while no node enrolls (issue 19); `wake()` after `should_exit`."""
     import uvicorn
+
+    from pifarm.asgiserver import QuietServer
 
     config = uvicorn.Config(enroll_app(data_dir, register_host=register_host), host=host, port=port,
                             ssl_certfile=certfile, ssl_keyfile=keyfile, log_level=log_level, access_log=False,
                             lifespan="off")
-    return uvicorn.Server(config)
+    return QuietServer(config)
