@@ -86,6 +86,9 @@ class Fleet:
         self._dirty = False
         self._flushed = 0.0
         self.reports = 0
+        #: called when a report makes the state dirty (clean -> dirty only): the rollout engine's
+        #: thread, which flushes, sleeps on an event until there is something to write (issue 19)
+        self.on_dirty: Callable[[], None] | None = None
         self._load()
         started = clock()
         for rec in self._nodes.values():
@@ -107,6 +110,13 @@ class Fleet:
                                                json.dumps(rec["report"], separators=(",", ":")).encode())
             except (PifarmError, KeyError, TypeError, ValueError) as e:
                 log.warning("fleet state: node %s dropped (%s)", node, e)
+
+    def flush_due(self) -> float | None:
+        """Seconds until a pending write is due (0: now); None when there is nothing to write."""
+        with self._lock:
+            if not self._dirty:
+                return None
+            return max(0.0, self._flushed + self.flush_interval - self.clock())
 
     def flush(self, force: bool = False) -> None:
         now = self.clock()
@@ -131,8 +141,10 @@ class Fleet:
             old = self._nodes.get(report.node)
             rec = NodeRecord(report, old.first_seen if old else now, now, auth, raw)
             self._nodes[report.node] = rec
-            self._dirty = True
+            woke, self._dirty = not self._dirty, True
             self.reports += 1
+        if woke and self.on_dirty is not None:
+            self.on_dirty()
         if old is None:
             log.info("fleet: new node %s (%s) at %s", report.node, report.hostname, report.address)
         return rec

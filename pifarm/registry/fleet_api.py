@@ -63,10 +63,10 @@ class FleetService:
     """Fleet state, rollouts, node authentication and metrics of one aggregator."""
 
     def __init__(self, registry, data_dir: str | os.PathLike, admin_token: str | None, *,
-                 tick: float = 0.5, flush_interval: float = 5.0):
+                 tick: float | None = None, flush_interval: float = 5.0):
         self.data_dir = Path(data_dir)
         self.fleet = Fleet(self.data_dir, flush_interval=flush_interval)
-        self.engine = RolloutEngine(registry, self.fleet, self.data_dir, tick=tick)
+        self.engine = RolloutEngine(registry, self.fleet, self.data_dir, **({} if tick is None else {"tick": tick}))
         self.admin_token = admin_token
         self.key = load_token_key(self.data_dir)
         self._serials: dict[str, str] = {}

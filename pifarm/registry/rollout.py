@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 HISTORY = 100
 ROLLOUTS_KEY = "fleet/rollouts.json"  # in a shared bucket (issue 17)
 LOW_TRAFFIC_FACTOR = 3  # a wave short of min_requests bakes at most this many bake times
+# While a rollout runs: its phases move on reports (every node's report_interval, 10 s by default)
+# and on bake and activation deadlines (minutes): a second is fine-grained enough. With none
+# running the thread does not tick at all.
+TICK = 1.0
 
 
 @dataclass(frozen=True)
@@ -274,13 +278,19 @@ class RolloutEngine:
     """Runs the rollouts of one aggregator: persisted, applied to the registry's snapshot, ticked."""
 
     def __init__(self, registry, fleet: Fleet, data_dir: str | Path, *, clock: Callable[[], float] = time.time,
-                 tick: float = 0.5):
+                 tick: float = TICK):
         self.registry, self.fleet, self.clock, self.tick_seconds = registry, fleet, clock, tick
         self.path = Path(data_dir) / "fleet" / "rollouts.json"
         self._lock = threading.RLock()
         self.active: dict[str, dict] = {}
         self.history: list[dict] = []
         self._stop = threading.Event()
+        # set by begin/resume (and a report making the fleet state dirty): the thread sleeps on it
+        # while no rollout runs, instead of ticking (issue 19)
+        self._wake = threading.Event()
+        fleet.on_dirty = self._wake.set
+        self.ticks = 0    # tick() passes of the thread (tests count them: none while nothing runs)
+        self.wakeups = 0  # times the thread woke up at all
         self._thread: threading.Thread | None = None
         #: called with (rollout, action) before a decision moves the snapshot (HAProxy drains the
         #: nodes it will move); a failing hook is logged and never stops the rollout
@@ -380,22 +390,61 @@ class RolloutEngine:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.lease is not None:
             self.lease.release()
 
+    def _busy(self) -> bool:
+        """A rollout to advance, or a decision still to apply to the snapshot."""
+        with self._lock:
+            return any(r["state"] == "running" or r.get("synced") is False for r in self.active.values()) \
+                or any(r.get("synced") is False for r in self.history[-HISTORY:])
+
+    def _next_tick(self) -> float | None:
+        """Seconds until the next tick; None: no tick until something wakes the thread."""
+        if self._busy():
+            if self.lease is not None and not self._leading:
+                # another aggregator leads (or did): its lease expires in ttl s at the earliest
+                return max(self.tick_seconds, self.lease.ttl / 2)
+            return self.tick_seconds
+        if self._bucket is not None:
+            # shared bucket: another aggregator may start a rollout and die; look now and then
+            return self.lease.ttl if self.lease is not None else 10.0
+        return None
+
     def _run(self) -> None:
-        while not self._stop.wait(self.tick_seconds):
-            try:
-                self.tick()
-            except Exception:  # keep ticking; a failure here is logged and retried
-                log.exception("rollout tick failed")
+        # monotonic here: the rollouts' own times are wall-clock (they carry over to another
+        # aggregator); the thread's sleeps must not stretch when the clock is set back
+        clock = time.monotonic
+        # resumed after a restart (or a shared bucket to look at): tick at once
+        next_tick = clock() if self._busy() or self._bucket is not None else None
+        while not self._stop.is_set():
+            waits = [w for w in (None if next_tick is None else next_tick - clock(), self.fleet.flush_due())
+                     if w is not None]
+            self._wake.wait(max(0.0, min(waits)) if waits else None)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            self.wakeups += 1
+            if next_tick is None and self._busy():
+                next_tick = clock()  # begin or resume woke it: tick now
+            if next_tick is not None and clock() >= next_tick:
+                self.ticks += 1
+                try:
+                    self.tick()
+                except Exception:  # keep ticking; a failure here is logged and retried
+                    log.exception("rollout tick failed")
+                delay = self._next_tick()
+                next_tick = None if delay is None else clock() + delay
             self.fleet.flush()
 
     def tick(self) -> None:
         with self._lock:
             self._refresh()
+            if not self._busy():
+                return  # nothing to advance or apply: no lease needed either
             if not self._lead():
                 return
             self._retry_sync()
@@ -464,6 +513,7 @@ class RolloutEngine:
             self.active[model] = r
             self._save()
             self._apply(r, False)
+        self._wake.set()  # the thread ticks while it runs
         log.warning("rollout %s v%d started (%s)", model, version, r["id"])
         return r
 
@@ -496,6 +546,7 @@ class RolloutEngine:
                 r["state"], r["paused_at"] = "running", None
                 _event(r, now, "resumed by the operator")
                 self._save()
+                self._wake.set()  # the thread ticks again while it runs
             return r
 
     def abort(self, model: str, reason: str = "aborted by the operator") -> dict:
