@@ -85,6 +85,9 @@ AGGREGATOR_BAD = [
     ('[enroll]\ndhchap = 1\n', "[enroll] dhchap", "bool"),
     ('[enroll]\ncert_days = 0\n', "[enroll] cert_days", "1..3650"),
     ('[enroll]\nlisten = "nowhere"\n', "[enroll] listen", "HOST:PORT"),
+    ('[haproxy]\nweight = "heavy"\n', "[haproxy] weight", "int"),
+    ('[haproxy]\nweight_degraded = 0\n', "[haproxy] weight_degraded", "1 to 256"),
+    ('[haproxy]\nbind = "8000"\n', "[haproxy] bind", "HOST:PORT"),
 ]
 
 NODE_BAD = [
