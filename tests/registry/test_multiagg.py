@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 
+import httpx
 import pytest
 
 from pifarm.client.http import AggregatorClient
@@ -103,6 +104,8 @@ def check_acks(farm: SharedFarm, acks: dict[int, dict], snap: dict) -> None:
 
 def test_two_aggregators_200_concurrent_publishes_one_linear_history(farm_factory, tmp_path):
     farm = farm_factory(2)
+    store = httpx.get(farm.aggs[1].url + "/health", timeout=10).json()["store"]
+    assert store["writer"].startswith("shared") and store["conditional_writes"] is True
     acks, failures = publish_many(farm, tmp_path, 200)
     assert not failures, failures[:5]
     assert len(acks) == 200
@@ -181,6 +184,8 @@ def test_endpoint_without_conditional_writes_is_refused_for_multi_aggregator_mod
         a.start(timeout=60)
         try:
             assert "single-writer" in a.log()
+            store = httpx.get(a.url + "/health", timeout=10).json()["store"]
+            assert store["writer"].startswith("single-writer") and store["conditional_writes"] is False
             p = tmp_path / "one.bin"
             p.write_bytes(b"single writer still publishes")
             with AggregatorClient(a.url, TOKEN) as c:

@@ -23,7 +23,11 @@ async def health(state: State) -> dict:
         "revision": registry.revision,
         "read_only": registry.read_only_reason is not None,
         "read_only_reason": registry.read_only_reason,
-        "store": {"location": registry.store.location, "reachable": registry.read_only_reason is None},
+        "store": {"location": registry.store.location, "reachable": registry.read_only_reason is None,
+                  # "shared: ..." (the bucket is the commit point) or "single-writer ..." (issue 17)
+                  "writer": getattr(registry, "writer_mode", "single-writer"),
+                  "conditional_writes": (getattr(registry, "store_probe", None) or {}).get("if_none_match"),
+                  "versioning": (getattr(registry, "store_probe", None) or {}).get("versioning")},
         "signing_keyid": registry.key.keyid,
     }
     for p in state.health_providers:
