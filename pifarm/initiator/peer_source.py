@@ -484,7 +484,7 @@ class _Download:
                                           f"(peers {len(self.peers)}, aggregator {'on' if self.o.from_aggregator else 'off'})",
                                           self.src.name)
                     self.cond.wait(0.5)
-            off, n = self.table.span(i, self.ref.size)
+            off, _n = self.table.span(i, self.ref.size)
             skip = max(0, start - off)
             data = self.pf.read(i, skip)
             for k in range(0, len(data), CHUNK):

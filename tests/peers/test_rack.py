@@ -7,7 +7,6 @@ to kill a peer mid-transfer on a busy machine; nothing here asserts a time (benc
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
