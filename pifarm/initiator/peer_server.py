@@ -96,6 +96,13 @@ def _handler(srv: PieceServer) -> Callable:
         def log_message(self, fmt, *args) -> None:
             pass
 
+        def setup(self) -> None:
+            super().setup()
+            # paced slices end in short segments: without this each waits for the peer's delayed ACK
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if srv.bucket is not None:  # paced: a small send buffer, so the pace is what leaves the node
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 2 * SLICE)
+
         def _reply(self, code: int, body: bytes = b"", ctype: str = "application/json", **headers: str) -> None:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
