@@ -53,7 +53,7 @@ def test_names_haproxy_accepts():
 def test_rendered_config_is_valid_for_haproxy(tmp_path, haproxy_bin):
     nodes = [node("a", 1, models=("m", "face.det-v2")), node("pi 07/é", 2, state="degraded"), node("c", 3, state="missing")]
     text = render(plan(nodes, {}, S), S, socket=str(tmp_path / "s.sock"), bind="127.0.0.1:8000")
-    for want in ("option redispatch", "retry-on conn-failure empty-response response-timeout 503", "retries 3",
+    for want in ("option redispatch", "retry-on conn-failure empty-response junk-response response-timeout 503", "retries 3",
                  "option httpchk GET /v2/models/face.det-v2/ready", "use_backend model_face.det-v2",
                  "stats socket", "level admin", "default_backend all_models", "disabled"):
         assert want in text, want
@@ -76,3 +76,11 @@ def test_bad_settings_are_one_clear_line(tmp_path, toml, words):
     with pytest.raises(ConfigError) as e:
         load_aggregator_config(p, environ={})
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_late_reports_never_empty_a_backend_but_dead_ports_do():
+    nodes = [node("a", 1, state="missing"), node("b", 2, state="missing")]
+    assert {s for s, _ in states(plan(nodes, {}, S)).values()} == {"ready"}  # health checks decide
+    assert states(plan(nodes, {}, S, unreachable={"a": "refused", "b": "refused"})) == {
+        "a": ("maint", 100), "b": ("maint", 100)}
+    assert states(plan(nodes + [node("c", 3)], {}, S))["a"] == ("maint", 100)  # c serves: a stays out

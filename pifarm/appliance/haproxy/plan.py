@@ -9,8 +9,9 @@ the node id (sanitised: HAProxy allows letters, digits and `_ . : -`).
 
 A server is `ready` with its weight (lower when the node is degraded or throttled), `drain` while
 its node is not ready or about to swap versions in a rollout, `maint` while its node is missing
-or refuses connections. A swap never drains a backend's last ready servers: a 100 % wave keeps
-serving from nodes that swap in place (the swap itself is atomic on the node).
+or refuses connections. A swap or a late report never takes a backend's last ready servers away:
+a 100 % wave keeps serving from nodes that swap in place (the swap itself is atomic on the node),
+and nodes a busy aggregator marks missing stay to HAProxy's health checks.
 """
 
 from __future__ import annotations
@@ -153,10 +154,10 @@ def plan(nodes: list[dict], rollouts: Mapping[str, Any] | None, s: HaproxySettin
             if b.model is not None and b.model not in served:
                 continue
             mr = (served.get(b.model) or {}) if b.model else {}
-            if n.get("state") == "missing":
-                state, why = "maint", "missing (no report for 3 intervals)"
-            elif node in unreachable:
+            if node in unreachable:
                 state, why = "maint", f"unreachable: {unreachable[node]}"
+            elif n.get("state") == "missing":
+                state, why = "maint", "missing (no report for 3 intervals)"
             elif n.get("state") == "not-ready" and b.model is None or b.model and not mr.get("ready"):
                 state, why = "drain", "not ready" + (f": {mr.get('error')}" if mr.get("error") else "")
             elif node in swaps and (b.model is None or swaps[node][0] == b.model):
@@ -164,10 +165,14 @@ def plan(nodes: list[dict], rollouts: Mapping[str, Any] | None, s: HaproxySettin
             else:
                 state, why = "ready", wwhy
             b.servers[name] = Server(name, node, host, port, weight, state, why)
-    for b in backends.values():  # a swap never takes a backend's last ready servers away
+    for b in backends.values():
+        # Never leave a backend without a ready server on fleet state alone: a swap (atomic on the
+        # node) or a late report (a busy node reported "missing") is then left to HAProxy's own
+        # health checks. Only a node whose port refuses connections, or whose model is not
+        # loaded, stays out.
         if b.servers and not any(v.state == "ready" for v in b.servers.values()):
             for k, v in b.servers.items():
-                if v.why.startswith("swapping"):
+                if v.why.startswith(("swapping", "missing")):
                     b.servers[k] = Server(v.name, v.node, v.host, v.port, v.weight, "ready",
-                                          v.why + " in place (no other ready server)")
+                                          v.why + "; kept ready: no other ready server (health checks decide)")
     return Plan(backends, tuple(skipped))

@@ -73,20 +73,19 @@ def render(p: Plan, s: HaproxySettings, *, socket: str, bind: str | None = None,
         "defaults",
         "    mode http",
         "    option httplog",
-        # inference requests carry no per-connection state: any idle connection to a node serves
-        # the next request for it (a new TCP connection per request costs a Pi more than the model)
-        "    http-reuse always",
+        # HAProxy's default `http-reuse safe`, not `always`: a request sent on an idle connection
+        # that a SIGKILLed node's kernel is closing reached a client as a cut connection
         f"    timeout connect {_sec(s.timeout_connect)}",
         f"    timeout client {_sec(s.timeout_client)}",
         f"    timeout server {_sec(s.timeout_server)}",
         f"    timeout queue {_sec(s.timeout_queue)}",
         "    timeout http-request 10s",
         f"    timeout check {_sec(min(s.check_inter, s.timeout_connect * 2))}",
-        # a failed connection, an empty answer, a timeout or a 503 (node busy or loading) is
-        # retried, on another node (redispatch) after the first retry
+        # a failed connection, an empty or cut answer (a node killed mid-request), a timeout or a
+        # 503 (node busy or loading) is retried on another node (inference is idempotent)
         f"    retries {s.retries}",
         "    option redispatch 1",
-        "    retry-on conn-failure empty-response response-timeout 503",
+        "    retry-on conn-failure empty-response junk-response response-timeout 503",
         "",
         "frontend pifarm",
         f"    bind {bind_addr}",
