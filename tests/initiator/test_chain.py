@@ -16,7 +16,7 @@ from tests.cache.helpers import blob
 
 
 def test_contract_table_names_every_kind():
-    assert set(SOURCE_KINDS) == {"http", "s3", "nvme-kernel", "nvme-tcp-userspace"}
+    assert set(SOURCE_KINDS) == {"http", "s3", "nvme-kernel", "nvme-tcp-userspace", "peers"}
 
 
 def test_unknown_kind_is_a_config_error():
