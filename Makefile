@@ -24,7 +24,6 @@ venv: $(STAMP)
 system-deps:
 	bash tests/vm/install-host-deps.sh
 	bash tests/appliance/install-deps.sh
-	bash tests/peers/install-deps.sh
 	bash tests/fleetview/install-deps.sh
 	bash tests/haproxy/install-deps.sh
 	bash tests/peers/install-deps.sh
