@@ -54,6 +54,7 @@ def test_rendered_config_is_valid_for_haproxy(tmp_path, haproxy_bin):
     nodes = [node("a", 1, models=("m", "face.det-v2")), node("pi 07/é", 2, state="degraded"), node("c", 3, state="missing")]
     text = render(plan(nodes, {}, S), S, socket=str(tmp_path / "s.sock"), bind="127.0.0.1:8000")
     for want in ("option redispatch", "retry-on conn-failure empty-response junk-response response-timeout 503", "retries 3",
+                 "option http-buffer-request",
                  "option httpchk GET /v2/models/face.det-v2/ready", "use_backend model_face.det-v2",
                  "stats socket", "level admin", "default_backend all_models", "disabled"):
         assert want in text, want

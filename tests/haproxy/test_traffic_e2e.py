@@ -4,7 +4,7 @@ and bounded load through HAProxy (4 clients with keep-alive) while, in turn, a n
 degraded mode and leaves it, a node is SIGKILLed, a rollout moves a node (drain -> swap ->
 ready), and the killed node comes back.
 
-Zero failed requests (but for the open SIGKILL-instant case noted in the test); every answer comes from a version its node was supposed to serve (v1, or
+Zero failed requests; every answer comes from a version its node was supposed to serve (v1, or
 v1/v2 for a node in the rollout's cohort); the share of answers per node follows the weights
 within SHARE_TOLERANCE (absolute) over phases of 600 answers.
 """
@@ -104,12 +104,9 @@ def test_zero_failed_requests_while_nodes_degrade_die_swap_and_return(farm):
     f.api("POST", f"/v1/rollouts/{MODEL}/abort", write=True)
 
     failed = load.failed()
-    # Open (issue 15): on a loaded box, requests in flight on the node at the instant of its
-    # SIGKILL sometimes reach the client as a cut connection although retry-on covers empty and
-    # junk responses; at most one per client, only at that instant. Every other phase: zero.
-    cut = [x for x in failed if x.label == "kill" and "disconnected without sending a response" in (x.error or "")]
-    rest = [x for x in failed if x not in cut]
-    assert not rest and len(cut) <= load.clients, \
+    # (a request at a node's SIGKILL is retried only because HAProxy holds the whole request:
+    # option http-buffer-request; without it a loaded box cut 1-4 clients at the kill)
+    assert not failed, \
         f"{len(failed)} of {len(load.results)} failed: {failed[:5]}\n{f.logs()}"
     # every answer from a version its node was supposed to serve
     by_name = {f.server_name(n.index): n.node_id for n in f.nodes}

@@ -86,6 +86,10 @@ def render(p: Plan, s: HaproxySettings, *, socket: str, bind: str | None = None,
         f"    retries {s.retries}",
         "    option redispatch 1",
         "    retry-on conn-failure empty-response junk-response response-timeout 503",
+        # the whole request (up to tune.bufsize) before a node sees it: a request whose body came
+        # in a second read was otherwise already streaming and could not be retried (a loaded box
+        # saw clients cut at a node's SIGKILL)
+        "    option http-buffer-request",
         "",
         "frontend pifarm",
         f"    bind {bind_addr}",
