@@ -221,9 +221,10 @@ class ThreadedTarget:
         if self._watch is not None:
             self._watch.cancel()
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self.target.stop(), self.loop).result(timeout=10)
+            # bounds, not waits: a loaded machine (CI beside other jobs) can take seconds to close
+            asyncio.run_coroutine_threadsafe(self.target.stop(), self.loop).result(timeout=60)
             self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=60)
         self.loop.close()
 
     def __enter__(self) -> "ThreadedTarget":
