@@ -48,6 +48,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_run(count: int = 10) -> int:
+    """A base port with `count` bindable ports from it (weed mini takes ten in a row)."""
+    for _ in range(200):
+        base = free_port()
+        if base + count > 65000:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise StepFailed(f"no run of {count} free loopback ports found")
+
+
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT, interval: float = 0.2) -> Any:
     """Poll `probe` until it returns something truthy (bounded); StepFailed with the last error."""
     deadline = time.monotonic() + timeout
@@ -126,8 +142,11 @@ class Farm:
     started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        for k in ("aggregator", "target", "inference", "s3"):
-            self.ports[k] = free_port()
+        self.ports["s3"] = free_run(10)  # first, so the others are taken outside its run
+        for k in ("aggregator", "target", "inference"):
+            while (port := free_port()) in range(self.ports["s3"], self.ports["s3"] + 10):
+                pass
+            self.ports[k] = port
         (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
 
     # -- paths ---------------------------------------------------------------------------------
@@ -251,6 +270,18 @@ class Demo:
         return self._start_weed()
 
     def _start_weed(self) -> str:
+        # weed mini checks its ten ports itself; one taken in the meantime (a loaded machine's
+        # client sockets) fails its start: take another run, a bounded number of times
+        for attempt in range(3):
+            try:
+                return self._start_weed_once()
+            except StepFailed as e:
+                if "Port allocation failed" not in str(e) or attempt == 2:
+                    raise
+                self.f.ports["s3"] = free_run(10)
+        raise AssertionError("unreachable")
+
+    def _start_weed_once(self) -> str:
         weed = Path(sys.executable).parent / "weed"
         exe = str(weed) if weed.exists() else shutil.which("weed")
         if exe is None:
