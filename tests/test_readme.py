@@ -186,7 +186,7 @@ def _resolves(dotted: str) -> bool:
 PACKAGES = {p.stem for p in (ROOT / "pifarm").iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
 DOTTED = sorted(n for n in set(re.findall(r"`(pifarm(?:\.\w+)+)", README)) if n.split(".")[1] in PACKAGES)
 #: files the README names that a run creates (not in a fresh checkout)
-GENERATED = {"bench/results.json"}
+GENERATED = {"bench/results.json", "bench/soak.json"}
 PATHS = sorted({p for p in re.findall(r"`((?:pifarm|tests|bench|systemd)/[^`\s]*)`", README)
                 if not any(c in p for c in "<*") and p not in GENERATED})
 
