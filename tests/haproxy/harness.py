@@ -13,6 +13,7 @@ that is a node in degraded mode (serving from its cache) that the fleet can see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,7 +76,13 @@ class HAProxyProc:
         os.kill(self.popen.pid, signal.SIGUSR2)
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
+        """Stop the master and its workers, and return only when none is left: the master can exit
+        while a worker still holds the runtime socket, and a caller that probes the socket then
+        would get a reset from a dying worker instead of "not there" (CI saw exactly that)."""
+        if self.popen is None:
+            return
+        pgid = self.popen.pid  # start_new_session: the master leads its own group
+        if self.popen.poll() is None:
             self.popen.terminate()
             try:
                 self.popen.wait(timeout=15)
@@ -83,6 +90,20 @@ class HAProxyProc:
                 self.popen.kill()
                 self.popen.wait(timeout=5)
         self.popen = None
+
+        def group_gone():  # no live member left (a zombie awaiting its reaper holds no socket)
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError):
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    if int(fields[2]) == pgid and fields[0] != "Z":
+                        return False
+            return True
+        try:
+            wait_for(group_gone, "haproxy's workers to exit", 15, interval=0.05)
+        except AssertionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            wait_for(group_gone, "haproxy's workers to die", 10, interval=0.05)
 
     def kill(self) -> None:
         if self.popen is not None:
