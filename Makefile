@@ -20,13 +20,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# qemu, kmod, cpio ... for the vm tier, prometheus and chromium for the fleet view (needs root for apt-get; prints what is missing otherwise)
+# the Debian packages the test tiers use (qemu for the vm tier, prometheus and chromium for the fleet
+# view, haproxy, iproute2...), one table in tests/system-deps.sh; needs root for apt-get, prints what
+# is missing otherwise
 system-deps:
-	bash tests/vm/install-host-deps.sh
-	bash tests/appliance/install-deps.sh
-	bash tests/fleetview/install-deps.sh
-	bash tests/haproxy/install-deps.sh
-	bash tests/peers/install-deps.sh
+	bash tests/system-deps.sh
 
 # real MediaPipe models for tests and benches: pip download of the pinned wheel, digests checked,
 # kept in ~/.cache/pifarm/models (PIFARM_MODELS_DIR overrides); a second run downloads nothing

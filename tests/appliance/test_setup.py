@@ -83,7 +83,7 @@ def test_units_are_enabled_offline_and_start_this_pifarm(staged):
 
 def test_installed_units_verify(staged):
     exe = shutil.which("systemd-analyze")
-    require(exe is not None, "systemd-analyze missing (tests/appliance/install-deps.sh)")
+    require(exe is not None, "systemd-analyze missing (make system-deps)")
     root, _ = staged
     units = [str(root / "etc/systemd/system" / u) for u in ("pifarm-aggregator.service", "pifarm-target.service")]
     r = subprocess.run([exe, "verify", "--man=no", *units], capture_output=True, text=True, timeout=60)

@@ -20,7 +20,7 @@ PIFARM = str(Path(sys.executable).parent / "pifarm")
 
 def _analyze() -> str:
     exe = shutil.which("systemd-analyze")
-    require(exe is not None, "systemd-analyze missing (tests/appliance/install-deps.sh installs systemd)")
+    require(exe is not None, "systemd-analyze missing (make system-deps installs systemd)")
     return exe
 
 

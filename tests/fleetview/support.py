@@ -1,7 +1,7 @@
 """What the fleet-view tests share: the real tools (Prometheus, promtool, Chromium through
 Playwright), a small farm of Pi-like nodes and a Prometheus process on the shipped configuration.
 
-The tools come from Debian (tests/fleetview/install-deps.sh, run by `make system-deps`);
+The tools come from Debian (tests/system-deps.sh, run by `make system-deps`);
 missing, a test skips, and CI=true turns that skip into a failure (tests/conftest.py).
 """
 
@@ -37,7 +37,7 @@ def tool(name: str) -> str:
     """The path of a Debian tool, or a skip (a failure under CI=true) saying how to get it."""
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"{name} missing: run `make system-deps` (or bash tests/fleetview/install-deps.sh as root)")
+        pytest.skip(f"{name} missing: run `make system-deps` (or bash tests/system-deps.sh as root)")
     return path
 
 

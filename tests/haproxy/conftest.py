@@ -11,7 +11,7 @@ from tests.haproxy.harness import haproxy_exe
 @pytest.fixture
 def haproxy_bin() -> str:
     exe = haproxy_exe()
-    require(exe is not None, "haproxy missing (tests/haproxy/install-deps.sh installs it)")
+    require(exe is not None, "haproxy missing (make system-deps installs it)")
     return exe
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_soak(tmp_path):
-    require(haproxy_exe() is not None, "haproxy missing (tests/haproxy/install-deps.sh installs it)")
+    require(haproxy_exe() is not None, "haproxy missing (make system-deps installs it)")
     res = run(60.0, tmp_path, log=lambda *_: None)
     assert res["failed"] == 0, res["failed_examples"]
     assert set(res["serving"].values()) == {res["promoted"][-1]}, res

@@ -32,7 +32,7 @@ def farm(tmp_path_factory):
     from tests.conftest import require
     from tests.haproxy.harness import haproxy_exe
 
-    require(haproxy_exe() is not None, "haproxy missing (tests/haproxy/install-deps.sh installs it)")
+    require(haproxy_exe() is not None, "haproxy missing (make system-deps installs it)")
     f = HaFarm(tmp_path_factory.mktemp("haproxy"), nodes_wanted=3).start()
     try:
         f.v1 = f.publish(models.good(f.root / "v1.tflite", seed=1), channel="stable")

@@ -62,7 +62,7 @@ def _run(cmd: list[str], *, cwd: Path | None = None, timeout: float = APT_TIMEOU
     try:
         p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError as e:
-        raise ImageError(f"{what or cmd[0]}: {cmd[0]} is not installed (run tests/vm/install-host-deps.sh)") from e
+        raise ImageError(f"{what or cmd[0]}: {cmd[0]} is not installed (run make system-deps)") from e
     except subprocess.TimeoutExpired as e:
         raise ImageError(f"{what or cmd[0]}: no answer after {timeout:.0f}s") from e
     if p.returncode != 0:
@@ -74,7 +74,7 @@ def _run(cmd: list[str], *, cwd: Path | None = None, timeout: float = APT_TIMEOU
 def _tool(name: str) -> str:
     found = shutil.which(name) or next((p for p in (f"/sbin/{name}", f"/usr/sbin/{name}") if os.access(p, os.X_OK)), None)
     if not found:
-        raise ImageError(f"{name} is not installed (run tests/vm/install-host-deps.sh as root)")
+        raise ImageError(f"{name} is not installed (run make system-deps as root)")
     return found
 
 
