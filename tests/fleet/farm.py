@@ -67,16 +67,23 @@ class Farm:
                 f'[cache]\nscrub_interval = 0.0\ntamper_watch = false\n'
                 f'[inference]\ngrpc_listen = "off"\n[inference.models.{MODEL}]\nnum_threads = 1\n')
             self.nodes.append(node)
+            self.prepare_node(node)
         for n in self.nodes:
             self.start_node(n.index)
         return self
+
+    def prepare_node(self, n: Node) -> None:
+        """Hook for a farm that dresses its nodes (extra config, tools on PATH) before they start."""
+
+    def node_env(self, n: Node) -> dict[str, str] | None:
+        return None
 
     def start_node(self, i: int) -> Node:
         n = self.nodes[i]
         n.proc = start_pifarm(["node", "run", "--aggregator", self.agg.url, "--config", str(n.root / "node.toml"),
                                "--cache", str(n.root / "cache"), "--state-dir", str(n.root / "state"),
                                "--listen", f"127.0.0.1:{n.port}"], n.root / "node.log", f"{n.url}/v2/health/live",
-                              timeout=START_TIMEOUT)
+                              env=self.node_env(n), timeout=START_TIMEOUT)
         return n
 
     def kill_node(self, i: int) -> None:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tests.fleet.farm import MODEL, Farm, Node
-from tests.support.procs import free_port, start_pifarm, stop_process
+from tests.support.procs import free_port, stop_process
 from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,32 +91,17 @@ PIS = [("0x0", "47.2"), ("0x50005", "81.0")]  # node 0 healthy; node 1 undervolt
 class PiFarm(Farm):
     """tests.fleet.farm.Farm with a cache budget and a Pi firmware per node."""
 
-    def start(self) -> "PiFarm":
-        super_start_node = self.start_node
-        self.start_node = lambda i: self.nodes[i]  # write configs first, start below
-        try:
-            super().start()
-        finally:
-            self.start_node = super_start_node
-        for n in self.nodes:
-            bits, temp = PIS[n.index % len(PIS)]
-            (n.root / "bin").mkdir(exist_ok=True)
-            exe = n.root / "bin" / "vcgencmd"
-            exe.write_text(VCGENCMD.replace("{bits}", bits).replace("{temp}", temp))
-            exe.chmod(0o755)
-            cfg = n.root / "node.toml"
-            cfg.write_text(cfg.read_text().replace("[cache]\n", "[cache]\nmax_bytes = 1000000000\n"))
-        for n in self.nodes:
-            self.start_node(n.index)
-        return self
+    def prepare_node(self, n: Node) -> None:
+        bits, temp = PIS[n.index % len(PIS)]
+        (n.root / "bin").mkdir(exist_ok=True)
+        exe = n.root / "bin" / "vcgencmd"
+        exe.write_text(VCGENCMD.replace("{bits}", bits).replace("{temp}", temp))
+        exe.chmod(0o755)
+        cfg = n.root / "node.toml"
+        cfg.write_text(cfg.read_text().replace("[cache]\n", "[cache]\nmax_bytes = 1000000000\n"))
 
-    def start_node(self, i: int) -> Node:
-        n = self.nodes[i]
-        n.proc = start_pifarm(["node", "run", "--aggregator", self.agg.url, "--config", str(n.root / "node.toml"),
-                               "--cache", str(n.root / "cache"), "--state-dir", str(n.root / "state"),
-                               "--listen", f"127.0.0.1:{n.port}"], n.root / "node.log", f"{n.url}/v2/health/live",
-                              env={"PATH": f"{n.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}, timeout=90)
-        return n
+    def node_env(self, n: Node) -> dict[str, str]:
+        return {"PATH": f"{n.root / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def bad_request(self) -> None:
         """One refused infer per node, so the error counters have series."""
