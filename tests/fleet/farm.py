@@ -189,6 +189,22 @@ def wait_reported(farm: Farm, version: int, timeout: float = 60) -> None:
     wait_for(ok, f"every node reporting v{version}", timeout, interval=0.2)
 
 
+@contextlib.contextmanager
+def serving_stable(farm: Farm) -> Iterator[Farm]:
+    """Start `farm`, publish a good v1 to stable and wait until every node serves and reported it;
+    stop the farm when the block ends (the shared set-up of the end-to-end modules)."""
+    from tests.fleet import models
+
+    farm.start()
+    try:
+        v1 = farm.publish(models.good(farm.root / "v1.tflite", seed=1), channel="stable")
+        farm.wait_serving(v1)
+        wait_reported(farm, v1)
+        yield farm
+    finally:
+        farm.stop()
+
+
 def now() -> float:
     return time.monotonic()
 

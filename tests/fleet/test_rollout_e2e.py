@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fleet import models
-from tests.fleet.farm import MODEL, Farm, wait_reported
+from tests.fleet.farm import MODEL, Farm, serving_stable, wait_reported
 from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.slow
@@ -23,14 +23,8 @@ GOOD = {"bake": 2, "min_requests": 10, "max_latency_ratio": 50, "max_error_rate"
 
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
-    f = Farm(tmp_path_factory.mktemp("fleet"), nodes_wanted=4).start()
-    try:
-        v1 = f.publish(models.good(f.root / "v1.tflite", seed=1), channel="stable")
-        f.wait_serving(v1)
-        wait_reported(f, v1)
+    with serving_stable(Farm(tmp_path_factory.mktemp("fleet"), nodes_wanted=4)) as f:
         yield f
-    finally:
-        f.stop()
 
 
 def stable_version(farm: Farm) -> int:

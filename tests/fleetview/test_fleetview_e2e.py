@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.fleet import models
-from tests.fleet.farm import MODEL, wait_reported
+from tests.fleet.farm import MODEL, serving_stable
 from tests.fleetview.support import (REPO, PiFarm, Watched, alert_rules, as_series, browser, dashboard,
                                      panel_queries, start_prometheus, tool)
 from tests.support.wait import wait_for
@@ -29,14 +29,8 @@ HOLD = {"bake": 3600, "min_requests": 1, "max_latency_ratio": 50, "max_error_rat
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
     tool("prometheus")  # skip (fail under CI) before starting anything
-    f = PiFarm(tmp_path_factory.mktemp("fleetview"), nodes_wanted=2).start()
-    try:
-        v1 = f.publish(models.good(f.root / "v1.tflite", seed=1), channel="stable")
-        f.wait_serving(v1)
-        wait_reported(f, v1)
+    with serving_stable(PiFarm(tmp_path_factory.mktemp("fleetview"), nodes_wanted=2)) as f:
         yield f
-    finally:
-        f.stop()
 
 
 @pytest.fixture(scope="module")
