@@ -99,28 +99,6 @@ def first_input(model: bytes, rows: int = 1) -> tuple[str, np.ndarray]:
     return str(d["name"]), np.random.default_rng(0).random(shape, dtype=np.float32)
 
 
-def raw_loop(model: bytes, x: np.ndarray, seconds: float) -> tuple[float, float]:
-    """(invokes per second, p50 seconds per invoke) of a bare interpreter, 1 thread, same I/O copies."""
-    from pifarm.inference.runtime import build_interpreter, resolve
-
-    it = build_interpreter(resolve(), model, 1).interpreter
-    d = it.get_input_details()[0]
-    if tuple(d["shape"]) != x.shape:
-        it.resize_tensor_input(d["index"], list(x.shape))
-        it.allocate_tensors()
-    outs = [o["index"] for o in it.get_output_details()]
-    lat = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        it.set_tensor(d["index"], x)
-        it.invoke()
-        for o in outs:
-            np.array(it.get_tensor(o))
-        lat.append(time.perf_counter() - t)
-    return len(lat) / sum(lat), float(np.percentile(lat, 50))
-
-
 class Served:
     """A cache + a real uvicorn serving it on 127.0.0.1:0, in this process."""
 
