@@ -113,6 +113,7 @@ class Registry(SharedMixin):
         self._staged: dict[str, float] = {}  # API uploads awaiting their publish: digest -> time
         self._pins: Counter[str] = Counter()  # blobs of publishes in progress in this process
         self._temp_cleaned = False
+        self._last_sweep = time.monotonic()  # start-up's recover() has just collected
         self._pin_lock = threading.Lock()
         self._mirror_pending = False
         self._opened_readonly = lock_fd is None
@@ -438,7 +439,7 @@ class Registry(SharedMixin):
         try:
             for e in entries:
                 if e.digest in sources:
-                    if not self.store.has_blob(e.ref):
+                    if not self._reusable(e.ref):
                         self.store.put_blob(e.ref, sources.pop(e.digest))
                     else:
                         sources.pop(e.digest)
@@ -450,6 +451,16 @@ class Registry(SharedMixin):
             raise ReadOnlyError(f"publish of {name} refused: {self.read_only_reason}; nothing was committed") from e
         finally:
             self._unpin([e.digest for e in entries])
+
+    def _reusable(self, ref: BlobRef) -> bool:
+        """Whether a stored copy of `ref` can stand for this upload. In a shared bucket a blob that
+        no live version uses and that is past half its orphan grace is written again, so a publish
+        reusing an abandoned upload never races another aggregator collecting it."""
+        if not self.store.has_blob(ref):
+            return False
+        if self.log_ is None or ref.digest in self.db.live_digests():
+            return True
+        return self.store.blob_age(ref.digest) < self.settings.orphan_grace / 2
 
     def _pin(self, digests: list[str]) -> None:
         with self._pin_lock:
@@ -468,7 +479,7 @@ class Registry(SharedMixin):
         self._staged[ref.digest] = time.monotonic()
         self._pin([ref.digest])
         try:
-            if not self.store.has_blob(ref):
+            if not self._reusable(ref):
                 self.store.put_blob(ref, path, consume=True)
         except StoreUnavailable as e:
             self._go_read_only(e)
@@ -674,7 +685,11 @@ class Registry(SharedMixin):
     def collect_if_due(self) -> None:
         """Housekeeping: collect once an upload that no publish claimed is past `upload_grace`."""
         now = time.monotonic()
-        if any(now - t > self.settings.upload_grace for t in list(self._staged.values())):
+        # a shared bucket also gathers other aggregators' abandoned uploads: sweep for them at
+        # half the orphan grace (at most hourly), a listing of blobs/ each time
+        sweep = self.log_ is not None and now - self._last_sweep > min(3600, self.settings.orphan_grace / 2)
+        if sweep or any(now - t > self.settings.upload_grace for t in list(self._staged.values())):
+            self._last_sweep = now
             try:
                 self.collect_garbage()
             except StoreUnavailable as e:
@@ -695,8 +710,12 @@ class Registry(SharedMixin):
             gone = [d for d in stored if d not in keep]
             if self.log_ is not None:
                 # another aggregator may be uploading a blob for a publish not committed yet: in a
-                # shared bucket only blobs of retired versions are ever collected
-                gone = [d for d in gone if d in self._retired_digests()]
+                # shared bucket a blob is collected when a retired version was its last user, or
+                # when nothing ever committed it and it is older than `orphan_grace` by the
+                # bucket's clock (an upload a crash abandoned; no publish takes that long)
+                ages = self.store.blob_ages()
+                retired = self._retired_digests()
+                gone = [d for d in gone if d in retired or ages.get(d, 0.0) > self.settings.orphan_grace]
             for d in gone:
                 self.store.delete_blob(d)
         if gone:

@@ -91,3 +91,12 @@ class RegistrySettings:
     snapshot_lifetime: int = 7 * 24 * 3600
     #: blobs staged by an upload are kept this long for the publish that refers to them
     upload_grace: int = 3600
+    #: shared bucket: a blob no revision ever committed (an upload a crash abandoned, possibly
+    #: another aggregator's) is collected once it is this old by the bucket's clock
+    orphan_grace: int = 24 * 3600
+
+    def __post_init__(self) -> None:
+        if self.orphan_grace < self.upload_grace:
+            raise ConfigError(f"[registry] orphan_grace ({self.orphan_grace} s) must be at least upload_grace "
+                              f"({self.upload_grace} s): an upload waiting for its publish is not an orphan",
+                              key="registry.orphan_grace", expected=f"an integer >= {self.upload_grace}")

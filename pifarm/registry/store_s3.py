@@ -91,6 +91,16 @@ class S3Store:
         return ["blake3:" + k[len(BLOB_PREFIX):] for k in self.b.list(BLOB_PREFIX, self._what(f"listing {BLOB_PREFIX}"))
                 if len(k) == len(BLOB_PREFIX) + 64]
 
+    def blob_age(self, digest: str) -> float:
+        """Seconds since the blob was written, by the store's clock."""
+        return self.b.age(blob_key(digest), self._what(f"blob {digest}"))
+
+    def blob_ages(self) -> dict[str, float]:
+        """{digest: seconds since the blob was written}, by the store's clock."""
+        return {"blake3:" + k[len(BLOB_PREFIX):]: age
+                for k, age in self.b.list_ages(BLOB_PREFIX, self._what(f"listing {BLOB_PREFIX}")).items()
+                if len(k) == len(BLOB_PREFIX) + 64}
+
     def put_document(self, key: str, data: bytes) -> None:
         self.b.put(key, data, self._what(f"writing {key}"))
 

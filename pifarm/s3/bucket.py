@@ -9,6 +9,8 @@ unreachable) is made here only.
 from __future__ import annotations
 
 import contextlib
+import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Iterator
 
 from pifarm.errors import PifarmError, SourceError, SourceTimeout
@@ -148,5 +150,33 @@ class Bucket:
                 out += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
         return sorted(out)
 
+    def age(self, key: str, what: str = "") -> float:
+        """Seconds since `key` was last written, by the store's clock (see _store_now)."""
+        with self.mapped(what or f"HEAD {self.location}{key}"):
+            r = self.client.head_object(Bucket=self.bucket, Key=self.key(key))
+        return max(0.0, (_store_now(r) - r["LastModified"]).total_seconds())
+
+    def list_ages(self, prefix: str = "", what: str = "") -> dict[str, float]:
+        """{key: seconds since it was last written} under `prefix` (keys relative to the bucket's
+        prefix), by the store's clock."""
+        out: dict[str, float] = {}
+        with self.mapped(what or f"LIST {self.location}{prefix}"):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                              Prefix=self.key(prefix)):
+                now = _store_now(page)
+                for o in page.get("Contents", []):
+                    out[o["Key"][len(self.prefix):]] = max(0.0, (now - o["LastModified"]).total_seconds())
+        return out
+
     def close(self) -> None:
         self.client.close()
+
+
+def _store_now(response: dict) -> datetime.datetime:
+    """The time by the store's clock: the response's Date header (LastModified is the store's
+    clock too, so a skewed local clock cannot make a fresh object look old); ours if absent."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date) if date else datetime.datetime.now(datetime.timezone.utc)
+    except (TypeError, ValueError):
+        return datetime.datetime.now(datetime.timezone.utc)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from pifarm.errors import ReadOnlyError
-from pifarm.signed.integrity import StreamVerifier
+from pifarm.errors import ConfigError, ReadOnlyError
+from pifarm.signed.integrity import BlobRef, StreamVerifier, digest_file
 from pifarm.registry.service import Registry
 from pifarm.registry.settings import RegistrySettings
 from pifarm.s3.bucket import parse_url as parse_s3_url
 from pifarm.signed.signing import TrustedKeys
 from pifarm.signed.snapshot import verify_manifest, verify_snapshot
 from tests.registry.conftest import s3_settings
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.s3
 
@@ -67,5 +69,40 @@ def test_missing_bucket_without_create_is_read_only(seaweed, s3_bucket, tmp_path
     reg = Registry.open(tmp_path / "agg", {"registry": RegistrySettings(), "store": st})
     try:
         assert "does not exist" in reg.read_only_reason
+    finally:
+        reg.close()
+
+
+def test_orphan_grace_below_upload_grace_is_refused():
+    with pytest.raises(ConfigError, match="orphan_grace .* must be at least upload_grace"):
+        RegistrySettings(upload_grace=3600, orphan_grace=60)
+
+
+def test_shared_bucket_collects_an_abandoned_upload_and_a_reused_one_is_written_again(seaweed, s3_bucket, tmp_path,
+                                                                                       face_model):
+    """An upload no revision committed (a crash between upload and commit, on any aggregator) is
+    collected once older than orphan_grace by the bucket's clock; a live blob never is; a publish
+    reusing an old orphan writes it again, so its collection cannot race the publish."""
+    reg = Registry.open(tmp_path / "agg", {"registry": RegistrySettings(upload_grace=0, orphan_grace=2),
+                                           "store": s3_settings(seaweed, s3_bucket)})
+    try:
+        assert reg.log_ is not None  # the bucket is the commit point: the shared-bucket rules apply
+        m, _ = reg.publish(face_model, "face", channel="stable")
+        live = m.files[0].digest
+        orphans = []
+        for i in range(2):
+            p = tmp_path / f"orphan{i}.bin"
+            p.write_bytes(os.urandom(1000))
+            ref = BlobRef(*digest_file(p))
+            reg.store.put_blob(ref, p)  # uploaded, never committed: what a crash leaves behind
+            orphans.append((ref, p))
+        (gone_ref, _), (reused_ref, reused_src) = orphans
+        wait_for(lambda: reg.store.blob_age(gone_ref.digest) > 2.0, "the orphan to pass its grace", 60, interval=0.2)
+        before = reg.store.blob_age(reused_ref.digest)
+        reg.publish(reused_src, "reused")  # half its grace is gone: written again, not trusted as is
+        assert reg.store.blob_age(reused_ref.digest) < before
+        assert gone_ref.digest in reg.collect_garbage()
+        stored = set(reg.store.list_blobs())
+        assert live in stored and reused_ref.digest in stored and gone_ref.digest not in stored
     finally:
         reg.close()
