@@ -20,6 +20,8 @@ def mount(app, ctx, token: str | None) -> FleetService:
         import socket
 
         service.engine.share(blog.b, f"{socket.gethostname()}:{ctx.config.api.listen}:{os.getpid()}")
+        # and the fleet state: every aggregator sees every node, whichever one it reports to
+        service.share_fleet(blog.b, f"{socket.gethostname()}:{ctx.config.api.listen}")
     app.add_middleware(ReportPath, service=service)
     # the fleet view first: its /v1/fleet/prometheus-sd must be matched before /v1/fleet/{node}
     aggregator_fleetview.mount(app, ctx, service)

@@ -2,6 +2,7 @@
 
     {"type": "node-report", "format": 1, "node": "<node id>", "hostname": "pi-07",
      "pifarm": "0.1.0", "address": "http://10.0.0.7:8080", "interval": 10, "seq": 42,
+     "sent": 1764841200.5 (the node's clock when it built the report; optional),
      "state": "ready" | "degraded" | "not-ready", "reason": null | "...",
      "channel": "stable", "revision": 12,
      "cache": {"used": 123, "budget": 8589934592 | null},
@@ -96,13 +97,19 @@ class Report:
     throttling: dict[str, Any] = field(default_factory=lambda: {"status": "unknown"})
     temperature: dict[str, Any] = field(default_factory=dict)
     models: dict[str, ModelReport] = field(default_factory=dict)
+    #: the node's wall clock when it built the report: with several aggregators the newest report
+    #: of a node is told by it (then seq), whichever aggregator received it (issue 17)
+    sent: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "node-report", "format": 1, "node": self.node, "hostname": self.hostname,
-                "pifarm": self.pifarm, "address": self.address, "interval": self.interval, "seq": self.seq,
-                "state": self.state, "reason": self.reason, "channel": self.channel, "revision": self.revision,
-                "cache": self.cache, "paths": self.paths, "throttling": self.throttling,
-                "temperature": self.temperature, "models": {n: m.to_json() for n, m in self.models.items()}}
+        d = {"type": "node-report", "format": 1, "node": self.node, "hostname": self.hostname,
+             "pifarm": self.pifarm, "address": self.address, "interval": self.interval, "seq": self.seq,
+             "state": self.state, "reason": self.reason, "channel": self.channel, "revision": self.revision,
+             "cache": self.cache, "paths": self.paths, "throttling": self.throttling,
+             "temperature": self.temperature, "models": {n: m.to_json() for n, m in self.models.items()}}
+        if self.sent is not None:
+            d["sent"] = self.sent
+        return d
 
     def encode(self) -> bytes:
         data = json.dumps(self.to_json(), separators=(",", ":")).encode()
@@ -255,7 +262,9 @@ def report_from_json(d: Any) -> Report:
     throttling = _flat(_table(d, "throttling", ""), "throttling", 8)
     if throttling.get("status", "unknown") not in THROTTLING:
         raise _bad("throttling.status", f"must be one of {', '.join(THROTTLING)}")
+    sent = d.get("sent")
     return Report(
+        sent=None if sent is None else _num(sent, "sent"),
         node=node, hostname=_text(d, "hostname", "", limit=255) or "", pifarm=_text(d, "pifarm", "", limit=64) or "",
         address=_text(d, "address", "", limit=255) or "", interval=interval, seq=_int(d, "seq", ""),
         state=state, reason=_text(d, "reason", ""), channel=_text(d, "channel", "", limit=32) or "stable",

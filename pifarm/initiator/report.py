@@ -252,13 +252,13 @@ class Reporter:
                       interval=self.interval, seq=self._seq, state=state, reason=clip(reason),
                       channel=st.channel if st else "stable", revision=st.revision if st else -1, cache=cache,
                       paths=dict(list((st.paths if st else {}).items())[:8]), throttling=throttled,
-                      temperature=temp, models=models)
+                      temperature=temp, models=models, sent=round(time.time(), 3))
 
     @staticmethod
     def fingerprint(rep: Report) -> str:
         """The part of a report whose change is worth an immediate report (not counters, not time)."""
         d = rep.to_json()
-        for k in ("seq", "cache", "temperature"):
+        for k in ("seq", "sent", "cache", "temperature"):
             d.pop(k, None)
         for m in d["models"].values():
             m.pop("stats", None)

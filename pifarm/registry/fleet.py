@@ -7,6 +7,10 @@ the nodes send again anyway; first-seen times survive.
 
 A node is `missing` once nothing came from it for 3 of its own report intervals; the next report
 makes it whatever that report says again (ready / degraded / not-ready).
+
+With several aggregators on one bucket (issue 17, `fleetshare`) records also come from the
+bucket (`merge`): the newest report of a node wins by the node's own clock (`sent`, then `seq`),
+and its age counts from when the aggregator that received it got it, whichever that was.
 """
 
 from __future__ import annotations
@@ -42,12 +46,20 @@ class NodeRecord:
     peer: str = ""  # how it authenticated: "token" or "mtls"
     raw: bytes = b""  # the report as received (checked): written back as is, never re-serialised
     heard: float = 0.0  # last_seen, or the aggregator's start for a record loaded from disk
+    via: str = ""  # shared bucket: the aggregator that received the report
 
     def entry(self) -> bytes:
-        """This node's entry in nodes.json."""
+        """This node's entry in nodes.json (and, shared, its fleet/nodes/<id>.json)."""
         raw = self.raw or json.dumps(self.report.to_json(), separators=(",", ":")).encode()
-        head = json.dumps({"first_seen": self.first_seen, "last_seen": self.last_seen, "auth": self.peer})
-        return head[:-1].encode() + b',"report":' + raw + b"}"
+        head = {"first_seen": self.first_seen, "last_seen": self.last_seen, "auth": self.peer}
+        if self.via:
+            head["via"] = self.via
+        return json.dumps(head)[:-1].encode() + b',"report":' + raw + b"}"
+
+    @property
+    def newness(self) -> tuple[float, int]:
+        """Which of two records of a node is newer: the node's clock, else the receipt time; then seq."""
+        return (self.report.sent if self.report.sent is not None else self.last_seen, self.report.seq)
 
     @property
     def node(self) -> str:
@@ -61,9 +73,23 @@ class NodeRecord:
         return self.report.state
 
     def to_json(self, now: float) -> dict[str, Any]:
-        return {"node": self.node, "state": self.state(now), "first_seen": _iso(self.first_seen),
-                "last_seen": _iso(self.last_seen), "seconds_since": round(max(0.0, now - self.last_seen), 3),
-                "auth": self.peer, "report": self.report.to_json()}
+        out = {"node": self.node, "state": self.state(now), "first_seen": _iso(self.first_seen),
+               "last_seen": _iso(self.last_seen), "seconds_since": round(max(0.0, now - self.last_seen), 3),
+               "auth": self.peer, "report": self.report.to_json()}
+        if self.via:
+            out["via"] = self.via
+        return out
+
+
+def record_from_doc(doc: Any) -> NodeRecord:
+    """A record as written to the shared bucket (`NodeRecord.entry`); PifarmError, KeyError,
+    TypeError or ValueError when it is not one."""
+    rep = report_from_json(doc["report"])
+    last = float(doc["last_seen"])
+    # heard = last_seen: its age counts from its receipt by whichever aggregator, not from now
+    return NodeRecord(rep, float(doc["first_seen"]), last, str(doc.get("auth", "")),
+                      json.dumps(doc["report"], separators=(",", ":")).encode(), heard=last,
+                      via=str(doc.get("via", "")))
 
 
 @dataclass(frozen=True)
@@ -89,6 +115,11 @@ class Fleet:
         #: called when a report makes the state dirty (clean -> dirty only): the rollout engine's
         #: thread, which flushes, sleeps on an event until there is something to write (issue 19)
         self.on_dirty: Callable[[], None] | None = None
+        #: shared bucket (issue 17): this aggregator's name in the records it receives, and who
+        #: hears of each report received and each node forgotten (`fleetshare` writes them there)
+        self.name = ""
+        self.on_record: list[Callable[[NodeRecord], None]] = []
+        self.on_forget: list[Callable[[str], None]] = []
         self._load()
         started = clock()
         for rec in self._nodes.values():
@@ -107,7 +138,8 @@ class Fleet:
             try:
                 self._nodes[node] = NodeRecord(report_from_json(rec["report"]), float(rec["first_seen"]),
                                                float(rec["last_seen"]), str(rec.get("auth", "")),
-                                               json.dumps(rec["report"], separators=(",", ":")).encode())
+                                               json.dumps(rec["report"], separators=(",", ":")).encode(),
+                                               via=str(rec.get("via", "")))
             except (PifarmError, KeyError, TypeError, ValueError) as e:
                 log.warning("fleet state: node %s dropped (%s)", node, e)
 
@@ -139,15 +171,52 @@ class Fleet:
         now = self.clock()
         with self._lock:
             old = self._nodes.get(report.node)
-            rec = NodeRecord(report, old.first_seen if old else now, now, auth, raw)
+            rec = NodeRecord(report, old.first_seen if old else now, now, auth, raw, via=self.name)
             self._nodes[report.node] = rec
             woke, self._dirty = not self._dirty, True
             self.reports += 1
         if woke and self.on_dirty is not None:
             self.on_dirty()
+        for hook in self.on_record:
+            hook(rec)
         if old is None:
             log.info("fleet: new node %s (%s) at %s", report.node, report.hostname, report.address)
         return rec
+
+    def merge(self, rec: NodeRecord) -> bool:
+        """A node's record from the shared bucket (`record_from_doc`): taken when it is newer than
+        the one held (True), else only its earlier first-seen time is kept."""
+        rep, first = rec.report, rec.first_seen
+        with self._lock:
+            old = self._nodes.get(rep.node)
+            if old is not None:
+                rec.first_seen = min(first, old.first_seen)
+                if old.newness >= rec.newness:
+                    old.first_seen = min(old.first_seen, first)
+                    return False
+            self._nodes[rep.node] = rec
+            woke, self._dirty = not self._dirty, True
+        if woke and self.on_dirty is not None:
+            self.on_dirty()
+        if old is None:
+            log.info("fleet: node %s (%s) known from the bucket (reported to %s)", rep.node, rep.hostname,
+                     rec.via or "another aggregator")
+        return True
+
+    def record_of(self, node: str) -> NodeRecord | None:
+        with self._lock:
+            return self._nodes.get(node)
+
+    def drop(self, node: str, unless_newer_than: tuple[float, int]) -> bool:
+        """Forgotten on another aggregator (its bucket record deleted): drop the record unless this
+        aggregator received a newer report since."""
+        with self._lock:
+            rec = self._nodes.get(node)
+            if rec is None or rec.newness > unless_newer_than:
+                return False
+            del self._nodes[node]
+            self._dirty = True
+        return True
 
     def forget(self, node: str) -> str:
         with self._lock:
@@ -155,6 +224,8 @@ class Fleet:
             del self._nodes[nid]
             self._dirty = True
         self.flush(force=True)
+        for hook in self.on_forget:
+            hook(nid)
         return nid
 
     # -- reads ----------------------------------------------------------------------------

@@ -70,12 +70,24 @@ class FleetService:
         self.admin_token = admin_token
         self.key = load_token_key(self.data_dir)
         self._serials: dict[str, str] = {}
+        self.share: Any = None  # FleetShare: fleet state in a shared bucket (issue 17)
+
+    def share_fleet(self, bucket: Any, name: str) -> None:
+        """Several aggregators on one bucket: node records go there and come from there, so every
+        aggregator (and the rollout leader) sees every node, whichever one it reports to."""
+        from pifarm.registry.fleetshare import FleetShare
+
+        self.share = FleetShare(self.fleet, bucket, name)
 
     def start(self) -> None:
+        if self.share is not None:
+            self.share.start()
         self.engine.start()
 
     def stop(self) -> None:
         self.engine.stop()
+        if self.share is not None:
+            self.share.stop()
         self.fleet.flush(force=True)
 
     # -- authentication -------------------------------------------------------------------
@@ -185,6 +197,8 @@ def fleet_router(service: FleetService):
 
     @router.get("/v1/fleet", summary="Every node: state, versions, last seen")
     async def fleet() -> dict:
+        if service.share is not None:  # where the other aggregators' nodes come from, and whether it answers
+            return {"nodes": service.fleet.all(), "shared": service.share.status()}
         return {"nodes": service.fleet.all()}
 
     @router.get("/v1/fleet/{node}")

@@ -420,6 +420,7 @@ class RolloutEngine:
         clock = time.monotonic
         # resumed after a restart (or a shared bucket to look at): tick at once
         next_tick = clock() if self._busy() or self._bucket is not None else None
+        idle = True  # the next tick was planned with nothing running (a shared bucket's look)
         while not self._stop.is_set():
             waits = [w for w in (None if next_tick is None else next_tick - clock(), self.fleet.flush_due())
                      if w is not None]
@@ -428,8 +429,8 @@ class RolloutEngine:
             if self._stop.is_set():
                 return
             self.wakeups += 1
-            if next_tick is None and self._busy():
-                next_tick = clock()  # begin or resume woke it: tick now
+            if (next_tick is None or idle) and self._busy():
+                next_tick = clock()  # begin or resume woke it: tick now (not at the next idle look)
             if next_tick is not None and clock() >= next_tick:
                 self.ticks += 1
                 try:
@@ -438,6 +439,7 @@ class RolloutEngine:
                     log.exception("rollout tick failed")
                 delay = self._next_tick()
                 next_tick = None if delay is None else clock() + delay
+                idle = not self._busy()
             self.fleet.flush()
 
     def tick(self) -> None:
@@ -509,6 +511,14 @@ class RolloutEngine:
                                f"{cur['wave'] + 1}/{len(cur['waves'])}); abort it first")
             r = new_rollout(model, version, row["manifest_digest"], stable, waves, gates, self.clock())
             r, _ = step(r, self.fleet.views(model), self.clock())
+            if self.lease is not None:
+                # shared bucket: the aggregator a rollout is started on drives it unless another
+                # leads already (taken before the rollout is visible, so no idle look of another
+                # aggregator takes it first)
+                try:
+                    self.lease.hold()
+                except PifarmError as e:
+                    log.warning("rollout lease unavailable (%s); the rollout waits for a leader", e)
             r["synced"] = False
             self.active[model] = r
             self._save()
