@@ -73,11 +73,20 @@ class SharedMixin:
         self.log_ = blog
         self.writer_mode = "shared: the commit point is the bucket (several aggregators may join)"
         with self._write:
-            _changed, self._hint = blog.snapshot_changed()
+            _changed, snap_rev = blog.snapshot_changed()
+            self._hint = snap_rev
             if self._hint is None:
                 self._hint = blog.listed_head()
             self._sync_locked()
             if blog.read(self.revision) is None and blog.listed_head() is None:
+                if snap_rev is not None and snap_rev > self.revision:
+                    # a bucket written in single-writer mode: only the aggregator that holds its
+                    # history in SQLite can seed the log; seeding an older state would fork it
+                    raise ConfigError(
+                        f"the bucket {self.store.location} holds a registry at revision {snap_rev} written in "
+                        f"single-writer mode (no revisions/ yet) and this aggregator's database is at revision "
+                        f"{self.revision}: start the aggregator that wrote it first (it moves the history into "
+                        "the bucket), then this one")
                 self._seed_locked()
 
     def _seed_locked(self) -> None:

@@ -106,3 +106,31 @@ def test_shared_bucket_collects_an_abandoned_upload_and_a_reused_one_is_written_
         assert live in stored and reused_ref.digest in stored and gone_ref.digest not in stored
     finally:
         reg.close()
+
+
+def test_a_single_writer_bucket_is_joined_only_after_its_writer_seeded_the_log(seaweed, s3_bucket, tmp_path,
+                                                                                face_model):
+    """A bucket written in single-writer mode has snapshot.json but no revisions/: a new aggregator
+    starting first would seed the log with its empty state and fork the history. It is refused with
+    what to do; once the original writer has started in shared mode, the newcomer joins."""
+    single = s3_settings(seaweed, s3_bucket, shared="no")
+    reg = Registry.open(tmp_path / "old", {"registry": RegistrySettings(), "store": single})
+    try:
+        reg.publish(face_model, "face", channel="stable")
+        rev = reg.revision
+    finally:
+        reg.close()
+    shared = s3_settings(seaweed, s3_bucket, shared="yes")
+    keys = {"registry": RegistrySettings(signing_key=str(tmp_path / "old" / "keys" / "signing.key")), "store": shared}
+    with pytest.raises(ConfigError, match=f"revision {rev} written in single-writer mode.*start the aggregator that "
+                                          "wrote it first"):
+        Registry.open(tmp_path / "new", keys)
+    old = Registry.open(tmp_path / "old", {"registry": RegistrySettings(), "store": shared})
+    try:
+        new = Registry.open(tmp_path / "new", keys)  # the refused attempt left nothing in the way
+        try:
+            assert new.revision == old.revision >= rev and new.snapshot_bytes() == old.snapshot_bytes()
+        finally:
+            new.close()
+    finally:
+        old.close()
