@@ -99,6 +99,11 @@ class SourceTimeout(SourceError):
     pass
 
 
+class SourcePass(SourceError):
+    """Not this source's blob (e.g. the peer source and a small blob): the next source takes it,
+    and nothing failed (no warning, no failure counted)."""
+
+
 class IntegrityError(PifarmError):
     http_status = 400
 

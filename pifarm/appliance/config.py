@@ -1,7 +1,7 @@
 """The one config loader, for both roles: TOML file < `PIFARM_<SECTION>_<KEY>` < command line.
 
     AggregatorConfig   aggregator.toml: [store] [api] [registry] [target] [enroll] [haproxy]
-    NodeConfig         node.toml: [node] [cache] [s3] [watcher] [inference] and [[sources]]
+    NodeConfig         node.toml: [node] [cache] [s3] [watcher] [inference] [peers] and [[sources]]
 
 Which file: `--config`, else `$PIFARM_CONFIG`, else `/etc/pifarm/<role>.toml` when it exists,
 else built-in defaults (`find_config`). Each component declares its settings as a frozen
@@ -27,7 +27,8 @@ from pifarm.appliance.haproxy.settings import HaproxySettings
 from pifarm.cache.settings import CacheSettings
 from pifarm.errors import ConfigError
 from pifarm.inference.settings import InferenceSettings
-from pifarm.initiator.settings import SOURCE_OPTIONS, NodeSettings, S3Settings, SourceSpec, WatcherSettings
+from pifarm.initiator.settings import (SOURCE_OPTIONS, NodeSettings, PeerSettings, S3Settings, SourceSpec,
+                                       WatcherSettings)
 from pifarm.pki.settings import EnrollSettings
 from pifarm.registry.settings import ApiSettings, RegistrySettings, StoreSettings
 from pifarm.target.settings import TargetSettings
@@ -257,6 +258,13 @@ class S3Config(S3Settings):
 
 
 @dataclass(frozen=True)
+class PeerConfig(PeerSettings):
+    """[peers], with min_size also as "16MiB"."""
+
+    min_size: ByteSize = ByteSize(16 * 2**20)
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     """aggregator.toml."""
 
@@ -278,6 +286,7 @@ class NodeConfig:
     s3: S3Settings = field(default_factory=S3Config)
     watcher: WatcherSettings = field(default_factory=WatcherSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
+    peers: PeerSettings = field(default_factory=PeerConfig)  # the default chain's peer source
     sources: tuple[SourceSpec, ...] = ()
     origin: str = "defaults"
 
@@ -287,7 +296,7 @@ SECTION_TYPES: dict[type, dict[str, type]] = {
     AggregatorConfig: {"store": StoreSettings, "api": ApiSettings, "registry": RegistrySettings,
                        "target": TargetSettings, "enroll": EnrollSettings, "haproxy": HaproxySettings},
     NodeConfig: {"node": NodeSettings, "cache": CacheConfig, "s3": S3Config, "watcher": WatcherSettings,
-                 "inference": InferenceSettings},
+                 "inference": InferenceSettings, "peers": PeerConfig},
 }
 
 

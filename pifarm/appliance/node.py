@@ -90,9 +90,12 @@ class NodeDaemon:
             host_identity_path=Path(c.node.host_identity) if c.node.host_identity else None, s3=c.s3,
             metrics=self.metrics, tls=tls,
         )
-        specs = list(c.sources) or default_specs(urls[0] if urls else "", c.s3.url)
+        # no [[sources]]: peers first for large blobs another node has ([peers]), then as before
+        peers = None if c.sources else node_peers.default_options(c)
+        specs = list(c.sources) or default_specs(urls[0] if urls else "", c.s3.url, peers)
         if not c.sources and len(urls) > 1:  # blobs over HTTP from each aggregator in turn, then S3
-            specs = [SourceSpec("http", deadline=120.0, url=u) for u in urls] + [s for s in specs if s.kind != "http"]
+            specs = ([s for s in specs if s.kind == "peers"] + [SourceSpec("http", deadline=120.0, url=u) for u in urls]
+                     + [s for s in specs if s.kind not in ("http", "peers")])
         self.sources = build_sources(specs, ctx, strict=False)
         aggregator = (aggregator_client(urls, connect_timeout=c.watcher.connect_timeout, tls=tls)
                       if urls else None)

@@ -34,7 +34,8 @@ from pifarm.cache.fsutil import DISK_FULL, DiskFullError, atomic_write, fsync_di
 from pifarm.cache.layout import REF_NAMES, CacheLayout, RefValue
 from pifarm.cache.metrics import NodeMetrics
 from pifarm.cache.source import Source
-from pifarm.errors import Conflict, IntegrityError, NotFound, PifarmError, ReadOnlyError, SourceError, UsageError
+from pifarm.errors import (Conflict, IntegrityError, NotFound, PifarmError, ReadOnlyError, SourceError, SourcePass,
+                           UsageError)
 from pifarm.signed.integrity import CHUNK, BlobRef, StreamVerifier, make_digest
 from pifarm.signed.manifest import Manifest, check_name, manifest_digest
 from pifarm.signed.signing import TrustedKeys
@@ -390,6 +391,9 @@ class Cache:
                         log.warning("rejected %s from %s: %s", ref.digest, name, e)
                         self.metrics.rejected.labels(name).inc()
                         failures.append(f"{name}: {e}")
+                    except SourcePass as e:  # not its blob (peers and a small one): not a failure
+                        log.debug("source %s passes %s on: %s", name, ref.digest, e)
+                        failures.append(f"{name}: {e}")
                     except SourceError as e:
                         log.warning("source %s failed for %s: %s", name, ref.digest, e)
                         self.metrics.source_failures.labels(name).inc()
@@ -433,11 +437,13 @@ class Cache:
                 start = self._rehash_prefix(fd, ref, verifier)
             os.lseek(fd, start, os.SEEK_SET)
             got = 0
+            handed = self._handed_file(src, ref) if start == 0 else None
             chunks = src.chunks(ref, start)
             try:
                 for chunk in chunks:
                     verifier.update(chunk)
-                    write_all(fd, chunk)
+                    if handed is None:
+                        write_all(fd, chunk)
                     got += len(chunk)
                     if progress:
                         progress(len(chunk), name)
@@ -448,13 +454,16 @@ class Cache:
                 close = getattr(chunks, "close", None)
                 if close:
                     close()
-            os.fsync(fd)
+            if handed is None:
+                os.fsync(fd)
             try:
                 verifier.finish()
             except IntegrityError as e:
                 if start:
                     raise _ResumedMismatch(f"{e} (after resuming at byte {start})") from e
                 raise
+            if handed is not None:
+                return self._adopt(handed, ref, name, got)
             os.fchmod(fd, 0o444)
             if dst.exists() and self.has_blob(ref):
                 return InstallResult(dst, name, got, start)  # another installer won the race
@@ -470,6 +479,45 @@ class Cache:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
             os.close(fd)
+
+    def _handed_file(self, src: Source, ref: BlobRef) -> Path | None:
+        """The file a source lays the blob's bytes in as it fetches (optional `blob_file(ref)`, the
+        peer source's piece store), when it is on the cache's filesystem: the bytes `chunks()`
+        yields are read from it, so once they verified the file is linked in instead of written
+        again (one page-cache copy of the blob, not two)."""
+        fn = getattr(src, "blob_file", None)
+        p = fn(ref) if fn is not None else None
+        if p is None:
+            return None
+        try:
+            return p if os.stat(p.parent).st_dev == os.stat(self.layout.tmp).st_dev else None
+        except OSError:
+            return None
+
+    def _adopt(self, handed: Path, ref: BlobRef, name: str, got: int) -> InstallResult:
+        """Link a handed file whose bytes just verified into `blobs/` (fsynced first, read-only)."""
+        dst = self.layout.blob(ref.digest)
+        link = self.layout.tmp / f".{ref.hex}.{uuid.uuid4().hex}.link"
+        os.link(handed, link)
+        try:
+            lfd = os.open(link, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if os.fstat(lfd).st_size != ref.size:
+                    raise IntegrityError(f"blob {ref.digest} from {name}: its file is not {ref.size} bytes")
+                os.fsync(lfd)
+                os.fchmod(lfd, 0o444)
+            finally:
+                os.close(lfd)
+            if dst.exists() and self.has_blob(ref):
+                return InstallResult(dst, name, got, 0)  # another installer won the race
+            os.replace(link, dst)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(link)
+        fsync_dir(self.layout.blobs)
+        self._remember(dst)
+        self.metrics.bytes_fetched.labels(name).inc(got)
+        return InstallResult(dst, name, got, 0)
 
     def _rehash_prefix(self, fd: int, ref: BlobRef, verifier: StreamVerifier) -> int:
         size = os.fstat(fd).st_size

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pifarm.cache.source import Source
 from pifarm.errors import ConfigError, SourceError, SourceTimeout
@@ -75,6 +75,11 @@ class Deadlined:
             if close:
                 close()
 
+    def blob_file(self, ref: BlobRef):
+        """The inner source's file of the blob, if it keeps one (see `Cache._handed_file`)."""
+        fn = getattr(self.inner, "blob_file", None)
+        return fn(ref) if fn is not None else None
+
     def close(self) -> None:
         self.inner.close()
 
@@ -96,9 +101,19 @@ def build_sources(specs: Iterable[SourceSpec], ctx: SourceContext, *, strict: bo
     return out
 
 
-def default_specs(aggregator_url: str, s3_url: str) -> list[SourceSpec]:
-    """The chain when the config lists none: the aggregator over HTTP, then S3 if configured."""
+#: seconds one blob may take from the default chain's peer source; a dead swarm gives up sooner
+#: (its `stall`), and what arrived is kept for the next source's resume
+PEERS_DEADLINE = 1800.0
+
+
+def default_specs(aggregator_url: str, s3_url: str, peers: Any = None) -> list[SourceSpec]:
+    """The chain when the config lists none: the aggregator over HTTP, then S3 if configured.
+    With `peers` (PeerOptions: [peers] on, and the node can authenticate to the tracker) the peer
+    source goes first; with `need_peer` it takes only blobs of at least `min_size` that another
+    node holds or fetches, and passes everything else on at once."""
     specs = []
+    if peers is not None and aggregator_url:
+        specs.append(SourceSpec("peers", deadline=PEERS_DEADLINE, options=peers))
     if aggregator_url:
         specs.append(SourceSpec("http", deadline=120.0))
     if s3_url:

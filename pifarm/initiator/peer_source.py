@@ -10,7 +10,9 @@ its digest is dropped at once and reported to the tracker; a peer that fails (go
 costs the pieces in flight from it, which go back to the pool. After a crash the verified pieces
 are kept (`peer_store`), so only missing pieces are fetched again.
 
-Blobs below `min_size` or without pieces raise SourceError at once: the next source serves them.
+Blobs below `min_size` or without pieces raise SourcePass at once: the next source serves them,
+and nothing counts as failed. So do blobs no other node holds or fetches, with `need_peer` (the
+default chain's: alone, one streamed GET from the aggregator beats pieces from it one by one).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from pifarm.errors import IntegrityError, PifarmError, SourceError
+from pifarm.errors import IntegrityError, PifarmError, SourceError, SourcePass
 from pifarm.initiator.peer_store import PieceFile, PieceStore
-from pifarm.initiator.settings import PeerOptions, SourceContext, SourceSpec
+from pifarm.initiator.settings import PIECE_PORT, PeerOptions, SourceContext, SourceSpec
 from pifarm.signed.integrity import CHUNK, BlobRef
 from pifarm.signed.pieces import PieceTable
 from pifarm.signed.snapshot import verify_manifest
@@ -91,17 +93,27 @@ class Fetcher:
         self.tls = tls if tls is not None else ssl.create_default_context()
         self.timeout = timeout
         self._local = threading.local()
+        self.peer_tls = None  # PeerTls: https:// peers (mTLS), their certificate checked before a request
 
-    def get(self, url: str, headers: dict[str, str], limit: int) -> _Got:
+    def get(self, url: str, headers: dict[str, str], limit: int, peer: bool = False) -> _Got:
         u = urlsplit(url)
         key = (u.scheme, u.netloc)
         conns = self._local.__dict__.setdefault("conns", {})
         conn = conns.get(key)
         if conn is None:
+            ptls = self.peer_tls if peer and u.scheme == "https" else None
             if u.scheme == "https":
-                conn = http.client.HTTPSConnection(u.netloc, timeout=self.timeout, context=self.tls)
+                conn = http.client.HTTPSConnection(u.netloc, timeout=self.timeout,
+                                                   context=ptls.client if ptls is not None else self.tls)
             else:
                 conn = http.client.HTTPConnection(u.netloc, timeout=self.timeout)
+            if ptls is not None:
+                try:
+                    conn.connect()
+                    ptls.check_server(conn.sock.getpeercert(binary_form=True), u.netloc)
+                except BaseException:
+                    conn.close()
+                    raise
             conns[key] = conn
         try:
             conn.request("GET", u.path + (f"?{u.query}" if u.query else ""), headers=headers)
@@ -163,15 +175,15 @@ class PeerSource:
         self.tables = PieceTables(ctx.cache_root, ctx.trusted)
         self.cache_blobs = Path(ctx.cache_root) / "blobs" / "blake3"
         self.stats_path = Path(ctx.state_dir) / "peers.json"
-        self.port = int(opts.listen.rpartition(":")[2])  # the piece server's, set again once it is bound
+        self.port = int(opts.listen.rpartition(":")[2] if opts.listen else PIECE_PORT)  # set again once bound
         self.node_id = ""  # set by the node (pifarm.appliance.node_peers) with its report token
         self.token = ""
+        self.off = ""  # why this source passes every blob on (set by the node: e.g. its port was taken)
+        self.tls = None  # PeerTls when peers speak mTLS (set by the node with the piece server's)
         self.tokens: dict[str, str] = {}  # blob -> swarm token, which the piece server checks
         self.stats = Stats()
         verify = ctx.tls if ctx.tls is not None else True
         self._tracker = httpx.Client(verify=verify, timeout=httpx.Timeout(10.0, connect=3.0))
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        self._peers = httpx.Client(timeout=httpx.Timeout(20.0, connect=3.0), limits=limits)
         self.fetcher = Fetcher(ctx.tls)
 
     # -- the tracker ------------------------------------------------------------------------
@@ -186,6 +198,8 @@ class PeerSource:
             params["host"] = self.opts.host
         if complete:
             params["complete"] = "true"
+        if self.tls is not None:
+            params["tls"] = "true"  # peers reach our piece server at https://
         try:
             r = self._tracker.get(f"{self.tracker_url}/v1/peers", params=params, headers=self._auth())
         except httpx.HTTPError as e:
@@ -205,20 +219,25 @@ class PeerSource:
 
     # -- the Source interface ---------------------------------------------------------------
     def chunks(self, ref: BlobRef, start: int = 0) -> Iterator[bytes]:
+        if self.off:
+            raise SourcePass(f"peers off: {self.off} (next source)", self.name)
         if ref.size < self.opts.min_size:
-            raise SourceError(f"blob {ref.digest}: {ref.size} bytes, below min_size {self.opts.min_size} "
+            raise SourcePass(f"blob {ref.digest}: {ref.size} bytes, below min_size {self.opts.min_size} "
                               "(next source)", self.name)
         table = self.tables.get(ref)
         if table is None:
-            raise SourceError(f"blob {ref.digest}: its manifest lists no pieces (next source)", self.name)
+            raise SourcePass(f"blob {ref.digest}: its manifest lists no pieces (next source)", self.name)
         if not self.node_id:
             raise SourceError("peers: this node has no node id and token for the tracker", self.name)
+        listed = self.announce(ref)  # also joins the swarm: the nodes after us find us
+        if self.opts.need_peer and not any(p.get("node") != self.node_id for p in listed):
+            raise SourcePass(f"blob {ref.digest}: no other node holds or fetches it (next source)", self.name)
         self.store.sweep(lambda h: (self.cache_blobs / h).exists())
         pf = self.store.acquire(ref, table)
         dl = _Download(self, ref, table, pf)
         self.stats.resumed_pieces += pf.resumed
         try:
-            dl.start()
+            dl.start(listed)
             yield from dl.ordered(start)
             self.stats.blobs += 1
             try:
@@ -230,6 +249,10 @@ class PeerSource:
             self.store.release(pf)
             self._write_stats()
 
+    def blob_file(self, ref: BlobRef) -> Path:
+        """Where `chunks()` lays (and reads) the blob: the cache links it in once it verified."""
+        return self.store.dir / f"{ref.hex}.data"
+
     def _write_stats(self) -> None:
         try:
             self.stats_path.write_text(json.dumps(self.stats.to_json()))
@@ -237,8 +260,7 @@ class PeerSource:
             log.debug("peers: cannot write %s: %s", self.stats_path, e)
 
     def close(self) -> None:
-        for c in (self._tracker, self._peers):
-            c.close()
+        self._tracker.close()
 
 
 class _Download:
@@ -257,8 +279,8 @@ class _Download:
         self.error: str | None = None
 
     # -- threads ------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._merge(self.src.announce(self.ref))  # the first answer decides whether we can start at all
+    def start(self, listed: list[dict[str, Any]]) -> None:
+        self._merge(listed)  # the first answer (PeerSource.chunks asked) decides whether we can start at all
         self._spawn(self._tracker_loop, "peers-tracker")
         for i in range(self.o.downloads):
             self._spawn(self._worker, f"peers-{i}")
@@ -304,9 +326,9 @@ class _Download:
 
     def _refresh(self, p: Peer) -> None:
         try:
-            r = self.src._peers.get(f"{p.url}/v1/pieces/{self.ref.hex}", headers=self._token())
+            r = self.src.fetcher.get(f"{p.url}/v1/pieces/{self.ref.hex}", self._token(), 1 << 20, peer=True)
             if r.status_code == 200:
-                d = r.json()
+                d = json.loads(r.content)
                 with self.cond:
                     p.complete = bool(d.get("complete"))
                     p.have = int(d.get("have", "0"), 16) if not p.complete else 0
@@ -316,7 +338,7 @@ class _Download:
                     self.cond.notify_all()
             else:
                 p.heard = time.monotonic()
-        except (httpx.HTTPError, ValueError):
+        except (OSError, http.client.HTTPException, SourceError, ValueError):
             self._failed(p)
 
     def _token(self) -> dict[str, str]:
@@ -396,7 +418,7 @@ class _Download:
                 ok = r.status_code == 206
             else:
                 r = self.src.fetcher.get(f"{peer.url}/v1/pieces/{self.ref.hex}/{i}?size={self.table.size}",
-                                         self._token(), n + 65536)
+                                         self._token(), n + 65536, peer=True)
                 ok = r.status_code == 200
                 self._note_have(peer, r.headers.getheader("X-Pifarm-Have"))
             got, status = r.content, r.status_code

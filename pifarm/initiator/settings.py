@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # only an annotation: loading a config must not import crypto
     from pifarm.signed.signing import TrustedKeys
 
 CHANNELS = ("stable", "canary")
+#: the piece server's port (TCP), on by default: in pifarm's range beside the aggregator's 8470 (API)
+#: and 8471 (enrollment), clear of the node's 8080/8081 (inference REST/gRPC), HAProxy's 8000 and
+#: NVMe/TCP's 4420 (a node may run beside an aggregator)
+PIECE_PORT = 8472
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,8 @@ class NvmeTcpOptions:
 class PeerOptions:
     """`kind = "peers"`: pieces from other nodes (and the aggregator), and this node's piece server."""
 
-    listen: str = "0.0.0.0:8070"  # the piece server (peers fetch from here)
+    #: the piece server (peers fetch from here); "" = [node] listen's address, port PIECE_PORT
+    listen: str = ""
     host: str = ""  # address peers reach this node at ("" = as the aggregator sees it)
     rack: str = ""  # switch/rack label: peers with the same label are listed first
     tracker: str = ""  # "" = the node's aggregator
@@ -136,9 +141,18 @@ class PeerOptions:
     upload_rate: float = 0.0  # bytes/s the piece server may send in all (0 = no limit but the link)
     max_connections: int = 8  # concurrent piece requests served; more get 503
     stall: float = 60.0  # seconds without a new piece before the source gives up (next source)
+    #: only when the tracker lists another node for the blob (holding or fetching it); alone, the
+    #: next source streams it (the default chain's way: one GET beats pieces from one aggregator)
+    need_peer: bool = False
+    #: "auto": mTLS between nodes when [node] tls_cert, tls_key and tls_ca are set, else the swarm
+    #: token over plain HTTP; "on": mTLS or refuse to start; "off": the token only
+    tls: str = "auto"
 
     def __post_init__(self) -> None:
-        parse_listen(self.listen, key="listen")
+        if self.listen:
+            parse_listen(self.listen, key="listen")
+        if self.tls not in ("auto", "on", "off"):
+            raise ValueError(f"tls must be auto, on or off, got {self.tls!r}")
         if self.selection not in ("rarest", "random"):
             raise ValueError(f"selection must be rarest or random, got {self.selection!r}")
         if not (1 <= self.downloads <= 64 and 1 <= self.per_peer <= 16 and 0 <= self.from_aggregator <= 16):
@@ -147,6 +161,18 @@ class PeerOptions:
             raise ValueError("max_peers must be 1..50 and max_connections 1..1024")
         if self.upload_rate < 0 or self.min_size < 0 or self.stall <= 0:
             raise ValueError("upload_rate and min_size must be >= 0, stall > 0")
+
+
+@dataclass(frozen=True)
+class PeerSettings(PeerOptions):
+    """[peers] in node.toml: the peer source of the default chain (no `[[sources]]` listed). On by
+    default: large blobs come from peers first when another node has them, else as before."""
+
+    enabled: bool = True
+    need_peer: bool = True
+
+    def options(self) -> PeerOptions:
+        return PeerOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PeerOptions)})
 
 
 #: kind -> its options dataclass (the kinds the node knows; pifarm.initiator.chain has the factories)

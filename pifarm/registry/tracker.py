@@ -1,11 +1,11 @@
 """The aggregator as tracker: which nodes hold (or are fetching) which blob, for the peer source.
 
-    GET  /v1/peers?blob=<digest>&port=<p>[&rack=r][&complete=1][&limit=n]   (node auth)
+    GET  /v1/peers?blob=<digest>&port=<p>[&rack=r][&complete=1][&limit=n][&tls=1]   (node auth)
       -> {"blob", "token", "interval", "peers": [{"node", "url", "rack", "complete"}]}
     POST /v1/peers/bad {"blob", "node", "reason"}                            (node auth)
 
-Asking is announcing: the caller joins the blob's swarm at http://<its address as seen here, or
-`host`>:<port> and stays listed while it asks again within TTL seconds. Nodes whose reports say
+Asking is announcing: the caller joins the blob's swarm at http(s)://<its address as seen here, or
+`host`>:<port> (https with tls=1: its piece server wants the farm's client certificates) and stays listed while it asks again within TTL seconds. Nodes whose reports say
 a version holding the blob is active/previous/prefetched are listed as complete too (at the piece
 address they last announced). The list is bounded and shuffled, with the caller's rack first.
 
@@ -90,7 +90,7 @@ class Tracker:
 
     # -- announce and list ----------------------------------------------------------------
     def peers(self, node: str, blob: str, host: str, port: int, rack: str = "", complete: bool = False,
-              limit: int = 30) -> dict[str, Any]:
+              limit: int = 30, tls: bool = False) -> dict[str, Any]:
         digest_hex(blob)
         if not 1 <= port <= 65535:
             raise UsageError(f"port must be 1..65535, got {port}")
@@ -99,7 +99,7 @@ class Tracker:
         if len(rack) > 64:
             raise UsageError("rack label longer than 64 characters")
         now = self.clock()
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+        url = f"{'https' if tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
         with self._lock:
             self.announces += 1
             self._urls[node] = (url, rack)
@@ -182,13 +182,14 @@ def tracker_router(tracker: Tracker):
 
     @router.get("/v1/peers", summary="Peers for a blob (and announce: the caller joins its swarm)")
     async def peers(request: Request, blob: str, port: int, rack: str = "", complete: bool = False,
-                    limit: int = Query(30), host: str = "", authorization: str | None = Header(None),
+                    limit: int = Query(30), host: str = "", tls: bool = False,
+                    authorization: str | None = Header(None),
                     x_pifarm_node: str | None = Header(None)) -> dict:
         node = who(request, authorization, x_pifarm_node)
         seen = request.client.host if request.client else ""
         if host and (len(host) > 253 or not all(c.isalnum() or c in ".-:" for c in host)):
             raise UsageError(f"host {host[:80]!r} is not a host name or address")
-        return tracker.peers(node, blob, host or seen, port, rack, complete, limit)
+        return tracker.peers(node, blob, host or seen, port, rack, complete, limit, tls)
 
     @router.post("/v1/peers/bad", summary="Report a peer that sent a piece failing its digest")
     async def bad(request: Request, body: BadPeer, authorization: str | None = Header(None),

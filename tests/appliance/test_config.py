@@ -104,6 +104,8 @@ NODE_BAD = [
     ('[inference]\nmax_body = "x"\n', "[inference] max_body", "int"),
     ('[inference]\nruntime = "tensorflow"\n', "[inference] runtime", "one of"),
     ('[inference.models.m]\nnum_threads = 0\n', "[inference.models.m]: num_threads", "integer >= 1"),
+    ('[peers]\nmin_size = "big"\n', "[peers] min_size", "not a size"),
+    ('[peers]\ntls = "maybe"\n', "[peers] tls", "auto, on or off"),
     ('[[sources]]\nkind = "http"\ndeadline = "soon"\n', "[[sources]] #1 (http) deadline", "float"),
     ('[[sources]]\nkind = "http"\noptions = {connect_timeout = "x"}\n',
      "[[sources]] #1 (http) options connect_timeout", "float"),
