@@ -64,3 +64,29 @@ def test_the_index_finds_versions_and_waits_for_one_that_appears_later(tmp_path)
     shutil.rmtree(tmp_path / "block" / "nvme0n1")
     idx.scan()
     assert events == [("add", "nvme0n1"), ("add", "nvme0n2"), ("remove", "nvme0n1")]
+
+
+def test_a_namespace_with_two_paths_is_found_once_as_its_head(tmp_path):
+    """Native multipath (issue 17), the layout measured on 6.1 (tests/vm/test_multipath.py): the
+    head nvme0n1's device is the subsystem (nvme-subsys0, which holds subsysnqn), each path
+    nvme0cYn1 carries the same ids and points at its controller nvmeY; only the head has /dev."""
+    nqn = "nqn.2014-08.org.pifarm:aggregator:shared"
+    devices = tmp_path / "devices"
+    for d in ("nvme-subsys0", "nvme0", "nvme1"):
+        (devices / d).mkdir(parents=True)
+        (devices / d / "subsysnqn").write_text(nqn + "\n")
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "nvme0n1").touch()
+    for name, parent in (("nvme0n1", "nvme-subsys0"), ("nvme0c0n1", "nvme0"), ("nvme0c1n1", "nvme1")):
+        b = tmp_path / "block" / name
+        b.mkdir(parents=True)
+        (b / "uuid").write_text(f"{namespace_uuid(D1)}\n")
+        (b / "nguid").write_text(f"{uuid.UUID(bytes=namespace_nguid(D1))}\n")
+        (b / "nsid").write_text("3\n")
+        (b / "device").symlink_to(devices / parent)
+    idx = NamespaceIndex(tmp_path, dev)
+    idx.scan()
+    assert [ns.name for ns in idx.namespaces()] == ["nvme0n1"]
+    head = idx.find(D1)
+    assert (head.dev, head.subsysnqn, head.nsid) == (dev / "nvme0n1", nqn, 3) and head.dev.exists()
