@@ -11,6 +11,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pifarm.appliance.config import NodeConfig, PeerConfig, load_node_config
@@ -20,23 +21,36 @@ from pifarm.cache.settings import CacheSettings
 from pifarm.initiator.chain import default_specs
 from pifarm.initiator.identity import ensure_identity
 from pifarm.initiator.settings import NodeSettings, SourceSpec, WatcherSettings
+from pifarm.pki.farm import AggregatorPki
 from pifarm.registry.fleet_api import load_token_key, node_token
 
 MiB = 2**20
 
 
 def node_cfg(tmp: Path, name: str, agg, *, token: bool = True, peers: PeerConfig | None = None,
-             sources: tuple = ()) -> NodeConfig:
+             sources: tuple = (), pki: AggregatorPki | None = None) -> NodeConfig:
     ident = tmp / name / "id"
     hostid = ensure_identity(ident).hostid
-    tok = node_token(load_token_key(agg.data_dir), hostid) if token and agg is not None else ""
+    tok = node_token(load_token_key(agg.data_dir), hostid) if token else ""
+    tls = {}
+    if pki is not None:  # the farm's PKI: this node's client certificate (the aggregator stays HTTP here)
+        t = pki.issue_client(name, tmp / name / "tls")
+        tls = {"tls_ca": str(t.bundle), "tls_cert": str(t.cert), "tls_key": str(t.key)}
     return NodeConfig(
-        node=NodeSettings(aggregator=agg.url if agg is not None else "http://127.0.0.1:9", listen="127.0.0.1:0",
-                          trusted_keys=[str(agg.pubkey if agg is not None else tmp / "none.pub")],
-                          state_dir=str(tmp / name / "state"), host_identity=str(ident), report_token=tok),
+        node=NodeSettings(aggregator=agg.url, listen="127.0.0.1:0", trusted_keys=[str(agg.pubkey)],
+                          state_dir=str(tmp / name / "state"), host_identity=str(ident), report_token=tok, **tls),
         cache=CacheSettings(root=str(tmp / name / "cache"), scrub_interval=0),
         watcher=WatcherSettings(poll_wait=1, backoff_base=0.05, backoff_max=0.5),
         peers=peers or PeerConfig(listen="127.0.0.1:0", min_size=MiB), sources=sources)
+
+
+def peer_urls(agg, asker: NodeDaemon) -> list[str]:
+    """The piece URLs the tracker hands `asker` for the blobs it holds."""
+    src = asker.sources[0].inner
+    params = {"port": src.port, **({"tls": "true"} if src.tls is not None else {})}
+    return [p["url"] for digest in src.tokens for p in
+            httpx.get(agg.url + "/v1/peers", params={"blob": digest, **params}, headers=src._auth(),
+                      timeout=10).json()["peers"]]
 
 
 def kinds(daemon: NodeDaemon) -> list[str]:
@@ -100,14 +114,20 @@ def test_node_without_credentials_or_port_keeps_the_old_chain(tmp_path, aggregat
             d.stop()
 
 
-def test_peers_first_only_when_another_node_has_the_blob(tmp_path, aggregator):
+@pytest.mark.parametrize("auth", ["token", "mtls"])
+def test_peers_first_only_when_another_node_has_the_blob(tmp_path, aggregator, auth):
     """Node A is alone: its peer source passes the blob on (no failure) and HTTP brings it. Node B
-    then finds A in the swarm and takes every piece from A's piece server."""
+    then finds A in the swarm and takes every piece from A's piece server (over HTTPS with both
+    nodes' certificates when the farm has PKI)."""
+    pki = None
+    if auth == "mtls":
+        pki = AggregatorPki(tmp_path / "pki")
+        pki.init(dns_names=["localhost"], ips=["127.0.0.1"])
     src = tmp_path / "model.bin"
     data = os.urandom(3 * MiB + 12345)  # 4 pieces of 1 MiB
     src.write_bytes(data)
     aggregator.client().publish(src, "big", "stable", format="raw")
-    a = NodeDaemon(node_cfg(tmp_path, "a", aggregator))
+    a = NodeDaemon(node_cfg(tmp_path, "a", aggregator, pki=pki))
     b = None
     try:
         a.start()
@@ -117,12 +137,14 @@ def test_peers_first_only_when_another_node_has_the_blob(tmp_path, aggregator):
         assert installed.labels("peers")._value.get() == 0
         assert a.metrics.source_failures.labels("peers")._value.get() == 0  # passed on, not failed
         a.peers.seed()  # what its seed loop does every 30 s: announce the blobs it holds as complete
-        b = NodeDaemon(node_cfg(tmp_path, "b", aggregator))
+        b = NodeDaemon(node_cfg(tmp_path, "b", aggregator, pki=pki))
         b.start()
         wait_for(lambda: b.metrics.blobs_installed.labels("peers")._value.get() >= 1, "node B's blob from peers")
         stats = json.loads((tmp_path / "b" / "state" / "peers.json").read_text())
         assert stats["pieces_from_peers"] == 4 and stats["pieces_from_aggregator"] == 0, stats
         assert a.peers.server.served_bytes >= len(data)
+        assert (a.peers.server.tls is not None) == (auth == "mtls")
+        assert all(p.startswith("https://" if pki else "http://") for p in peer_urls(aggregator, b))
     finally:
         for d in (b, a):
             if d is not None:
