@@ -170,6 +170,9 @@ class PeerSettings(PeerOptions):
 
     enabled: bool = True
     need_peer: bool = True
+    #: 12.5 MB/s (100 Mbit/s): what bench S2 measured leaving inference p99 alone on a serving node;
+    #: on by default, serving must not take a node's link or CPU (TLS costs CPU per byte)
+    upload_rate: float = 12_500_000.0
 
     def options(self) -> PeerOptions:
         return PeerOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(PeerOptions)})

@@ -69,6 +69,7 @@ def test_default_order_and_who_takes_part(tmp_path, caplog):
                                           "PIFARM_NODE_HOST_IDENTITY": str(tmp_path / "id")})
     opts = default_options(cfg)
     assert opts is not None and opts.need_peer and opts.min_size == 16 * MiB and not opts.listen
+    assert opts.upload_rate == 12.5e6  # served to peers at most: bench S2 measured inference unharmed
     assert [s.kind for s in default_specs("http://agg:8470", "s3://b/p", opts)] == ["peers", "http", "s3"]
     assert [s.kind for s in default_specs("", "s3://b/p", opts)] == ["s3"]  # no aggregator: no tracker
     off = load_node_config(None, environ={"PIFARM_NODE_AGGREGATOR": "http://agg:8470", "PIFARM_NODE_REPORT_TOKEN": "t",
