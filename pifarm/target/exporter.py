@@ -111,7 +111,8 @@ class KernelTarget:
         nsids = self.nsids.sync(wanted, adopt) if persist else self.nsids.preview(wanted, adopt)
         ports = {i + 1: (addr, self.settings.trsvcid) for i, addr in enumerate(self.settings.addresses)}
         return build_spec(subsystem_nqn=self.nqn, exports=exports, nsids=nsids, ports=ports,
-                          hosts=self.allowed_hosts(extra_hosts), buffered_io=self.settings.buffered_io_choice)
+                          hosts=self.allowed_hosts(extra_hosts), buffered_io=self.settings.buffered_io_choice,
+                          cntlid=(self.settings.cntlid_min, self.settings.cntlid_max))
 
     def plan(self, exports: list[Export], extra_hosts=None) -> list[Op]:
         observed = observe(self.root)

@@ -38,6 +38,7 @@ _SECRET_ATTRS = SECRET_ATTRS
 _HOST_ORDER = ("dhchap_hash", "dhchap_dhgroup", "dhchap_key", "dhchap_ctrl_key")
 _PORT_FIRST = ("addr_trtype", "addr_adrfam", "addr_traddr", "addr_trsvcid")
 _SUBSYS_FIRST = ("attr_allow_any_host",)
+_SUBSYS_DEFAULTS = {"attr_cntlid_min": "1", "attr_cntlid_max": "65519"}  # a new subsystem's
 
 
 @dataclass(frozen=True)
@@ -181,8 +182,8 @@ def diff(desired: TargetSpec, observed: TargetSpec, scope: Scope | None = None) 
         have = observed.subsystems.get(nqn)
         if have is None:
             build.append(Op("mkdir", f"subsystems/{nqn}"))
-        hattrs = dict(have.attrs) if have else {}
-        for k, v in _changed(dict(want.attrs), hattrs, _SUBSYS_FIRST):
+        hattrs = dict(have.attrs) if have else dict(_SUBSYS_DEFAULTS)  # what mkdir gives
+        for k, v in _changed(dict(want.attrs), hattrs, _subsys_order(want.attrs, hattrs)):
             build.append(Op("write", f"subsystems/{nqn}/{k}", v))
         for nsid, wns in sorted(want.namespaces.items()):
             base = f"subsystems/{nqn}/namespaces/{nsid}"
@@ -209,6 +210,17 @@ def diff(desired: TargetSpec, observed: TargetSpec, scope: Scope | None = None) 
         for nqn in sorted(want.subsystems - relink.get(pid, set())):
             build.append(Op("link", f"ports/{pid}/subsystems/{nqn}", f"subsystems/{nqn}"))
     return teardown + build
+
+
+def _subsys_order(want, have) -> tuple[str, ...]:
+    """The kernel keeps cntlid_min < cntlid_max at every write: lower bound first unless the new
+    minimum is not below the current maximum (a range moved up past it), then the upper first."""
+    try:
+        min_first = int(want.get("attr_cntlid_min", 1)) < int(have.get("attr_cntlid_max", 65519))
+    except ValueError:
+        min_first = True
+    pair = ("attr_cntlid_min", "attr_cntlid_max") if min_first else ("attr_cntlid_max", "attr_cntlid_min")
+    return (*_SUBSYS_FIRST, *pair)
 
 
 def _locked_change(want: NamespaceSpec, have: NamespaceSpec) -> bool:

@@ -25,6 +25,11 @@ class TargetSettings:
     #: listen address(es) of the NVMe/TCP port(s); port ids are 1, 2, ... in this order
     addresses: tuple[str, ...] = ("0.0.0.0",)
     trsvcid: int = 4420
+    #: controller ids this target hands out (nvmet's attr_cntlid_min/max). Aggregators exporting
+    #: one subsystem NQN to the same node must use disjoint ranges: the host's multipath refuses a
+    #: second controller with a cntlid it already has in that subsystem ("Duplicate cntlid")
+    cntlid_min: int = 1
+    cntlid_max: int = 65519
     #: hosts always allowed (besides `pifarm target allow-host` and the node inventory)
     allowed_hosts: tuple[str, ...] = ()
     #: "auto" probes O_DIRECT on each volume file (tmpfs has none), "on"/"off" force it
@@ -43,6 +48,9 @@ class TargetSettings:
             raise ConfigError(f"[target] buffered_io must be auto, on or off, got {self.buffered_io!r}")
         if not 0 < self.trsvcid < 65536:
             raise ConfigError(f"[target] trsvcid must be a TCP port 1-65535, got {self.trsvcid}")
+        if not 1 <= self.cntlid_min < self.cntlid_max <= 65519:
+            raise ConfigError(f"[target] cntlid_min/cntlid_max must satisfy 1 <= min < max <= 65519, "
+                              f"got {self.cntlid_min}..{self.cntlid_max}")
         for a in self.addresses:
             try:
                 ipaddress.ip_address(a)

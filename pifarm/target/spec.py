@@ -31,6 +31,8 @@ __all__ = [
 #: namespace attributes the kernel only accepts while the namespace is disabled
 LOCKED_NS_ATTRS = ("device_path", "device_uuid", "device_nguid", "buffered_io")
 _NS_ATTRS = (*LOCKED_NS_ATTRS, "ana_grpid")
+#: nvmet's default controller id range (1..NVME_CNTLID_MAX)
+DEFAULT_CNTLID = (1, 65519)
 _HOST_PREFIX, _SUBSYS_PREFIX, _PORT_PREFIXES = "dhchap_", "attr_", ("addr_", "param_")
 
 
@@ -210,11 +212,12 @@ def port_attrs(traddr: str, trsvcid: int | str) -> dict[str, str]:
 
 def build_spec(*, subsystem_nqn: str, exports: Iterable[Export], nsids: Mapping[str, int],
                ports: Mapping[int, tuple[str, int]], hosts: Mapping[str, Mapping[str, str]],
-               buffered_io: bool | None = None) -> TargetSpec:
+               buffered_io: bool | None = None, cntlid: tuple[int, int] = DEFAULT_CNTLID) -> TargetSpec:
     """The desired tree: one subsystem, one enabled namespace per export, `attr_allow_any_host=0`,
     each host in `hosts` (nqn -> dhchap attrs) allowed, the subsystem linked on every port.
 
-    `buffered_io=None` decides per volume file (O_DIRECT probe); True/False forces it.
+    `buffered_io=None` decides per volume file (O_DIRECT probe); True/False forces it. `cntlid`
+    is the (min, max) controller id range; the default is the kernel's, so it writes nothing.
     """
     namespaces = {}
     for e in exports:
@@ -225,7 +228,8 @@ def build_spec(*, subsystem_nqn: str, exports: Iterable[Export], nsids: Mapping[
             raise UsageError(f"namespace id {nsid} allocated twice ({e.key})")
         bio = (not supports_o_direct(e.path)) if buffered_io is None else buffered_io
         namespaces[nsid] = NamespaceSpec(nsid, namespace_attrs(e, bio))
-    sub = SubsystemSpec(subsystem_nqn, {"attr_allow_any_host": "0"}, namespaces, frozenset(hosts))
+    attrs = {"attr_allow_any_host": "0", "attr_cntlid_min": str(cntlid[0]), "attr_cntlid_max": str(cntlid[1])}
+    sub = SubsystemSpec(subsystem_nqn, attrs, namespaces, frozenset(hosts))
     host_specs = {n: HostSpec(n, dict(a)) for n, a in hosts.items()}
     port_specs = {pid: PortSpec(pid, port_attrs(*addr), frozenset({subsystem_nqn})) for pid, addr in ports.items()}
     return TargetSpec(host_specs, {subsystem_nqn: sub}, port_specs)

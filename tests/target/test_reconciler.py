@@ -136,3 +136,26 @@ def test_build_spec_refuses_inconsistent_input(exports):
     t = build_spec(subsystem_nqn=NQN, exports=[], nsids={}, ports={}, hosts={})
     assert t.subsystems[NQN].attrs["attr_allow_any_host"] == "0" and t == TargetSpec(
         {}, {NQN: t.subsystems[NQN]}, {})
+
+
+def test_cntlid_range_is_written_in_an_order_the_kernel_accepts_and_default_writes_nothing(exports):
+    """Issue 17: aggregators exporting one subsystem NQN need disjoint controller id ranges. The
+    kernel refuses min >= max at every single write, so moving a range up past the current
+    maximum writes the maximum first, and moving it down writes the minimum first."""
+    from pifarm.errors import ConfigError
+    from pifarm.target.settings import TargetSettings
+
+    root = Root(FakeConfigfs("6.1"))
+    plain = build_spec(subsystem_nqn=NQN, exports=[], nsids={}, ports={}, hosts={})
+    first = diff(plain, observe(root), Scope.of(plain))
+    assert not [op for op in first if "cntlid" in op.path]  # the kernel's default range: no write
+    apply(root, first)
+    for lo, hi in ((1000, 1999), (2000, 2999), (100, 199), (1, 65519)):
+        want = build_spec(subsystem_nqn=NQN, exports=[], nsids={}, ports={}, hosts={}, cntlid=(lo, hi))
+        apply(root, diff(want, observe(root), Scope.of(want)))  # the fake refuses min >= max
+        got = observe(root).subsystems[NQN].attrs
+        assert (got["attr_cntlid_min"], got["attr_cntlid_max"]) == (str(lo), str(hi))
+        assert diff(want, observe(root), Scope.of(want)) == []
+    for bad in ((0, 10), (10, 10), (20, 10), (1, 65520)):
+        with pytest.raises(ConfigError, match="cntlid_min/cntlid_max"):
+            TargetSettings(cntlid_min=bad[0], cntlid_max=bad[1])

@@ -27,6 +27,9 @@ def test_the_exporter_links_the_subsystem_on_both_ports_and_the_node_connects_to
     assert facts["attach_states"] == ["live", "live"], facts["attach_errors"]
     c1, c2 = (list(c.values()) for c in facts["controllers"])
     assert len(c1) == len(c2) == 1 and c1 != c2  # two controllers, one per address
+    # [target] cntlid_min/max: what lets two aggregators' controllers share one host subsystem
+    assert facts["cntlid_range"] == ["1000", "1999"]
+    assert len(facts["cntlids"]) == 2 and all(1000 <= c <= 1999 for c in facts["cntlids"]), facts["cntlids"]
 
 
 def test_one_head_with_two_paths_and_the_node_finds_the_head(facts):
@@ -52,8 +55,10 @@ def test_a_read_through_the_head_verifies_and_uses_both_paths(facts):
 
 
 def test_with_one_port_removed_reads_still_verify_through_the_other_path(facts):
-    assert facts["apply_one_rc"] == 0
-    assert facts["apply_one_steps"] and all("ports/2" in s for s in facts["apply_one_steps"])
+    assert facts["apply_one_rc"] == 0 and facts["cntlid_range_after"] == ["2000", "2999"]
+    steps = facts["apply_one_steps"]
+    assert [s.split()[1] for s in steps if "ports/" in s] == ["unlink", "rmdir"]
+    assert all("ports/2" in s or "attr_cntlid_" in s for s in steps), steps
     removed = facts["removed_ctrl"]
     after = facts["paths_after"]
     assert {p["ctrl"]: p["state"] for p in after.values()}[removed] != "live"

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, os.getcwd())  # the project root (the harness runs scripts there)
@@ -66,10 +65,16 @@ def cli(*args: str) -> tuple[int, str]:
     return rc, out.getvalue()
 
 
-def config(path: Path, data: Path, addresses) -> Path:
+def config(path: Path, data: Path, addresses, cntlid: tuple[int, int]) -> Path:
     path.write_text(f'[registry]\ndata_dir = "{data}"\n\n[target]\nconfigfs_root = "/sys/kernel/config/nvmet"\n'
-                    f'addresses = {json.dumps(list(addresses))}\nsubsystem_nqn = "{NQN}"\n')
+                    f'addresses = {json.dumps(list(addresses))}\nsubsystem_nqn = "{NQN}"\n'
+                    f'cntlid_min = {cntlid[0]}\ncntlid_max = {cntlid[1]}\n')
     return path
+
+
+def cntlid_range() -> list[str]:
+    s = Path("/sys/kernel/config/nvmet/subsystems") / NQN
+    return [attr(s / "attr_cntlid_min"), attr(s / "attr_cntlid_max")]
 
 
 def attr(p: Path) -> str:
@@ -140,7 +145,8 @@ def main() -> None:
          expect_nguid=namespace_nguid(m.digest).hex())
 
     node = ensure_identity("/tmp/node-identity")
-    cfg = config(work / "aggregator.toml", data, ADDRS)
+    # a controller id range of this aggregator's own (another one would take a disjoint range)
+    cfg = config(work / "aggregator.toml", data, ADDRS, (1000, 1999))
     cli("target", "allow-host", node.hostnqn, "--no-apply", "--config", str(cfg))
     rc, out = cli("target", "apply", "--config", str(cfg))
     step("applied", apply_rc=rc, ports_linked=sorted(p.name for p in Path("/sys/kernel/config/nvmet/ports").iterdir()
@@ -153,7 +159,8 @@ def main() -> None:
     index.start()
     results = [a.attach_once() for a in attachers]
     step("attached", attach_states=[r.state for r in results], attach_errors=[r.error for r in results],
-         controllers=[dict(a.controllers()) for a in attachers])
+         controllers=[dict(a.controllers()) for a in attachers], cntlid_range=cntlid_range(),
+         cntlids=[int(attr(Path("/sys/class/nvme") / c / "cntlid") or 0) for a in attachers for c in a.controllers().values()])
     ns = index.wait_for(m.digest, WAIT)
     if ns is None:
         raise SystemExit(f"no namespace for the volume; facts so far: {json.dumps(facts)}")
@@ -172,12 +179,13 @@ def main() -> None:
     n, delta = read_delta(ns.name, str(ns.dev))
     step("read over both", iopolicy=attr(subsys_dir / "iopolicy"), verified_both=n, read_both=delta)
 
-    # one "aggregator" goes: port 2 removed by pifarm's exporter
-    rc, out = cli("target", "apply", "--config", str(config(work / "one.toml", data, ADDRS[:1])))
+    # one "aggregator" goes: port 2 removed by pifarm's exporter (and the cntlid range moved up
+    # past its maximum: the order of the two writes matters to the kernel)
+    rc, out = cli("target", "apply", "--config", str(config(work / "one.toml", data, ADDRS[:1], (2000, 2999))))
     gone = attachers[1].controllers().get(NQN, "")
     until(lambda: attachers[1].controller_state(gone) not in ("live", "gone"), "the second path to leave live")
     n, delta = read_delta(ns.name, str(ns.dev))
-    step("port removed", apply_one_rc=rc, apply_one_steps=[ln for ln in out.splitlines() if ln.startswith("[")],
+    step("port removed", apply_one_rc=rc, cntlid_range_after=cntlid_range(), apply_one_steps=[ln for ln in out.splitlines() if ln.startswith("[")],
          removed_ctrl=gone, verified_one=n, read_one=delta, paths_after=paths(ns.name),
          head_after=[x.name for x in index.namespaces() if x.matches(m.digest)],
          controllers_after=[dict(a.controllers()) for a in attachers])
