@@ -69,8 +69,10 @@ def default_options(cfg) -> PeerOptions | None:
         return None
     why = ""
     try:
-        if not (report_token(cfg.node) or cfg.node.tls_cert):
-            why = "no report token ([node] report_token_file) and no client certificate ([node] tls_cert)"
+        mtls = cfg.node.tls_cert and any(u.startswith("https://") for u in cfg.node.aggregator_urls)
+        if not (report_token(cfg.node) or mtls):
+            why = ("no report token ([node] report_token_file) and no client certificate for an https:// "
+                   "aggregator ([node] tls_cert)")
         else:
             ensure_identity(cfg.node.host_identity or None)
     except ConfigError as e:

@@ -83,6 +83,10 @@ def test_default_order_and_who_takes_part(tmp_path, caplog):
                                                 "PIFARM_NODE_TLS_CERT": "/x/node.crt", "PIFARM_NODE_TLS_KEY": "/x/node.key",
                                                 "PIFARM_NODE_HOST_IDENTITY": str(tmp_path / "id")})
     assert default_options(with_cert) is not None  # mTLS: the certificate names the node to the tracker
+    cert_plain_agg = load_node_config(None, environ={"PIFARM_NODE_AGGREGATOR": "http://agg:8470",
+                                                     "PIFARM_NODE_TLS_CERT": "/x/node.crt",
+                                                     "PIFARM_NODE_TLS_KEY": "/x/node.key"})
+    assert default_options(cert_plain_agg) is None  # a certificate is never shown to a plain-HTTP tracker
 
 
 def test_node_without_credentials_or_port_keeps_the_old_chain(tmp_path, aggregator, caplog):
