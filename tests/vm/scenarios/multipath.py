@@ -119,6 +119,14 @@ def read_delta(head: str, dev: str) -> tuple[int, dict[str, int]]:
     return n, {k: after[k] - before.get(k, 0) for k in after}
 
 
+def list_subsys_addresses(text: str) -> list[str]:
+    """The path addresses `nvme list-subsys -o json` (nvme-cli 2.x) shows for our subsystem."""
+    doc = json.loads(text)
+    hosts = doc if isinstance(doc, list) else [doc]
+    return sorted(p.get("Address", "") for h in hosts for s in h.get("Subsystems", [])
+                  if s.get("NQN") == NQN for p in s.get("Paths", []))
+
+
 def registry_nsid(doc: dict, digest: str):
     """The nsid the signed snapshot gives the version with this manifest digest."""
     for entry in doc["signed"]["models"].values():
@@ -171,7 +179,8 @@ def main() -> None:
          matching=[n.name for n in index.namespaces() if n.matches(m.digest)],
          hidden_paths=sorted(b for b in os.listdir("/sys/block") if _PATH.match(b)),
          host_nsid=ns.nsid, host_uuid=str(ns.uuid), host_nguid=ns.nguid, host_subsysnqn=ns.subsysnqn,
-         paths_before=paths(ns.name), list_subsys=mp.stdout if mp.returncode == 0 else mp.stderr)
+         paths_before=paths(ns.name),
+         list_subsys=list_subsys_addresses(mp.stdout) if mp.returncode == 0 else [mp.stdout + mp.stderr])
 
     # round-robin (Debian's default is numa: one path carries everything) so a read uses both
     subsys_dir = next(d for d in Path("/sys/class/nvme-subsystem").iterdir() if attr(d / "subsysnqn") == NQN)
