@@ -121,7 +121,11 @@ class FleetShare:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=15)
-            self._thread = None
+            stuck, self._thread = self._thread.is_alive(), None
+            if stuck:  # still inside a bucket call: no second writer beside it
+                return
+        if self.error is not None:
+            return  # the bucket is not answering: a stop must not wait for its timeouts
         try:  # the last reports received go to the bucket (best effort: the nodes report again)
             self.write_pending()
         except Exception as e:
