@@ -132,7 +132,9 @@ def test_fleet_state_in_the_bucket_reports_to_one_rollout_led_by_the_other(tmp_p
     def send(http: httpx.Client, node: str, seq: int) -> None:
         v = serving["version"]
         n = 20 * seq  # a steady trickle of fast, error-free requests on the version served
-        rep = {"type": "node-report", "format": 1, "node": node, "hostname": node, "interval": 2.0, "seq": seq,
+        # reported every 0.7 s, declared 3 s: aggregator 2's copy (written every 1.5 intervals) stays
+        # well inside the 9 s after which a node counts as missing, even on a loaded box
+        rep = {"type": "node-report", "format": 1, "node": node, "hostname": node, "interval": 3.0, "seq": seq,
                "sent": time.time(), "state": "ready", "channel": "stable", "revision": -1,
                "models": {MODEL: {"active": v, "serving": v, "ready": True,
                                   "stats": {str(v): {"requests": n, "errors": 0, "sum": n * 0.002,
