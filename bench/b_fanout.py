@@ -33,17 +33,33 @@ def _model(path: Path, size: int) -> Path:
     return path
 
 
+def _cpu_s(rack: Rack) -> float:
+    """CPU seconds (user + system) the rack's node processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for b in rack.boxes:
+        fields = Path(f"/proc/{b.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 def one(workdir: Path, n: int, size: int, node_mbit: float, agg_mbit: float) -> dict:
     with Rack(workdir / f"rack{n}", nodes=n, node_mbit=node_mbit, agg_mbit=agg_mbit) as rack:
         rack.start_aggregator()
         rack.start_nodes(peers=True)
-        v = rack.publish(_model(workdir / f"a{n}.bin", size))
+        model = _model(workdir / f"a{n}.bin", size)
+        cpu0 = _cpu_s(rack)
+        v = rack.publish(model)
         t_peers = rack.wait_version(v, timeout=1800)
+        cpu_peers = _cpu_s(rack) - cpu0
         stats = [rack.stats(i) for i in range(n)]
         rack.stop_nodes()
         rack.start_nodes(peers=False)
-        v = rack.publish(_model(workdir / f"b{n}.bin", size))
+        model = _model(workdir / f"b{n}.bin", size)
+        cpu0 = _cpu_s(rack)
+        v = rack.publish(model)
         t_agg = rack.wait_version(v, timeout=3600)
+        cpu_agg = _cpu_s(rack) - cpu0
     bits = size * 8
     a, u = agg_mbit * 1e6, node_mbit * 1e6
     bound = max(bits / a, n * bits / (a + n * u), bits / u)
@@ -52,6 +68,9 @@ def one(workdir: Path, n: int, size: int, node_mbit: float, agg_mbit: float) -> 
             "peers_over_bound": round(t_peers / bound, 3), "model_mib": size // MiB, "node_mbit": node_mbit,
             "agg_mbit": agg_mbit, "aggregator_bytes_per_node_model": round(from_agg / size, 2),
             "bad_pieces": sum(s.get("bad_pieces", 0) for s in stats),
+            # CPU (user + system) of the node processes per GiB a node took, from publish to the last install
+            "node_cpu_s_per_gib_peers": round(cpu_peers / (n * size / 2**30), 2),
+            "node_cpu_s_per_gib_aggregator_only": round(cpu_agg / (n * size / 2**30), 2),
             "ratio": t_agg / t_peers}
 
 

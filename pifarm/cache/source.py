@@ -25,3 +25,8 @@ class Source(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    # Optional, not part of the protocol: `blob_file(ref) -> Path | None` names a file in which the
+    # source lays the blob's bytes as it fetches them and from which `chunks()` reads them (the peer
+    # source's piece store). On the cache's filesystem the cache then verifies what `chunks()`
+    # yields as usual, writes nothing, and links that file in once the whole blob verified.

@@ -2,13 +2,16 @@
 
 For a blob of at least `min_size` whose manifest carries per-piece digests, the source asks the
 tracker (`GET /v1/peers`, which also announces this node) for peers, keeps `downloads` pieces in
-flight — rarest first among what peers hold, and from the aggregator (HTTP Range) only pieces no
-peer holds nor is fetching — checks every piece with `StreamVerifier` on arrival, writes it to
+flight — rarest first among what peers hold, and one from the aggregator (HTTP Range): pieces no
+peer holds first, striped over the swarm, else, while no peer holds the whole blob, the rarest one,
+so its uplink never idles — checks every piece with `StreamVerifier` on arrival, writes it to
 the piece store (which the piece server serves from at once), and yields the blob in order to
 the cache, which verifies the whole blob once more before installing it. A peer whose piece fails
 its digest is dropped at once and reported to the tracker; a peer that fails (gone, 503, 404)
 costs the pieces in flight from it, which go back to the pool. After a crash the verified pieces
-are kept (`peer_store`), so only missing pieces are fetched again.
+are kept (`peer_store`), so only missing pieces are fetched again. When every missing piece is
+in flight, idle workers ask a second provider for them (endgame: the first copy that verifies wins).
+The cache links the piece file in (`blob_file`) instead of writing the blob a second time.
 
 Blobs below `min_size` or without pieces raise SourcePass at once: the next source serves them,
 and nothing counts as failed. So do blobs no other node holds or fetches, with `need_peer` (the
@@ -95,11 +98,12 @@ class Fetcher:
         self._local = threading.local()
         self.peer_tls = None  # PeerTls: https:// peers (mTLS), their certificate checked before a request
 
-    def get(self, url: str, headers: dict[str, str], limit: int, peer: bool = False) -> _Got:
+    def get(self, url: str, headers: dict[str, str], limit: int, peer: bool = False, retry: bool = True) -> _Got:
         u = urlsplit(url)
         key = (u.scheme, u.netloc)
         conns = self._local.__dict__.setdefault("conns", {})
         conn = conns.get(key)
+        reused = conn is not None
         if conn is None:
             ptls = self.peer_tls if peer and u.scheme == "https" else None
             if u.scheme == "https":
@@ -128,9 +132,13 @@ class Fetcher:
                 conn.close()
                 conns.pop(key, None)
             return _Got(r.status, r, body)
-        except (OSError, http.client.HTTPException, SourceError):
+        except (OSError, http.client.HTTPException, SourceError) as e:
             conn.close()
             conns.pop(key, None)
+            if reused and retry and isinstance(e, (ConnectionResetError, BrokenPipeError)):
+                # a keep-alive connection the server closed while it idled (uvicorn: after 5 s):
+                # a GET is safe to send once more, on a new connection
+                return self.get(url, headers, limit, peer, retry=False)
             raise
 
 
@@ -270,7 +278,7 @@ class _Download:
         self.src, self.ref, self.table, self.pf = src, ref, table, pf
         self.o = src.opts
         self.peers: dict[str, Peer] = {}
-        self.inflight: set[int] = set()
+        self.inflight: dict[int, list[Peer | None]] = {}  # piece -> who sends it (two, near the end)
         self.agg_inflight = 0
         self.cond = threading.Condition()
         self.stop_event = threading.Event()
@@ -349,33 +357,55 @@ class _Download:
         """(piece, peer) or (piece, None) for the aggregator; None when nothing can start now."""
         n = self.table.count
         missing = [i for i in range(n) if not self.pf.has(i) and i not in self.inflight]
-        if not missing:
-            return None
         live = [p for p in self.peers.values() if not p.dropped]
         full = (1 << n) - 1
         held = [(full if p.complete else p.have) for p in live]
-        avail = {i: sum(h >> i & 1 for h in held) for i in missing}
         now = time.monotonic()
+        if not missing:
+            return self._endgame(live, held, now)
+        avail = {i: sum(h >> i & 1 for h in held) for i in missing}
         free = [(p, h) for p, h in zip(live, held) if p.inflight < self.o.per_peer and p.busy_until <= now]
         order = missing[:]
         random.shuffle(order)
         if self.o.selection == "rarest":
             order.sort(key=lambda i: avail[i])
+        if self.agg_inflight < self.o.from_aggregator:
+            # the aggregator's requests come first, so its uplink never idles while the swarm's are
+            # the bottleneck (peers/bound 2.0 at N = 16 when it only sent pieces nobody had)
+            pend = {i: sum(p.pending >> i & 1 for p in live) for i in order}
+            nobody = [i for i in order if avail[i] == 0]
+            if nobody:
+                # pieces nobody has first: the swarm splits them into stripes by node id (every node
+                # sees about the same members), so each leaves the aggregator about once; past its
+                # own stripe a node takes what nobody is fetching
+                ids = sorted({self.src.node_id, *self.peers})
+                rank, k = ids.index(self.src.node_id), len(ids)
+                mine = [i for i in nobody if i % k == rank]
+                return min(mine or nobody, key=lambda i: pend[i]), None  # `order` is shuffled: ties random
+            if not any(p.complete for p in live):
+                # a fresh fan-out (no peer holds the whole blob): the aggregator is the one full seed
+                # and its uplink should not idle, so it sends the rarest piece this node misses;
+                # once peers hold it whole they are the seeds, and it sends only what nobody has
+                return min(order, key=lambda i: (avail[i], pend[i])), None
         for i in order:
             holders = [p for p, h in free if h >> i & 1]
             if holders:
                 return i, min(holders, key=lambda p: (p.inflight, random.random()))
-        if self.agg_inflight < self.o.from_aggregator:
-            nobody = [i for i in order if avail[i] == 0]
-            if nobody:
-                # the aggregator's uplink is the scarce one: the swarm splits the pieces nobody has
-                # into stripes by node id (every node sees about the same members), so each leaves
-                # the aggregator about once; past its own stripe a node takes what nobody is fetching
-                ids = sorted({self.src.node_id, *self.peers})
-                rank, k = ids.index(self.src.node_id), len(ids)
-                pend = {i: sum(p.pending >> i & 1 for p in live) for i in nobody}
-                mine = [i for i in nobody if i % k == rank]
-                return min(mine or nobody, key=lambda i: pend[i]), None  # `order` is shuffled: ties random
+        return None
+
+    def _endgame(self, live: list[Peer], held: list[int], now: float) -> tuple[int, Peer | None] | None:
+        """Every piece still missing is in flight and a worker is idle: it asks a second provider for
+        one that a single one sends, so the blob's last pieces do not wait on one slow uplink (the
+        first copy that verifies is kept; the other one's bytes count as wasted)."""
+        single = [i for i, who in self.inflight.items() if len(who) == 1]
+        random.shuffle(single)
+        for i in single:
+            who = self.inflight[i]
+            for p, h in zip(live, held):
+                if h >> i & 1 and all(p is not q for q in who) and p.inflight < self.o.per_peer and p.busy_until <= now:
+                    return i, p
+            if who[0] is not None and self.agg_inflight < self.o.from_aggregator and not any(p.complete for p in live):
+                return i, None
         return None
 
     def _worker(self) -> None:
@@ -388,7 +418,7 @@ class _Download:
                     self.cond.wait(0.5)
                     continue
                 i, peer = choice
-                self.inflight.add(i)
+                self.inflight.setdefault(i, []).append(peer)
                 self.pf.pending |= 1 << i
                 if peer is None:
                     self.agg_inflight += 1
@@ -398,8 +428,11 @@ class _Download:
                 self._fetch(i, peer)
             finally:
                 with self.cond:
-                    self.inflight.discard(i)
-                    self.pf.pending &= ~(1 << i)
+                    who = self.inflight.get(i, [])
+                    who[:] = [q for q in who if q is not peer]
+                    if not who:
+                        self.inflight.pop(i, None)
+                        self.pf.pending &= ~(1 << i)
                     if peer is None:
                         self.agg_inflight -= 1
                     else:
@@ -446,6 +479,9 @@ class _Download:
                 self.stop_event.set()
             else:
                 self._drop(peer, f"piece {i} failed its digest: {e}")
+            return
+        if self.pf.has(i):  # the other copy of an endgame piece was first
+            st.wasted_bytes += len(got)
             return
         self.pf.put(i, got)
         if peer is None:

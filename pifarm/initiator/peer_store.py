@@ -17,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from pifarm.durable import start_writeback
 from pifarm.errors import IntegrityError
 from pifarm.signed.integrity import BlobRef, StreamVerifier
 from pifarm.signed.pieces import PieceTable
@@ -89,7 +90,9 @@ class PieceFile:
         while done < n:
             done += os.pwrite(self.fd, memoryview(data)[done:], off + done)
         # no fsync: the `.have` list is only a claim, re-verified on reopening (a piece lost in a
-        # crash fails its digest there and is fetched again), so per-piece syncs would buy nothing
+        # crash fails its digest there and is fetched again), so per-piece syncs would buy nothing;
+        # but the write to disk starts now, so the cache's fsync of the whole blob finds little left
+        start_writeback(self.fd, off, n)
         with self.lock:
             with open(self.have_path, "a") as f:
                 f.write(f"{i}\n")

@@ -323,3 +323,48 @@ def test_disk_full_during_install_leaves_cache_intact(tmp_path, mode):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["error"] and "no space left" in out["error"] and "partial file was removed" in out["error"]
     assert out["tmp"] == [] and len(out["blobs"]) == 1 and out["small_ok"]
+
+
+class FileSource:
+    """A source that lays the blob in a file of its own and reads it back from there (as the peer
+    source's piece store does), naming that file with `blob_file`."""
+
+    def __init__(self, path: Path, data: bytes, name: str = "file"):
+        self.path, self.name = path, name
+        path.write_bytes(data)
+
+    def blob_file(self, ref):
+        return self.path
+
+    def chunks(self, ref, start=0):
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            while chunk := f.read(65536):
+                yield chunk
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_handed_file_that_verifies_is_linked_in_not_copied(tmp_path):
+    data = os.urandom(300_000)
+    ref = blob(data)
+    cache = Cache(tmp_path / "c")
+    src = FileSource(tmp_path / "piece-file", data)
+    res = cache.install(ref, [src])
+    assert res.source == "file" and res.path.read_bytes() == data
+    assert res.path.stat().st_ino == src.path.stat().st_ino  # one copy of the bytes, not two
+    assert stat.S_IMODE(res.path.stat().st_mode) == 0o444
+    assert listing(cache.layout.tmp) == []
+
+
+def test_a_handed_file_that_fails_its_digest_is_not_linked(tmp_path):
+    data = os.urandom(200_000)
+    ref = blob(data)
+    cache = Cache(tmp_path / "c")
+    bad = bytearray(data)
+    bad[1000] ^= 0x01
+    evil = FileSource(tmp_path / "piece-file", bytes(bad), "evil")
+    res = cache.install(ref, [evil, MemSource({ref.digest: data}, "good")])
+    assert res.source == "good" and res.path.read_bytes() == data
+    assert res.path.stat().st_ino != evil.path.stat().st_ino
