@@ -207,7 +207,12 @@ def _handler(srv: PieceServer) -> Callable:
                         step = n - done if srv.bucket is None else min(SLICE, n - done)
                         if srv.bucket is not None:
                             srv.bucket.take(step)
-                        sent = sock.sendfile(f, off + done, step)
+                        if srv.tls is not None:  # no sendfile through TLS: Python's fallback sends 8 KiB at a time
+                            step = min(step, SLICE)
+                            sock.sendall(os.pread(fd, step, off + done))
+                            sent = step
+                        else:
+                            sent = sock.sendfile(f, off + done, step)
                         if sent <= 0:
                             raise ConnectionError("peer closed the connection")
                         done += sent
