@@ -16,6 +16,7 @@ Desired versions are prefetched, verified and only then activated; the replaced 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -91,6 +92,11 @@ class Watcher:
         # with a snapshot we cannot trust must not be polled once a second (issue 20)
         self._refused = Backoff(settings.backoff_base, settings.backoff_max, rng)
         self._refused_until = 0.0
+        # a failed install is retried on its own backoff with the current snapshot: the revision
+        # is not new, so a long-poll alone would wait for the next publish (a node stayed on its
+        # old version for 14 minutes after one read timeout). Also at start after a failure.
+        self._install_retry = Backoff(settings.backoff_base, settings.backoff_max, rng)
+        self._retry_at: float | None = None
         self._bucket = TokenBucket(settings.rate, settings.burst, clock)
         self._rng = rng
         self.status = WatcherStatus()
@@ -100,6 +106,8 @@ class Watcher:
         self.state.paths.setdefault("http", "disabled" if aggregator is None else "unknown")
         self.state.paths.setdefault("s3", "disabled" if s3 is None else "unknown")
         self.revision = self.state.revision if prior else -1
+        if prior and any(isinstance(m, dict) and m.get("error") for m in prior.models.values()):
+            self._retry_at = clock()
         self._lock = threading.Lock()
         #: this node's id: decides its membership in a rollout's cohort (pifarm.signed.cohort)
         self.node_id: str | None = None
@@ -171,8 +179,11 @@ class Watcher:
             wait = self._bucket.take()
             if wait > 0:
                 return wait
+            retry = self._retry_at is not None and now >= self._retry_at and self.revision >= 0
             try:
-                poll = self.aggregator.poll(self.revision, self._poll_wait())
+                # a retry asks for the current snapshot at once (since = one revision back)
+                poll = self.aggregator.poll(self.revision - 1 if retry else self.revision,
+                                            0 if retry else self._poll_wait())
                 changed = self._path_ok(self._agg)
                 if poll.document is None:  # 304: nothing new; poll again at once (the server paced us)
                     if self.state.degraded or changed:
@@ -206,11 +217,15 @@ class Watcher:
         # the request, so a returning aggregator ends degraded mode at once, not after `wait`.
         if self.revision < 0 or self._agg.ok is not True:
             return 0
+        if self._retry_at is not None:  # wake for the install retry, not only for a publish
+            return max(0, min(self.settings.poll_wait, math.ceil(self._retry_at - self.clock())))
         return self.settings.poll_wait
 
     def _until_next(self) -> float:
         now = self.clock()
         nexts = [p.next_try for p, on in ((self._agg, self.aggregator), (self._s3, self.s3)) if on is not None]
+        if nexts and self._retry_at is not None:
+            nexts.append(self._retry_at)
         return max(0.05, min(nexts) - now) if nexts else 1.0
 
     def _path_ok(self, p: _Path) -> bool:
@@ -255,7 +270,7 @@ class Watcher:
         self.reconcile(snap)
 
     def reconcile(self, snap: Snapshot) -> None:
-        changed = False
+        changed = failed = False
         for name, ptr in sorted(snap.desired(self.channel, self.models or None, node_id=self.node_id).items()):
             want = RefValue(ptr.version, ptr.manifest_digest)
             if self.cache.layout.read_ref(name, "active") == want:
@@ -265,6 +280,7 @@ class Watcher:
             except PifarmError as e:
                 log.error("could not update %s to v%d: %s", name, ptr.version, e)
                 self.state.models.setdefault(name, {})["error"] = f"v{ptr.version}: {e}"
+                failed = True
                 continue
             changed = True
             self.metrics.activations.labels(name).inc()
@@ -273,6 +289,15 @@ class Watcher:
             entry.pop("error", None)
             entry.update(version=ptr.version, manifest_digest=ptr.manifest_digest, source=done.source,
                          previous=done.previous.version if done.previous else entry.get("previous"))
+        if failed:  # equal jitter: at least half the ceiling, so a fast failure never spins
+            ceiling = self._install_retry.ceiling()
+            self._install_retry.next_delay()
+            delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+            self._retry_at = self.clock() + delay
+            log.info("retrying the failed install(s) in %.1f s", delay)
+        else:
+            self._install_retry.reset()
+            self._retry_at = None
         if changed:
             self._collect()
 

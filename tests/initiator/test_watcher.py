@@ -239,3 +239,56 @@ def test_state_file_names_the_nvme_path_state_and_the_source_that_served(tmp_pat
         assert active(cache, "a").version == 1
     finally:
         srv.stop()
+
+
+def _unfetchable(tmp_path, key):
+    """A server whose snapshot (revision 3) names m v1, whose blob is not there yet."""
+    from pifarm.signed.integrity import digest_bytes
+
+    srv = DocServer()
+    m1 = manifest_doc(key, "m", 1, {"f": b"1" * 64})
+    srv.manifests[("m", 1)] = m1
+    srv.snapshot = snapshot_doc(key, 3, {"m": {"stable": m1}})
+    return srv, digest_bytes(b"1" * 64), b"1" * 64
+
+
+def test_a_failed_install_is_retried_without_a_new_revision(tmp_path):
+    """One failed fetch must not leave the node on its old version until the next publish: the
+    watcher retries on its own backoff with the current snapshot (revision unchanged)."""
+    key = SigningKey.generate()
+    srv, digest, data = _unfetchable(tmp_path, key)
+    cache = Cache(tmp_path / "c")
+    w = Watcher(cache=cache, sources=[HttpSource(srv.url)], trusted=TrustedKeys([key.public]),
+                state_dir=tmp_path / "s", aggregator=AggregatorClient(srv.url), settings=FAST)
+    run = Running(w)
+    try:
+        assert eventually(lambda: "error" in read_state(tmp_path / "s").models.get("m", {}))
+        assert active(cache, "m") is None and w.revision == 3
+        srv.blobs[digest] = data  # the source is back; the registry publishes nothing new
+        assert eventually(lambda: (a := active(cache, "m")) is not None and a.version == 1, timeout=60)
+        assert eventually(lambda: "error" not in read_state(tmp_path / "s").models["m"])
+        assert w.revision == 3
+    finally:
+        run.close()
+        srv.stop()
+
+
+def test_a_failed_install_is_retried_at_once_after_a_restart(tmp_path):
+    key = SigningKey.generate()
+    srv, digest, data = _unfetchable(tmp_path, key)
+    try:
+        def watcher() -> Watcher:
+            return Watcher(cache=Cache(tmp_path / "c"), sources=[HttpSource(srv.url)],
+                           trusted=TrustedKeys([key.public]), state_dir=tmp_path / "s",
+                           aggregator=AggregatorClient(srv.url), settings=FAST)
+        w = watcher()
+        w.cycle()
+        assert "error" in read_state(tmp_path / "s").models["m"] and w.revision == 3
+        w.close()
+        srv.blobs[digest] = data
+        w = watcher()  # restarted with revision 3 remembered and the failure in its state
+        w.cycle()
+        assert active(w.cache, "m").version == 1 and "error" not in read_state(tmp_path / "s").models["m"]
+        w.close()
+    finally:
+        srv.stop()
