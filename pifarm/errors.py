@@ -12,7 +12,8 @@
     ├── Conflict                409   the request contradicts the current state
     ├── ReadOnlyError           503   the registry or cache refuses writes right now (and says why)
     ├── SourceError             503   a transport failed; try the next source
-    │   └── SourceTimeout       503   ... because its deadline passed
+    │   ├── SourceTimeout       503   ... because its deadline passed
+    │   └── SourcePass          503   ... not this source's to serve (the next takes it; no failure)
     ├── IntegrityError          400   bytes, a signature or a document failed verification
     │   └── SignatureError      400   ... specifically an Ed25519 signature / unknown key
     ├── ProtocolError           500   a peer spoke a wire protocol wrongly (NVMe/TCP, HTTP)
