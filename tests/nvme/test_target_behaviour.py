@@ -135,3 +135,22 @@ def test_io_queues_outlive_idle_periods_but_not_their_controller(volume, monkeyp
         admin.sock.close()  # controller gone: its I/O queue follows
         io.sock.settimeout(10)
         assert io.sock.recv(1) == b""
+
+
+def test_stop_returns_when_a_queue_ended_inside_its_last_await(volume):
+    """stop() cancels the queues until none is left; one whose cancellation landed in its final
+    wait_closed() ended without leaving the set, and stop() then spun for ever (a CI teardown hung
+    60 s). A finished task in the set must not hold stop() up."""
+    t = ThreadedTarget(target_config(volume)).start()
+
+    async def ended() -> None:
+        pass
+
+    async def leave_a_finished_task() -> None:
+        task = t.loop.create_task(ended())
+        await task
+        t.target._conns.add(task)  # what the cancelled-in-wait_closed queue left behind
+
+    asyncio.run_coroutine_threadsafe(leave_a_finished_task(), t.loop).result(timeout=30)
+    asyncio.run_coroutine_threadsafe(t.target.stop(), t.loop).result(timeout=30)
+    t.stop()

@@ -81,6 +81,7 @@ class UserspaceTarget:
             for t in list(self._conns):
                 t.cancel()
             await asyncio.wait(list(self._conns), timeout=0.5)
+            self._conns -= {t for t in self._conns if t.done()}  # a finished task is gone, however it ended
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -136,12 +137,14 @@ class UserspaceTarget:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            # leave the set before the last await: stop() cancels again every 0.5 s, and a
+            # cancellation landing in wait_closed() must not leave a finished task behind in it
+            self._conns.discard(task)
             self._admin.pop(session, None)
             session.close()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-            self._conns.discard(task)
 
     async def _drain(self, writer: asyncio.StreamWriter, peer: object) -> bool:
         try:
