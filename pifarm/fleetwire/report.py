@@ -111,6 +111,16 @@ class Report:
             d["sent"] = self.sent
         return d
 
+    def material(self) -> str:
+        """The part whose change matters at once: to the node (report now, not at the interval)
+        and to other aggregators (write it to the bucket now) — not counters, time or cache use."""
+        d = self.to_json()
+        for k in ("seq", "sent", "cache", "temperature"):
+            d.pop(k, None)
+        for m in d["models"].values():
+            m.pop("stats", None)
+        return json.dumps(d, sort_keys=True)
+
     def encode(self) -> bytes:
         data = json.dumps(self.to_json(), separators=(",", ":")).encode()
         if len(data) > MAX_BYTES:

@@ -254,16 +254,6 @@ class Reporter:
                       paths=dict(list((st.paths if st else {}).items())[:8]), throttling=throttled,
                       temperature=temp, models=models, sent=round(time.time(), 3))
 
-    @staticmethod
-    def fingerprint(rep: Report) -> str:
-        """The part of a report whose change is worth an immediate report (not counters, not time)."""
-        d = rep.to_json()
-        for k in ("seq", "sent", "cache", "temperature"):
-            d.pop(k, None)
-        for m in d["models"].values():
-            m.pop("stats", None)
-        return json.dumps(d, sort_keys=True)
-
     # -- sending -----------------------------------------------------------------------------
     def send(self, rep: Report) -> bool:
         headers = {"Content-Type": "application/json"}
@@ -326,7 +316,7 @@ class Reporter:
                     continue
             try:
                 rep = self.build()
-                fp = self.fingerprint(rep)
+                fp = rep.material()
                 changed = fp != self._last_fp
                 if changed and poked:
                     # a real change (not every watcher write): what follows it, e.g. the inference

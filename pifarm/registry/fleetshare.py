@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pifarm.errors import NotFound, PifarmError
-from pifarm.fleetwire.report import Report
 from pifarm.registry.fleet import Fleet, NodeRecord, record_from_doc
 from pifarm.s3 import conditional
 from pifarm.signed.snapshot import iso
@@ -44,16 +43,6 @@ HEARTBEAT = 1.5  # report intervals: with reports every interval, every second o
 POLL = 2.0
 MIN_POLL = 0.25
 MAX_BACKOFF = 10.0
-
-
-def material(rep: Report) -> str:
-    """What of a report another aggregator must learn at once (not counters, time or cache use)."""
-    d = rep.to_json()
-    for k in ("seq", "sent", "cache", "temperature"):
-        d.pop(k, None)
-    for m in d["models"].values():
-        m.pop("stats", None)
-    return json.dumps(d, sort_keys=True)
 
 
 @dataclass
@@ -93,7 +82,7 @@ class FleetShare:
 
     # -- the report path: decide, never touch the bucket ---------------------------------
     def _noted(self, rec: NodeRecord) -> None:
-        fp = material(rec.report)
+        fp = rec.report.material()
         with self._lock:
             self._min_interval = min(self._min_interval, rec.report.interval)
             k = self._known.get(rec.node)
@@ -184,7 +173,7 @@ class FleetShare:
             raise
 
     def _put(self, rec: NodeRecord) -> None:
-        key, data, fp = self.key(rec.node), rec.entry(), material(rec.report)
+        key, data, fp = self.key(rec.node), rec.entry(), rec.report.material()
         what = f"writing {self.b.location}{key}"
         for _ in range(5):
             with self._lock:
@@ -226,20 +215,14 @@ class FleetShare:
             return
         self.fleet.merge(rec)
         with self._lock:
-            self._known[node] = Known(etag, rec.newness, material(rec.report), rec.last_seen)
+            self._known[node] = Known(etag, rec.newness, rec.report.material(), rec.last_seen)
             self._min_interval = min(self._min_interval, rec.report.interval)
 
     def _list(self) -> dict[str, str]:
         """{node id: ETag} of every object under fleet/nodes/."""
-        out: dict[str, str] = {}
-        base = self.b.key(PREFIX)
-        with self.b.mapped(f"listing {self.b.location}{PREFIX}"):
-            for page in self.b.client.get_paginator("list_objects_v2").paginate(Bucket=self.b.bucket, Prefix=base):
-                for o in page.get("Contents", []):
-                    name = o["Key"][len(base):]
-                    if name.endswith(".json") and "/" not in name:
-                        out[name[:-5]] = str(o.get("ETag", "")).strip('"')
-        return out
+        listed = self.b.list_meta(PREFIX, f"listing {self.b.location}{PREFIX}")
+        return {name[:-5]: etag for name, (etag, _age) in ((k[len(PREFIX):], m) for k, m in listed.items())
+                if name.endswith(".json") and "/" not in name}
 
     def sync(self) -> None:
         """One look at the bucket: merge what changed, drop what another aggregator forgot."""

@@ -98,7 +98,7 @@ class S3Store:
     def blob_ages(self) -> dict[str, float]:
         """{digest: seconds since the blob was written}, by the store's clock."""
         return {"blake3:" + k[len(BLOB_PREFIX):]: age
-                for k, age in self.b.list_ages(BLOB_PREFIX, self._what(f"listing {BLOB_PREFIX}")).items()
+                for k, (_etag, age) in self.b.list_meta(BLOB_PREFIX, self._what(f"listing {BLOB_PREFIX}")).items()
                 if len(k) == len(BLOB_PREFIX) + 64}
 
     def put_document(self, key: str, data: bytes) -> None:

@@ -156,16 +156,17 @@ class Bucket:
             r = self.client.head_object(Bucket=self.bucket, Key=self.key(key))
         return max(0.0, (_store_now(r) - r["LastModified"]).total_seconds())
 
-    def list_ages(self, prefix: str = "", what: str = "") -> dict[str, float]:
-        """{key: seconds since it was last written} under `prefix` (keys relative to the bucket's
-        prefix), by the store's clock."""
-        out: dict[str, float] = {}
+    def list_meta(self, prefix: str = "", what: str = "") -> dict[str, tuple[str, float]]:
+        """{key: (ETag, seconds since it was last written)} under `prefix`, keys relative to the
+        bucket's prefix; the age by the store's clock."""
+        out: dict[str, tuple[str, float]] = {}
         with self.mapped(what or f"LIST {self.location}{prefix}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
                                                                               Prefix=self.key(prefix)):
                 now = _store_now(page)
                 for o in page.get("Contents", []):
-                    out[o["Key"][len(self.prefix):]] = max(0.0, (now - o["LastModified"]).total_seconds())
+                    out[o["Key"][len(self.prefix):]] = (str(o.get("ETag", "")).strip('"'),
+                                                        max(0.0, (now - o["LastModified"]).total_seconds()))
         return out
 
     def close(self) -> None:

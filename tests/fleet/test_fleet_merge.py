@@ -10,7 +10,7 @@ import json
 
 from pifarm.fleetwire.report import ModelReport, Report
 from pifarm.registry.fleet import Fleet, NodeRecord, _iso, record_from_doc
-from pifarm.registry.fleetshare import FleetShare, material
+from pifarm.registry.fleetshare import FleetShare
 from pifarm.s3.bucket import Bucket, make_client
 from tests.support.procs import free_port
 from tests.support.wait import wait_for
@@ -63,7 +63,7 @@ def test_material_changes_exclude_counters_and_time():
     b = Report(node="n", seq=2, sent=2.0, state="ready", cache={"used": 2},
                models={"m": ModelReport(active=1, serving=1, ready=True)})
     c = Report(node="n", seq=3, sent=3.0, state="ready", models={"m": ModelReport(active=2, serving=2, ready=True)})
-    assert material(a) == material(b) != material(c)
+    assert a.material() == b.material() != c.material()
 
 
 def test_an_unreachable_bucket_leaves_the_aggregator_showing_what_it_has(tmp_path):

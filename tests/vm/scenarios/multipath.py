@@ -33,6 +33,7 @@ from pifarm.initiator.namespaces import NamespaceIndex  # noqa: E402
 from pifarm.registry.service import Registry  # noqa: E402
 from pifarm.signed.manifest import namespace_nguid, namespace_uuid  # noqa: E402
 from pifarm.volume.format import VolumeReader  # noqa: E402
+from tests.vm.scenarios import common  # noqa: E402
 
 SCRATCH = Path(os.environ.get("PIFARM_VM_SCRATCH", "/scratch"))
 NQN = "nqn.2014-08.org.pifarm:aggregator:shared"  # what every aggregator of the bucket sets
@@ -48,13 +49,7 @@ def step(name: str, **kv) -> None:
 
 
 def until(cond, what: str, timeout: float = WAIT):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}; facts so far: {json.dumps(facts)}")
+    return common.until(cond, what, timeout, context=lambda: f"; facts so far: {json.dumps(facts)}")
 
 
 def cli(*args: str) -> tuple[int, str]:

@@ -32,6 +32,7 @@ from pifarm.signed.integrity import BlobRef, digest_bytes  # noqa: E402
 from pifarm.signed.manifest import namespace_nguid, namespace_uuid  # noqa: E402
 from pifarm.signed.signing import SigningKey  # noqa: E402
 from tests.initiator_kernel.helpers import build_volume, flip_byte, model_files, trusted  # noqa: E402
+from tests.vm.scenarios import common  # noqa: E402
 
 C = Path("/sys/kernel/config/nvmet")
 NQN = "nqn.2024-01.io.pifarm:vm-aggregator"
@@ -77,13 +78,7 @@ def port_down() -> None:
 
 
 def until(cond, what: str, timeout: float = WAIT):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}; facts so far: {json.dumps(facts)}")
+    return common.until(cond, what, timeout, context=lambda: f"; facts so far: {json.dumps(facts)}")
 
 
 def blob_server(root: Path) -> ThreadingHTTPServer:

@@ -14,27 +14,22 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.getcwd())
 
 from pifarm.appliance.demo import samplemodel as sm  # noqa: E402
 from tests.support.aggregator import start_aggregator  # noqa: E402
+from tests.vm.scenarios import common  # noqa: E402
 
 SCRATCH = Path(os.environ.get("PIFARM_VM_SCRATCH", "/scratch"))
 WAIT = 180.0  # imports over 9p under TCG are slow; every wait is bounded by this
 
 
 def until(cond, what: str, timeout: float = WAIT, logs: tuple[Path, ...] = ()):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.2)
-    tails = "\n".join(f"--- {p}:\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
-    raise SystemExit(f"timed out waiting for {what}\n{tails}")
+    def tails() -> str:
+        return "\n" + "\n".join(f"--- {p}:\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists())
+    return common.until(cond, what, timeout, interval=0.2, context=tails)
 
 
 def state(p: Path) -> dict:
