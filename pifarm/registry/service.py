@@ -702,8 +702,10 @@ class Registry(SharedMixin):
             for d, t in list(self._staged.items()):
                 if now - t > self.settings.upload_grace:
                     self._staged.pop(d, None)
-            # list first: a blob uploaded after the listing is not in it, one before is pinned
-            stored = self.store.list_blobs()
+            # list first: a blob uploaded after the listing is not in it, one before is pinned;
+            # a shared bucket's listing brings each blob's age along (one listing, not two)
+            ages = self.store.blob_ages() if self.log_ is not None else None
+            stored = list(ages) if ages is not None else self.store.list_blobs()
             with self._pin_lock:
                 pinned = set(self._pins)
             keep = self.db.live_digests() | set(self._staged) | pinned
@@ -713,7 +715,6 @@ class Registry(SharedMixin):
                 # shared bucket a blob is collected when a retired version was its last user, or
                 # when nothing ever committed it and it is older than `orphan_grace` by the
                 # bucket's clock (an upload a crash abandoned; no publish takes that long)
-                ages = self.store.blob_ages()
                 retired = self._retired_digests()
                 gone = [d for d in gone if d in retired or ages.get(d, 0.0) > self.settings.orphan_grace]
             for d in gone:
